@@ -1,0 +1,121 @@
+/**
+ * Destinations: where a stream is pushed, and the checks a destination passes before any part of
+ * it reaches an FFmpeg argument list.
+ *
+ * @module
+ */
+
+import { z } from "zod";
+import { redactDestination } from "../redact.ts";
+
+/** A destination as the control plane's forwarding reply and `config.toml` give it. */
+export const DestinationSchema = z.looseObject({
+  id: z.union([z.string().min(1), z.number().int()]).transform(String),
+  platform: z.string().default("custom"),
+  rtmp_url: z.string(),
+  stream_key: z.string().default(""),
+  enabled: z.boolean().default(true),
+});
+export type DestinationInput = z.input<typeof DestinationSchema>;
+export type DestinationRecord = z.output<typeof DestinationSchema>;
+
+/** A destination that passed validation, with its push target built. */
+export interface Destination {
+  readonly id: string;
+  readonly platform: string;
+  readonly rtmpUrl: string;
+  readonly streamKey: string;
+  /** `rtmp_url` joined with `stream_key` by one `/`: what FFmpeg pushes to. Secret. */
+  readonly pushUrl: string;
+  /** The push target with the key redacted, for logs and the API. */
+  readonly displayUrl: string;
+}
+
+// deno-lint-ignore no-control-regex
+const FORBIDDEN_CHARACTERS = /[\s\u0000-\u001f\u007f]/;
+
+/**
+ * Joins base URL and key with exactly one `/`. An empty key leaves the URL as it is (some
+ * platforms put the key in the URL itself).
+ */
+export function joinPushUrl(rtmpUrl: string, streamKey: string): string {
+  if (streamKey === "") return rtmpUrl;
+  return `${rtmpUrl.replace(/\/+$/, "")}/${streamKey.replace(/^\/+/, "")}`;
+}
+
+/**
+ * Validates a destination. Throws `TypeError` naming what is wrong: a scheme other than rtmp or
+ * rtmps, no host, whitespace or control characters, a URL or key that could be read as an option.
+ */
+export function validateDestination(record: DestinationRecord): Destination {
+  const what = `destination ${JSON.stringify(record.id)}`;
+  for (const [field, value] of [["rtmp_url", record.rtmp_url], ["stream_key", record.stream_key]]) {
+    if (FORBIDDEN_CHARACTERS.test(value!)) {
+      throw new TypeError(`${what}: ${field} contains whitespace or control characters`);
+    }
+  }
+  if (record.stream_key.startsWith("-")) {
+    throw new TypeError(`${what}: stream_key must not start with "-"`);
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(record.rtmp_url);
+  } catch {
+    throw new TypeError(`${what}: rtmp_url is not a URL`);
+  }
+  if (parsed.protocol !== "rtmp:" && parsed.protocol !== "rtmps:") {
+    throw new TypeError(
+      `${what}: rtmp_url scheme ${JSON.stringify(parsed.protocol)} is not allowed (rtmp: or rtmps: only)`,
+    );
+  }
+  if (parsed.hostname === "") throw new TypeError(`${what}: rtmp_url has no host`);
+  const pushUrl = joinPushUrl(record.rtmp_url, record.stream_key);
+  return {
+    id: record.id,
+    platform: record.platform,
+    rtmpUrl: record.rtmp_url,
+    streamKey: record.stream_key,
+    pushUrl,
+    displayUrl: redactDestination(record.rtmp_url, record.stream_key),
+  };
+}
+
+/** Outcome of checking a list of destinations: the usable ones and why the others were refused. */
+export interface DestinationSelection {
+  accepted: Destination[];
+  rejected: { id: string; reason: string }[];
+}
+
+/**
+ * Validates each destination and keeps at most `max` valid, enabled ones; the rest are reported
+ * with a reason so the caller can log them.
+ */
+export function selectDestinations(
+  records: readonly DestinationRecord[],
+  max: number,
+): DestinationSelection {
+  const selection: DestinationSelection = { accepted: [], rejected: [] };
+  const seen = new Set<string>();
+  for (const record of records) {
+    if (!record.enabled) continue;
+    if (seen.has(record.id)) {
+      selection.rejected.push({ id: record.id, reason: "duplicate destination id" });
+      continue;
+    }
+    try {
+      const destination = validateDestination(record);
+      if (selection.accepted.length >= max) {
+        selection.rejected.push({
+          id: record.id,
+          reason: `over max_destinations_per_stream (${max})`,
+        });
+        continue;
+      }
+      seen.add(record.id);
+      selection.accepted.push(destination);
+    } catch (error) {
+      selection.rejected.push({ id: record.id, reason: (error as Error).message });
+    }
+  }
+  return selection;
+}

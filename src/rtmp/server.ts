@@ -1,0 +1,97 @@
+/**
+ * The RTMP listener: accepts TCP connections on `Deno.listen` and runs an `RtmpSession` for each.
+ *
+ * @module
+ */
+
+import type { StreamHub } from "../media/live_stream.ts";
+import { log } from "../log.ts";
+import { type PublishAuthorizer, RtmpSession, type SessionOptions } from "./session.ts";
+
+const serverLog = log("rtmp");
+
+export interface RtmpServerOptions extends SessionOptions {
+  hostname: string;
+  port: number;
+}
+
+export class RtmpServer implements AsyncDisposable {
+  readonly #listener: Deno.TcpListener;
+  readonly #sessions = new Set<RtmpSession>();
+  readonly #running = new Set<Promise<void>>();
+  readonly #acceptLoop: Promise<void>;
+  #nextSessionId = 1;
+  #closing = false;
+  #serving = true;
+  totalConnections = 0;
+
+  /** Binds the port at once (so a port in use fails here) and starts accepting. */
+  constructor(
+    options: RtmpServerOptions,
+    hub: StreamHub,
+    authorize: PublishAuthorizer,
+  ) {
+    this.#listener = Deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" });
+    this.#acceptLoop = this.#accept({ hub, options, authorize });
+    serverLog.info("RTMP listening on {address}", {
+      address: `rtmp://${options.hostname}:${this.port}/${options.app}`,
+    });
+  }
+
+  get port(): number {
+    return (this.#listener.addr as Deno.NetAddr).port;
+  }
+
+  /** False once the listener has stopped, by `close()` or by an accept error. */
+  get serving(): boolean {
+    return this.#serving;
+  }
+
+  get sessions(): ReadonlySet<RtmpSession> {
+    return this.#sessions;
+  }
+
+  async #accept(deps: ConstructorParameters<typeof RtmpSession>[2]): Promise<void> {
+    try {
+      for await (const conn of this.#listener) {
+        if (this.#closing) {
+          conn.close();
+          continue;
+        }
+        const session = new RtmpSession(conn, this.#nextSessionId++, deps);
+        this.totalConnections++;
+        this.#sessions.add(session);
+        const running = session.run().finally(() => {
+          this.#sessions.delete(session);
+          this.#running.delete(running);
+        });
+        this.#running.add(running);
+      }
+    } catch (error) {
+      if (!this.#closing) {
+        serverLog.error("RTMP listener failed: {reason}", { reason: (error as Error).message });
+      }
+    } finally {
+      this.#serving = false;
+    }
+  }
+
+  /** Stops accepting and closes every connection; resolves when all sessions have ended. */
+  async close(reason = "server shutting down"): Promise<void> {
+    if (!this.#closing) {
+      this.#closing = true;
+      try {
+        this.#listener.close();
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+    }
+    await this.#acceptLoop;
+    for (const session of this.#sessions) session.close(reason);
+    await Promise.all(this.#running);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
