@@ -11,7 +11,8 @@ import { z } from "zod";
 import { DestinationSchema, validateDestination } from "./control_plane/destination.ts";
 import { LOG_LEVELS } from "./log.ts";
 
-const port = z.number().int().min(1).max(65535);
+// 0 asks the OS for any free port (tests use it).
+const port = z.number().int().min(0).max(65535);
 const positiveSeconds = z.number().positive().max(86_400);
 
 const ControlPlaneSchema = z.strictObject({
@@ -170,8 +171,11 @@ function applyOverrides(
   if (env.CONTROL_PLANE_URL !== undefined && env.CONTROL_PLANE_URL !== "") {
     section("control_plane").url = env.CONTROL_PLANE_URL;
   }
-  if (env.API_TOKEN !== undefined && env.API_TOKEN !== "") section("http").api_token = env.API_TOKEN;
-  const level = env.LOG_LEVEL ?? (env.RUST_LOG ? levelFromRustLog(env.RUST_LOG) ?? env.RUST_LOG : undefined);
+  if (env.API_TOKEN !== undefined && env.API_TOKEN !== "") {
+    section("http").api_token = env.API_TOKEN;
+  }
+  const level = env.LOG_LEVEL ??
+    (env.RUST_LOG ? levelFromRustLog(env.RUST_LOG) ?? env.RUST_LOG : undefined);
   if (level !== undefined && level !== "") section("logging").level = level.toLowerCase();
   if (flags.rtmpPort !== undefined) section("rtmp").port = flags.rtmpPort;
   if (flags.httpPort !== undefined) section("http").port = flags.httpPort;

@@ -80,7 +80,11 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     reset: true,
     sinks,
     loggers: [
-      { category: ["neustream"], lowestLevel: toLogLevel(options.level), sinks: Object.keys(sinks) },
+      {
+        category: ["neustream"],
+        lowestLevel: toLogLevel(options.level),
+        sinks: Object.keys(sinks),
+      },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: Object.keys(sinks) },
     ],
   });

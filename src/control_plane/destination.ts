@@ -65,7 +65,9 @@ export function validateDestination(record: DestinationRecord): Destination {
   }
   if (parsed.protocol !== "rtmp:" && parsed.protocol !== "rtmps:") {
     throw new TypeError(
-      `${what}: rtmp_url scheme ${JSON.stringify(parsed.protocol)} is not allowed (rtmp: or rtmps: only)`,
+      `${what}: rtmp_url scheme ${
+        JSON.stringify(parsed.protocol)
+      } is not allowed (rtmp: or rtmps: only)`,
     );
   }
   if (parsed.hostname === "") throw new TypeError(`${what}: rtmp_url has no host`);

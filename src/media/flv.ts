@@ -107,7 +107,13 @@ export function createMediaPacket(
 ): MediaPacket {
   if (type === TagType.Video) {
     const info = inspectVideo(payload);
-    return { type, timestamp, payload, keyframe: info.keyframe, sequenceHeader: info.sequenceHeader };
+    return {
+      type,
+      timestamp,
+      payload,
+      keyframe: info.keyframe,
+      sequenceHeader: info.sequenceHeader,
+    };
   }
   if (type === TagType.Audio) {
     const info = inspectAudio(payload);

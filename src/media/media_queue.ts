@@ -69,7 +69,9 @@ export class MediaQueue<Control = never> {
     const essential = packet.sequenceHeader || packet.type === TagType.Script;
     if (!essential) {
       const resumePoint = packet.keyframe || (!this.#sawVideo && packet.type === TagType.Audio);
-      if (this.#dropping && resumePoint && this.#queuedBytes + packet.payload.length <= this.maxBytes) {
+      if (
+        this.#dropping && resumePoint && this.#queuedBytes + packet.payload.length <= this.maxBytes
+      ) {
         this.#dropping = false;
       }
       if (!this.#dropping && this.#queuedBytes + packet.payload.length > this.maxBytes) {

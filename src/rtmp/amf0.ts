@@ -162,7 +162,9 @@ export class Amf0Reader {
       case MARKER.strictArray: {
         const count = this.#u32();
         if (count > MAX_ARRAY_LENGTH) {
-          throw new SyntaxError(`AMF0 strict array of ${count} elements exceeds ${MAX_ARRAY_LENGTH}`);
+          throw new SyntaxError(
+            `AMF0 strict array of ${count} elements exceeds ${MAX_ARRAY_LENGTH}`,
+          );
         }
         const items: AmfValue[] = [];
         for (let i = 0; i < count; i++) items.push(this.#readValue(depth + 1));

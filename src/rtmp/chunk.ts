@@ -422,7 +422,9 @@ export class ChunkEncoder {
 
   static #checkChunkSize(size: number): number {
     if (!Number.isInteger(size) || size < 1 || size > MAX_CHUNK_SIZE) {
-      throw new RangeError(`chunk size must be an integer from 1 to ${MAX_CHUNK_SIZE}, got ${size}`);
+      throw new RangeError(
+        `chunk size must be an integer from 1 to ${MAX_CHUNK_SIZE}, got ${size}`,
+      );
     }
     return size;
   }

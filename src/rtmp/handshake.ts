@@ -212,7 +212,11 @@ export function createClientC1(
  * Checks a digest-form S1+S2 the way FFmpeg does as a player. Returns a reason string on failure,
  * `undefined` when both verify.
  */
-export function verifyServerDigest(c1: Uint8Array, s1: Uint8Array, s2: Uint8Array): string | undefined {
+export function verifyServerDigest(
+  c1: Uint8Array,
+  s1: Uint8Array,
+  s2: Uint8Array,
+): string | undefined {
   const client = findClientDigest(c1);
   if (client === undefined) return "C1 has no digest";
   const s1Offset = digestOffset(s1, client.scheme);

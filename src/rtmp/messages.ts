@@ -142,6 +142,10 @@ export function onStatus(streamId: number, info: AmfObject): OutgoingMessage {
   return command(streamId, "onStatus", 0, null, info);
 }
 
-export function statusInfo(level: "status" | "error" | "warning", code: string, description: string): AmfObject {
+export function statusInfo(
+  level: "status" | "error" | "warning",
+  code: string,
+  description: string,
+): AmfObject {
   return { level, code, description };
 }

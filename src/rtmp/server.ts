@@ -31,7 +31,11 @@ export class RtmpServer implements AsyncDisposable {
     hub: StreamHub,
     authorize: PublishAuthorizer,
   ) {
-    this.#listener = Deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" });
+    this.#listener = Deno.listen({
+      hostname: options.hostname,
+      port: options.port,
+      transport: "tcp",
+    });
     this.#acceptLoop = this.#accept({ hub, options, authorize });
     serverLog.info("RTMP listening on {address}", {
       address: `rtmp://${options.hostname}:${this.port}/${options.app}`,

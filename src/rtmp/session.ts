@@ -18,10 +18,10 @@ import {
 } from "./chunk.ts";
 import { createServerHandshake, HANDSHAKE_SIZE } from "./handshake.ts";
 import {
+  acknowledgement,
   ChunkStream,
   type Command,
   command,
-  acknowledgement,
   onStatus,
   parseCommand,
   parseData,
@@ -34,12 +34,7 @@ import {
   UserControlEvent,
   windowAckSize,
 } from "./messages.ts";
-import {
-  createMediaPacket,
-  type MediaPacket,
-  stripSetDataFrame,
-  TagType,
-} from "../media/flv.ts";
+import { createMediaPacket, type MediaPacket, stripSetDataFrame, TagType } from "../media/flv.ts";
 import type { LiveStream, StreamHub, StreamSubscriber } from "../media/live_stream.ts";
 import { MediaQueue } from "../media/media_queue.ts";
 import { log } from "../log.ts";
@@ -282,7 +277,9 @@ export class RtmpSession implements StreamSubscriber {
   async #readExactly(buffer: Uint8Array, filled: number, wanted: number): Promise<number> {
     while (filled < wanted) {
       const count = await this.#conn.read(buffer.subarray(filled));
-      if (count === null) throw new SessionClosed("peer closed the connection during the handshake");
+      if (count === null) {
+        throw new SessionClosed("peer closed the connection during the handshake");
+      }
       this.#noteReceived(count);
       if (filled === 0 && buffer[0] !== 3) {
         throw new RangeError(`unsupported RTMP version ${buffer[0]} in C0 (only 3 is served)`);
@@ -469,7 +466,10 @@ export class RtmpSession implements StreamSubscriber {
         }
         return undefined;
       default:
-        sessionLog.debug("ignoring command {command}", { ...this.#logContext(), command: cmd.name });
+        sessionLog.debug("ignoring command {command}", {
+          ...this.#logContext(),
+          command: cmd.name,
+        });
         return undefined;
     }
   }
@@ -517,7 +517,9 @@ export class RtmpSession implements StreamSubscriber {
   #mediaStreamFor(cmd: Command, message: RtmpMessage): number {
     this.#requireConnected(cmd);
     if (!this.#createdStreams.has(message.streamId)) {
-      throw new SyntaxError(`${cmd.name} on message stream ${message.streamId} before createStream`);
+      throw new SyntaxError(
+        `${cmd.name} on message stream ${message.streamId} before createStream`,
+      );
     }
     if (this.#role !== "none") {
       throw new SyntaxError(`${cmd.name} while already a ${this.#role}`);
@@ -602,8 +604,12 @@ export class RtmpSession implements StreamSubscriber {
     this.#stream = stream;
     this.#mediaStreamId = streamId;
     this.#send(userControl(UserControlEvent.StreamBegin, streamId));
-    this.#send(onStatus(streamId, statusInfo("status", "NetStream.Play.Reset", "Playing and resetting.")));
-    this.#send(onStatus(streamId, statusInfo("status", "NetStream.Play.Start", "Started playing.")));
+    this.#send(
+      onStatus(streamId, statusInfo("status", "NetStream.Play.Reset", "Playing and resetting.")),
+    );
+    this.#send(
+      onStatus(streamId, statusInfo("status", "NetStream.Play.Start", "Started playing.")),
+    );
     stream.subscribe(this);
     sessionLog.info("player started", { ...this.#logContext(), live: stream.state === "live" });
   }

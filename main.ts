@@ -1,0 +1,134 @@
+/**
+ * Neustream relay: RTMP in, every destination out. Reads flags, loads the config, starts the
+ * service, stops it on signals. Everything else lives in `src/`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import denoJson from "./deno.json" with { type: "json" };
+import { ConfigError, loadConfig, readEnv } from "./src/config.ts";
+import { log, setupLogging } from "./src/log.ts";
+import { RelayService } from "./src/service.ts";
+
+const USAGE =
+  `neustream ${denoJson.version}: RTMP relay to YouTube, Twitch, Facebook and any RTMP(S) URL
+
+Usage: neustream [--config FILE] [--rtmp-port N] [--http-port N]
+
+Options:
+  -c, --config FILE    configuration file (default: ./config.toml if present)
+      --rtmp-port N    RTMP port (overrides RTMP_PORT and [rtmp] port)
+      --http-port N    HTTP API port (overrides HTTP_PORT and [http] port)
+  -h, --help           show this help
+  -V, --version        show the version
+
+Environment: RTMP_PORT, HTTP_PORT, CONTROL_PLANE_URL, LOG_LEVEL (or RUST_LOG), API_TOKEN.
+Signals: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads the config.`;
+
+function fail(message: string, code = 1): never {
+  console.error(`neustream: ${message}`);
+  Deno.exit(code);
+}
+
+function portFlag(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const port = Number(value);
+  if (!/^\d+$/.test(value) || port < 1 || port > 65535) {
+    fail(`--${name} = ${JSON.stringify(value)}: must be a whole number from 1 to 65535`, 2);
+  }
+  return port;
+}
+
+async function main(): Promise<void> {
+  let flags;
+  try {
+    flags = parseArgs({
+      args: Deno.args,
+      options: {
+        config: { type: "string", short: "c" },
+        "rtmp-port": { type: "string" },
+        "http-port": { type: "string" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    fail(`${(error as Error).message}\n\n${USAGE}`, 2);
+  }
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (flags.version) {
+    console.log(`neustream ${denoJson.version}`);
+    return;
+  }
+
+  const configPath = flags.config;
+  const flagOverrides = {
+    rtmpPort: portFlag("rtmp-port", flags["rtmp-port"]),
+    httpPort: portFlag("http-port", flags["http-port"]),
+  };
+  const load = () => loadConfig({ path: configPath, env: readEnv(), flags: flagOverrides });
+
+  let config;
+  try {
+    config = await load();
+  } catch (error) {
+    if (error instanceof ConfigError) fail(`invalid configuration:\n${error.message}`);
+    throw error;
+  }
+  await setupLogging({ level: config.logging.level, format: config.logging.format });
+  const mainLog = log("main");
+
+  let service: RelayService;
+  try {
+    service = await RelayService.start(config, { version: denoJson.version });
+  } catch (error) {
+    const message = error instanceof Deno.errors.AddrInUse
+      ? `a port is already in use (RTMP ${config.rtmp.port}, HTTP ${config.http.port}): ${
+        (error as Error).message
+      }`
+      : (error as Error).message;
+    mainLog.fatal("cannot start: {reason}", { reason: message });
+    fail(`cannot start: ${message}`);
+  }
+
+  let stopping = false;
+  const stop = (signal: Deno.Signal) => {
+    if (stopping) {
+      mainLog.warn("second {signal}: exiting now", { signal });
+      Deno.exit(130);
+    }
+    stopping = true;
+    const graceMs = config.streaming.shutdown_grace_seconds * 1000;
+    const timer = setTimeout(() => {
+      mainLog.error("shutdown took longer than {seconds} s; exiting", { seconds: graceMs / 1000 });
+      Deno.exit(1);
+    }, graceMs);
+    service.shutdown(`received ${signal}`).then(() => {
+      clearTimeout(timer);
+      Deno.exit(0);
+    }, (error) => {
+      mainLog.fatal("shutdown failed: {reason}", { reason: (error as Error).message });
+      Deno.exit(1);
+    });
+  };
+  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
+  Deno.addSignalListener("SIGHUP", () => {
+    load().then((next) => {
+      service.reload(next);
+      return setupLogging({ level: next.logging.level, format: next.logging.format });
+    }, (error) => {
+      mainLog.error("configuration reload rejected, keeping the old one: {reason}", {
+        reason: (error as Error).message.replaceAll("\n", "; "),
+      });
+    });
+  });
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,29 @@
+/**
+ * Who may publish and where a stream goes: one interface with two sources, the Neustream control
+ * plane over HTTP and the static keys of `config.toml`.
+ *
+ * @module
+ */
+
+import type { DestinationRecord } from "./destination.ts";
+
+/** The answer to "may this key publish?". */
+export type AuthDecision =
+  | { allowed: true; forward: boolean }
+  | { allowed: false; reason: string };
+
+export interface StreamAuthority {
+  /** "control_plane" or "static", for logs and the API. */
+  readonly mode: "control_plane" | "static";
+  /** Decides within the configured timeout; never throws (an error is a refusal). */
+  authorize(key: string): Promise<AuthDecision>;
+  /**
+   * The stream's destinations as given (not yet validated), and the ones the source itself found
+   * malformed with the reason. Throws when the source cannot be asked.
+   */
+  destinations(key: string): Promise<{ records: DestinationRecord[]; malformed: string[] }>;
+  /** Reports that a stream ended. Retries on its own; resolves when done or given up, never throws. */
+  streamEnded(key: string): Promise<void>;
+  /** Waits for reports still under way (shutdown). */
+  flush(): Promise<void>;
+}

@@ -1,0 +1,341 @@
+/**
+ * One destination of one stream: an FFmpeg child fed FLV on stdin, restarted with backoff whenever
+ * it exits, for as long as the stream lives. Its own bounded queue means a slow or dead destination
+ * never holds up the publisher or the other destinations.
+ *
+ * `stop()` is a termination (state "stopped"), distinct from a failure (state "retrying" with
+ * `last_error`).
+ *
+ * @module
+ */
+
+import type { Destination } from "../control_plane/destination.ts";
+import { encodeFlvTags, flvFileHeader, type MediaPacket } from "../media/flv.ts";
+import type { LiveStream, StreamSubscriber } from "../media/live_stream.ts";
+import { MediaQueue } from "../media/media_queue.ts";
+import { RateMeter } from "../media/rate_meter.ts";
+import { log } from "../log.ts";
+import { redactKey } from "../redact.ts";
+import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
+import { buildFfmpegArgs } from "./ffmpeg_args.ts";
+
+export interface SupervisorOptions {
+  ffmpegPath: string;
+  /** Media bytes queued for this destination before it drops to the next keyframe. */
+  queueBytes: number;
+  /** Time FFmpeg gets to exit after its stdin closes, and again after SIGTERM. */
+  stopGraceMs: number;
+  ioTimeoutSeconds: number;
+  backoff?: BackoffOptions;
+}
+
+export type DestinationState = "starting" | "connected" | "retrying" | "stopped";
+
+/** Live status of a destination, as the API reports it. */
+export interface DestinationStatus {
+  id: string;
+  platform: string;
+  url: string;
+  state: DestinationState;
+  connected: boolean;
+  bytes_sent: number;
+  packets_sent: number;
+  dropped_packets: number;
+  error_count: number;
+  last_error: string | null;
+  restarts: number;
+  started_at: string | null;
+  connected_at: string | null;
+  bitrate_kbps: number;
+  pid: number | null;
+}
+
+const relayLog = log("relay");
+/** Most stderr kept per line and in total: FFmpeg must never make us buffer without bound. */
+const MAX_STDERR_LINE = 400;
+const STDERR_LINES_KEPT = 8;
+const ERROR_WORDS =
+  /error|fail|refused|invalid|denied|timed? ?out|broken|unable|cannot|not found|reset/i;
+
+export class DestinationSupervisor implements StreamSubscriber {
+  readonly destination: Destination;
+  readonly #stream: LiveStream;
+  readonly #options: SupervisorOptions;
+  readonly #backoff: Backoff;
+  readonly #rate = new RateMeter();
+  #state: DestinationState = "starting";
+  #terminated = false;
+  #child: Deno.ChildProcess | undefined;
+  #queue: MediaQueue<Uint8Array> | undefined;
+  #done: Promise<void> = Promise.resolve();
+  #wakeBackoff: (() => void) | undefined;
+  #bytesSent = 0;
+  #packetsSent = 0;
+  #droppedBefore = 0;
+  #errorCount = 0;
+  #restarts = 0;
+  #lastError: string | null = null;
+  #startedAt: Date | null = null;
+  #connectedAt: Date | null = null;
+
+  constructor(destination: Destination, stream: LiveStream, options: SupervisorOptions) {
+    this.destination = destination;
+    this.#stream = stream;
+    this.#options = options;
+    this.#backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+  }
+
+  get state(): DestinationState {
+    return this.#state;
+  }
+
+  #context(): Record<string, unknown> {
+    return {
+      stream: redactKey(this.#stream.key),
+      destination: this.destination.id,
+      url: this.destination.displayUrl,
+    };
+  }
+
+  /** Starts supervising; returns at once. */
+  start(): void {
+    this.#done = this.run();
+  }
+
+  /** Runs FFmpeg again and again until `stop()`. */
+  async run(): Promise<void> {
+    while (!this.#terminated) {
+      const started = performance.now();
+      await this.runOnce();
+      if (this.#terminated) break;
+      const delay = this.#backoff.next(performance.now() - started);
+      this.#state = "retrying";
+      relayLog.warn("destination down, retrying in {seconds} s: {reason}", {
+        ...this.#context(),
+        seconds: delay / 1000,
+        reason: this.#lastError ?? "ffmpeg exited",
+      });
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        this.#wakeBackoff = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#wakeBackoff = undefined;
+      if (!this.#terminated) this.#restarts++;
+    }
+    this.#state = "stopped";
+  }
+
+  /** One FFmpeg run, from spawn to reaped exit. Records why it ended; never throws. */
+  async runOnce(): Promise<void> {
+    this.#state = "starting";
+    this.#connectedAt = null;
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(this.#options.ffmpegPath, {
+        args: buildFfmpegArgs(this.destination, {
+          ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
+        }),
+        stdin: "piped",
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+    } catch (error) {
+      this.#errorCount++;
+      this.#lastError = `cannot start ${this.#options.ffmpegPath}: ${(error as Error).message}`;
+      return;
+    }
+    this.#child = child;
+    this.#startedAt = new Date();
+    const queue = new MediaQueue<Uint8Array>(this.#options.queueBytes, (stats) => {
+      relayLog.warn("destination too slow, dropping until the next keyframe", {
+        ...this.#context(),
+        queued_bytes: stats.queuedBytes,
+        episode: stats.dropEpisodes,
+      });
+    });
+    queue.pushControl(flvFileHeader());
+    this.#queue = queue;
+    // Joining replays metadata, sequence headers and the GOP: FFmpeg starts on a keyframe.
+    this.#stream.subscribe(this);
+    relayLog.info("destination starting", { ...this.#context(), pid: child.pid });
+    const recentLines: string[] = [];
+    const stderrDone = this.#readStderr(child.stderr, recentLines);
+    const pumpDone = this.#pump(child.stdin, queue);
+    const status = await child.status;
+    this.#stream.unsubscribe(this);
+    queue.close();
+    this.#droppedBefore += queue.droppedPackets;
+    this.#queue = undefined;
+    this.#child = undefined;
+    await Promise.all([pumpDone, stderrDone]);
+    this.#connectedAt = null;
+    if (this.#terminated) return;
+    this.#errorCount++;
+    const reason = recentLines.findLast((line) => ERROR_WORDS.test(line)) ?? recentLines.at(-1);
+    this.#lastError = `ffmpeg exited with ${
+      status.signal ? `signal ${status.signal}` : `code ${status.code}`
+    }${reason ? `: ${reason}` : ""}`;
+  }
+
+  /** Stops for good: stdin closed, then SIGTERM, then SIGKILL; resolves once FFmpeg is reaped. */
+  async stop(): Promise<void> {
+    this.#terminated = true;
+    this.#wakeBackoff?.();
+    await this.#stopChild();
+    await this.#done;
+    this.#state = "stopped";
+  }
+
+  /** Ends the current FFmpeg so that the loop starts a new one at once (the API's restart). */
+  async restart(): Promise<void> {
+    this.#wakeBackoff?.();
+    await this.#stopChild();
+  }
+
+  async #stopChild(): Promise<void> {
+    const child = this.#child;
+    const queue = this.#queue;
+    if (child === undefined) return;
+    queue?.close(); // the pump closes stdin once the queue is drained: FFmpeg flushes and exits
+    const grace = this.#options.stopGraceMs;
+    if (await this.#exitsWithin(child, grace)) return;
+    this.#signal(child, "SIGTERM");
+    if (await this.#exitsWithin(child, grace)) return;
+    this.#signal(child, "SIGKILL");
+    await child.status;
+  }
+
+  #signal(child: Deno.ChildProcess, signal: Deno.Signal): void {
+    try {
+      child.kill(signal);
+    } catch (error) {
+      // Already exited between our check and the signal: nothing left to stop.
+      if (!(error instanceof TypeError)) throw error;
+    }
+  }
+
+  async #exitsWithin(child: Deno.ChildProcess, ms: number): Promise<boolean> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const exited = await Promise.race([
+      child.status.then(() => true),
+      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms)),
+    ]);
+    clearTimeout(timer);
+    return exited;
+  }
+
+  async #pump(stdin: WritableStream<Uint8Array>, queue: MediaQueue<Uint8Array>): Promise<void> {
+    const writer = stdin.getWriter();
+    const packets: MediaPacket[] = [];
+    try {
+      for (;;) {
+        await queue.wait();
+        const items = queue.takeAll();
+        if (items.length === 0) {
+          if (queue.closed) break;
+          continue;
+        }
+        packets.length = 0;
+        for (const item of items) {
+          if (item.kind === "control") {
+            if (packets.length > 0) {
+              await this.#write(writer, encodeFlvTags(packets), packets.length);
+            }
+            packets.length = 0;
+            await this.#write(writer, item.control, 0);
+          } else {
+            packets.push(item.packet);
+          }
+        }
+        if (packets.length > 0) await this.#write(writer, encodeFlvTags(packets), packets.length);
+      }
+      await writer.close();
+    } catch (error) {
+      // FFmpeg went away while we wrote (its exit is what the supervisor reports); anything
+      // else is a bug worth seeing.
+      if (!(error instanceof Deno.errors.BrokenPipe) && !(error instanceof TypeError)) {
+        relayLog.error("writing to ffmpeg failed: {reason}", {
+          ...this.#context(),
+          reason: (error as Error).message,
+        });
+      }
+      writer.releaseLock();
+    }
+  }
+
+  async #write(
+    writer: WritableStreamDefaultWriter<Uint8Array>,
+    bytes: Uint8Array,
+    packets: number,
+  ): Promise<void> {
+    await writer.write(bytes);
+    this.#bytesSent += bytes.length;
+    this.#packetsSent += packets;
+    this.#rate.add(bytes.length);
+  }
+
+  async #readStderr(stderr: ReadableStream<Uint8Array>, recent: string[]): Promise<void> {
+    const decoder = new TextDecoder();
+    let carry = "";
+    const onLine = (raw: string) => {
+      const line = this.#redact(raw.trim()).slice(0, MAX_STDERR_LINE);
+      if (line === "") return;
+      if (line.startsWith("Output #0")) {
+        this.#state = "connected";
+        this.#connectedAt = new Date();
+        relayLog.info("destination connected", this.#context());
+      }
+      recent.push(line);
+      if (recent.length > STDERR_LINES_KEPT) recent.shift();
+    };
+    for await (const chunk of stderr) {
+      carry += decoder.decode(chunk, { stream: true });
+      const lines = carry.split(/\r?\n|\r/);
+      carry = lines.pop() ?? "";
+      if (carry.length > MAX_STDERR_LINE * 4) carry = carry.slice(-MAX_STDERR_LINE);
+      for (const line of lines) onLine(line);
+    }
+    onLine(carry);
+  }
+
+  /** FFmpeg prints its output URL; the key in it never reaches our logs or the API. */
+  #redact(line: string): string {
+    const { pushUrl, streamKey, displayUrl } = this.destination;
+    let out = line.replaceAll(pushUrl, displayUrl);
+    if (streamKey.length >= 4) out = out.replaceAll(streamKey, redactKey(streamKey));
+    return out;
+  }
+
+  // ---- StreamSubscriber ----
+
+  onPacket(packet: MediaPacket): void {
+    this.#queue?.pushMedia(packet);
+  }
+
+  onEnd(_reason: string): void {
+    // The relay manager stops every destination of an ended stream; nothing to do here.
+  }
+
+  status(): DestinationStatus {
+    return {
+      id: this.destination.id,
+      platform: this.destination.platform,
+      url: this.destination.displayUrl,
+      state: this.#state,
+      connected: this.#state === "connected",
+      bytes_sent: this.#bytesSent,
+      packets_sent: this.#packetsSent,
+      dropped_packets: this.#droppedBefore + (this.#queue?.droppedPackets ?? 0),
+      error_count: this.#errorCount,
+      last_error: this.#lastError,
+      restarts: this.#restarts,
+      started_at: this.#startedAt?.toISOString() ?? null,
+      connected_at: this.#connectedAt?.toISOString() ?? null,
+      bitrate_kbps: Math.round(this.#rate.bitsPerSecond() / 1000),
+      pid: this.#child?.pid ?? null,
+    };
+  }
+}

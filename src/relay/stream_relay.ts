@@ -1,0 +1,69 @@
+/**
+ * The destinations of one live stream: a supervisor each, added and removed while the stream runs.
+ *
+ * @module
+ */
+
+import type { Destination } from "../control_plane/destination.ts";
+import type { LiveStream } from "../media/live_stream.ts";
+import { DestinationSupervisor, type SupervisorOptions } from "./destination_supervisor.ts";
+
+export class StreamRelay {
+  readonly stream: LiveStream;
+  readonly #options: SupervisorOptions;
+  readonly #maxDestinations: number;
+  readonly #supervisors = new Map<string, DestinationSupervisor>();
+  #stopped = false;
+
+  constructor(stream: LiveStream, options: SupervisorOptions, maxDestinations: number) {
+    this.stream = stream;
+    this.#options = options;
+    this.#maxDestinations = maxDestinations;
+  }
+
+  get size(): number {
+    return this.#supervisors.size;
+  }
+
+  list(): DestinationSupervisor[] {
+    return [...this.#supervisors.values()];
+  }
+
+  get(id: string): DestinationSupervisor | undefined {
+    return this.#supervisors.get(id);
+  }
+
+  /** Starts relaying to `destination`. Throws `RangeError` on a duplicate id or when full. */
+  add(destination: Destination): DestinationSupervisor {
+    if (this.#stopped) throw new RangeError("stream relay already stopped");
+    if (this.#supervisors.has(destination.id)) {
+      throw new RangeError(`destination ${JSON.stringify(destination.id)} already exists`);
+    }
+    if (this.#supervisors.size >= this.#maxDestinations) {
+      throw new RangeError(
+        `stream already has ${this.#maxDestinations} destinations (the maximum)`,
+      );
+    }
+    const supervisor = new DestinationSupervisor(destination, this.stream, this.#options);
+    this.#supervisors.set(destination.id, supervisor);
+    supervisor.start();
+    return supervisor;
+  }
+
+  /** Stops and removes one destination; false when there is no such id. */
+  async remove(id: string): Promise<boolean> {
+    const supervisor = this.#supervisors.get(id);
+    if (supervisor === undefined) return false;
+    this.#supervisors.delete(id);
+    await supervisor.stop();
+    return true;
+  }
+
+  /** Stops every destination and waits until each FFmpeg is reaped. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    const supervisors = this.list();
+    this.#supervisors.clear();
+    await Promise.all(supervisors.map((supervisor) => supervisor.stop()));
+  }
+}

@@ -1,0 +1,199 @@
+/**
+ * The running relay: hub, authority, RTMP listener, relay manager and HTTP API, built from a
+ * `Config`, started in one call and stopped in one call. `main.ts` adds flags and signals on top;
+ * tests start it in-process on port 0.
+ *
+ * @module
+ */
+
+import type { Config } from "./config.ts";
+import { ControlPlaneClient } from "./control_plane/http_client.ts";
+import { StaticAuthority } from "./control_plane/static_authority.ts";
+import type { StreamAuthority } from "./control_plane/stream_authority.ts";
+import { createApp } from "./http/app.ts";
+import { log } from "./log.ts";
+import { StreamHub } from "./media/live_stream.ts";
+import type { BackoffOptions } from "./relay/backoff.ts";
+import { RelayManager } from "./relay/relay_manager.ts";
+import { RtmpServer } from "./rtmp/server.ts";
+
+const serviceLog = log("service");
+
+export interface ServiceOptions {
+  version: string;
+  /** Destination restart delays (tests shorten them). */
+  backoff?: BackoffOptions;
+  /** First control-plane retry delay (tests shorten it). */
+  controlPlaneBackoffMs?: number;
+}
+
+/** Floor for a destination's queue: a few seconds of high-bitrate video, whatever the config says. */
+const MIN_DESTINATION_QUEUE_BYTES = 4 * 1024 * 1024;
+
+/** True when the config could make us start FFmpeg. */
+export function needsFfmpeg(config: Config): boolean {
+  return config.control_plane.url !== undefined ||
+    config.streams.some((stream) => stream.destinations.length > 0);
+}
+
+/** Throws a one-line `Error` when FFmpeg cannot be run from `path`. */
+export async function checkFfmpeg(path: string): Promise<void> {
+  try {
+    const result = await new Deno.Command(path, {
+      args: ["-hide_banner", "-version"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    if (!result.success) throw new Error(`exited with code ${result.code}`);
+  } catch (error) {
+    const reason = error instanceof Deno.errors.NotFound
+      ? "not found"
+      : error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+      ? "not allowed by --allow-run"
+      : (error as Error).message;
+    throw new Error(
+      `FFmpeg (streaming.ffmpeg_path = ${JSON.stringify(path)}) cannot be run: ${reason}`,
+    );
+  }
+}
+
+function createAuthority(config: Config, options: ServiceOptions): StreamAuthority {
+  const url = config.control_plane.url;
+  if (url === undefined) return new StaticAuthority(config.streams);
+  return new ControlPlaneClient({
+    url,
+    timeoutMs: config.control_plane.timeout_seconds * 1000,
+    retryAttempts: config.control_plane.retry_attempts,
+    backoffBaseMs: options.controlPlaneBackoffMs,
+  });
+}
+
+export class RelayService implements AsyncDisposable {
+  readonly config: Config;
+  readonly hub: StreamHub;
+  readonly manager: RelayManager;
+  readonly rtmp: RtmpServer;
+  readonly http: Deno.HttpServer<Deno.NetAddr>;
+  readonly startedAt = new Date();
+  #current: Config;
+  #stopping: Promise<void> | undefined;
+
+  private constructor(config: Config, options: ServiceOptions) {
+    this.config = config;
+    this.#current = config;
+    const { rtmp, streaming, http } = config;
+    this.hub = new StreamHub({
+      gopCache: rtmp.gop_cache,
+      gopCacheMaxBytes: rtmp.gop_cache_max_kb * 1024,
+    });
+    const stopGraceMs = Math.min(3_000, (streaming.shutdown_grace_seconds * 1000) / 4);
+    this.manager = new RelayManager(createAuthority(config, options), {
+      maxDestinationsPerStream: streaming.max_destinations_per_stream,
+      supervisor: {
+        ffmpegPath: streaming.ffmpeg_path,
+        queueBytes: Math.max(streaming.buffer_size_kb * 1024, MIN_DESTINATION_QUEUE_BYTES),
+        stopGraceMs,
+        ioTimeoutSeconds: 10,
+        backoff: options.backoff,
+      },
+    });
+    this.hub.addListener(this.manager);
+    this.rtmp = new RtmpServer(
+      {
+        hostname: rtmp.bind,
+        port: rtmp.port,
+        app: rtmp.app,
+        chunkSize: rtmp.chunk_size,
+        maxMessageSize: rtmp.max_message_size_kb * 1024,
+        pingIntervalMs: rtmp.ping_interval_seconds * 1000,
+        pingTimeoutMs: rtmp.ping_timeout_seconds * 1000,
+        handshakeTimeoutMs: streaming.connection_timeout_seconds * 1000,
+        playerQueueBytes: Math.max(rtmp.gop_cache_max_kb * 1024 * 2, MIN_DESTINATION_QUEUE_BYTES),
+      },
+      this.hub,
+      this.manager.authorize,
+    );
+    try {
+      const app = createApp({
+        version: options.version,
+        startedAt: this.startedAt,
+        hub: this.hub,
+        manager: this.manager,
+        rtmp: this.rtmp,
+        allowOrigin: http.allow_origin,
+      });
+      this.http = Deno.serve({
+        hostname: http.bind,
+        port: http.port,
+        onListen: () => {},
+        onError: (error) => {
+          serviceLog.error("HTTP handler failed: {reason}", { reason: (error as Error).message });
+          return new Response(JSON.stringify({ error: "internal error" }), { status: 500 });
+        },
+      }, app.fetch);
+    } catch (error) {
+      void this.rtmp.close();
+      throw error;
+    }
+    serviceLog.info("HTTP API listening on {address}", {
+      address: `http://${http.bind}:${this.http.addr.port}`,
+      mode: this.manager.authority.mode,
+    });
+  }
+
+  /** Starts the relay. Throws (one clear message) when a port is taken or FFmpeg is missing. */
+  static async start(config: Config, options: ServiceOptions): Promise<RelayService> {
+    if (needsFfmpeg(config)) await checkFfmpeg(config.streaming.ffmpeg_path);
+    return new RelayService(config, options);
+  }
+
+  get rtmpPort(): number {
+    return this.rtmp.port;
+  }
+
+  get httpPort(): number {
+    return this.http.addr.port;
+  }
+
+  /** The configuration in force (after reloads). */
+  get currentConfig(): Config {
+    return this.#current;
+  }
+
+  /**
+   * Applies a reloaded configuration: new keys and destinations for streams that start from now
+   * on. Settings that need new sockets or a new control plane take a restart, and we say so.
+   */
+  reload(config: Config): void {
+    const authority = this.manager.authority;
+    if (authority instanceof StaticAuthority) authority.update(config.streams);
+    const needsRestart = ["rtmp", "http", "control_plane"].filter((section) =>
+      JSON.stringify(config[section as keyof Config]) !==
+        JSON.stringify(this.#current[section as keyof Config])
+    );
+    this.#current = config;
+    serviceLog.info("configuration reloaded", {
+      streams: config.streams.length,
+      ...(needsRestart.length > 0 ? { needs_restart: needsRestart.join(",") } : {}),
+    });
+  }
+
+  /**
+   * Stops accepting, ends every stream (players told, FFmpeg stopped and reaped, stream-end
+   * reported), then closes the HTTP API. Safe to call more than once.
+   */
+  shutdown(reason = "relay shutting down"): Promise<void> {
+    this.#stopping ??= (async () => {
+      serviceLog.info("shutting down: {reason}", { reason });
+      await this.rtmp.close(reason);
+      await this.manager.settle();
+      await this.http.shutdown();
+      serviceLog.info("stopped");
+    })();
+    return this.#stopping;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+}
