@@ -1,0 +1,168 @@
+/**
+ * A small RTMP client built on our own codecs, for tests that need exact control over what goes on
+ * the wire (bad input, timing) and for benchmarks. Real-client interop is tested with FFmpeg,
+ * GStreamer and rtmpdump; this client is for what they cannot be made to send.
+ *
+ * @module
+ */
+
+import { type AmfValue, isAmfObject } from "../../src/rtmp/amf0.ts";
+import {
+  ChunkDecoder,
+  ChunkEncoder,
+  MessageType,
+  type OutgoingMessage,
+  type RtmpMessage,
+} from "../../src/rtmp/chunk.ts";
+import { createClientC1, HANDSHAKE_SIZE } from "../../src/rtmp/handshake.ts";
+import { command, parseCommand, setChunkSize } from "../../src/rtmp/messages.ts";
+
+export class TestRtmpClient implements AsyncDisposable {
+  readonly conn: Deno.TcpConn;
+  readonly encoder = new ChunkEncoder();
+  readonly #decoder = new ChunkDecoder({ maxMessageSize: 64 * 1024 * 1024, maxChunkStreams: 1000 });
+  readonly #inbox: RtmpMessage[] = [];
+  readonly #buffer = new Uint8Array(64 * 1024);
+  #eof = false;
+  #transaction = 1;
+
+  private constructor(conn: Deno.TcpConn) {
+    this.conn = conn;
+  }
+
+  static async connect(port: number): Promise<TestRtmpClient> {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    conn.setNoDelay(true);
+    return new TestRtmpClient(conn);
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    let written = 0;
+    while (written < bytes.length) written += await this.conn.write(bytes.subarray(written));
+  }
+
+  async send(...messages: OutgoingMessage[]): Promise<void> {
+    await this.write(this.encoder.encode(...messages));
+  }
+
+  /** Reads exactly `count` raw bytes (handshake). */
+  async readRaw(count: number): Promise<Uint8Array> {
+    const out = new Uint8Array(count);
+    let filled = 0;
+    while (filled < count) {
+      const n = await this.conn.read(out.subarray(filled));
+      if (n === null) throw new Error(`connection closed after ${filled} of ${count} bytes`);
+      filled += n;
+    }
+    return out;
+  }
+
+  /** Digest-form handshake, as FFmpeg does it. */
+  async handshake(): Promise<{ s1: Uint8Array; s2: Uint8Array; c1: Uint8Array }> {
+    const c1 = createClientC1(1);
+    await this.write(new Uint8Array([3, ...c1]));
+    const response = await this.readRaw(1 + 2 * HANDSHAKE_SIZE);
+    const s1 = response.subarray(1, 1 + HANDSHAKE_SIZE);
+    await this.write(s1); // C2 echoes S1
+    return { s1, s2: response.subarray(1 + HANDSHAKE_SIZE), c1 };
+  }
+
+  /** Next message from the server, or null when it closed the connection. */
+  async nextMessage(timeoutMs = 5_000): Promise<RtmpMessage | null> {
+    const deadline = performance.now() + timeoutMs;
+    while (this.#inbox.length === 0) {
+      if (this.#eof) return null;
+      const remaining = deadline - performance.now();
+      if (remaining <= 0) throw new Error("no message from the server in time");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const n = await Promise.race([
+        this.conn.read(this.#buffer),
+        new Promise<"timeout">((resolve) =>
+          timer = setTimeout(() => resolve("timeout"), remaining)
+        ),
+      ]).catch((error) => {
+        if (error instanceof Deno.errors.ConnectionReset) return null;
+        throw error;
+      }).finally(() => clearTimeout(timer));
+      if (n === "timeout") throw new Error("no message from the server in time");
+      if (n === null) {
+        this.#eof = true;
+        continue;
+      }
+      this.#decoder.push(this.#buffer.subarray(0, n), (message) => this.#inbox.push(message));
+    }
+    return this.#inbox.shift()!;
+  }
+
+  /** Reads until the server closes; true when it did within the timeout. */
+  async closedByServer(timeoutMs = 5_000): Promise<boolean> {
+    try {
+      while ((await this.nextMessage(timeoutMs)) !== null) { /* drain */ }
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Waits for a command named one of `names`; returns its decoded values. */
+  async expectCommand(
+    names: string[],
+    timeoutMs = 5_000,
+  ): Promise<{ name: string; values: AmfValue[] }> {
+    for (;;) {
+      const message = await this.nextMessage(timeoutMs);
+      if (message === null) {
+        throw new Error(`connection closed while waiting for ${names.join("/")}`);
+      }
+      if (message.typeId !== MessageType.CommandAmf0) continue;
+      const parsed = parseCommand(message);
+      if (names.includes(parsed.name)) {
+        return {
+          name: parsed.name,
+          values: [parsed.transactionId, parsed.commandObject, ...parsed.args],
+        };
+      }
+    }
+  }
+
+  async call(
+    streamId: number,
+    name: string,
+    commandObject: AmfValue,
+    ...args: AmfValue[]
+  ): Promise<void> {
+    await this.send(command(streamId, name, this.#transaction++, commandObject, ...args));
+  }
+
+  /** connect + createStream; returns the message stream id. */
+  async connectAndCreateStream(app = "live", chunkSize = 4096): Promise<number> {
+    await this.send(setChunkSize(chunkSize));
+    await this.call(0, "connect", { app, tcUrl: `rtmp://127.0.0.1/${app}`, flashVer: "test/1.0" });
+    await this.expectCommand(["_result"]);
+    await this.call(0, "createStream", null);
+    const reply = await this.expectCommand(["_result"]);
+    return reply.values[2] as number;
+  }
+
+  /** Publishes `key`; returns the onStatus code the server answered with. */
+  async publish(key: string): Promise<{ streamId: number; code: string }> {
+    const streamId = await this.connectAndCreateStream();
+    await this.call(streamId, "publish", null, key, "live");
+    const status = await this.expectCommand(["onStatus"]);
+    const info = status.values[2];
+    return { streamId, code: isAmfObject(info) ? String(info.code) : "" };
+  }
+
+  close(): void {
+    try {
+      this.conn.close();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.BadResource)) throw error;
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
