@@ -1,0 +1,134 @@
+import { ConfigError, levelFromRustLog, loadConfig, validateConfig } from "../src/config.ts";
+import { assertEquals, assertMatch, assertRejects, assertThrows } from "./helpers/assert.ts";
+import { tempDir } from "./helpers/process.ts";
+
+/** The Rust server's example file, verbatim: it must load unchanged (drop-in compatibility). */
+const RUST_CONFIG = `
+[control_plane]
+url = "https://api.neustream.app"
+timeout_seconds = 10
+retry_attempts = 3
+
+[rtmp]
+port = 1935
+chunk_size = 60000
+gop_cache = true
+ping_interval_seconds = 30
+ping_timeout_seconds = 60
+
+[http]
+port = 8000
+allow_origin = "*"
+
+[streaming]
+max_destinations_per_stream = 10
+memory_pool_size_mb = 64
+buffer_size_kb = 64
+connection_timeout_seconds = 30
+stats_update_interval_seconds = 5
+
+[logging]
+level = "info"
+format = "json"
+`;
+
+Deno.test("loadConfig() reads the Rust server's config file unchanged", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/config.toml`, RUST_CONFIG);
+  const config = await loadConfig({ path: `${dir.path}/config.toml` });
+  assertEquals(config.control_plane.url, "https://api.neustream.app");
+  assertEquals(config.rtmp.chunk_size, 60000);
+  assertEquals(config.logging.format, "json");
+  assertEquals(config.rtmp.app, "live", "defaults fill what the file leaves out");
+});
+
+Deno.test("loadConfig() lets flags beat env, env beat the file, the file beat defaults", async () => {
+  await using dir = await tempDir();
+  const path = `${dir.path}/c.toml`;
+  await Deno.writeTextFile(
+    path,
+    '[rtmp]\nport = 2000\n[http]\nport = 9000\n[logging]\nlevel = "error"\n',
+  );
+  const fileOnly = await loadConfig({ path });
+  assertEquals([fileOnly.rtmp.port, fileOnly.http.port, fileOnly.logging.level], [
+    2000,
+    9000,
+    "error",
+  ]);
+  const withEnv = await loadConfig({
+    path,
+    env: { RTMP_PORT: "3000", HTTP_PORT: "9100", RUST_LOG: "rust_media_server=debug" },
+  });
+  assertEquals([withEnv.rtmp.port, withEnv.http.port, withEnv.logging.level], [
+    3000,
+    9100,
+    "debug",
+  ]);
+  const withFlags = await loadConfig({
+    path,
+    env: { RTMP_PORT: "3000", LOG_LEVEL: "warn" },
+    flags: { rtmpPort: 4000 },
+  });
+  assertEquals([withFlags.rtmp.port, withFlags.logging.level], [4000, "warn"]);
+  const defaults = validateConfig({}, "empty");
+  assertEquals([defaults.rtmp.port, defaults.http.port, defaults.http.bind], [
+    1935,
+    8000,
+    "0.0.0.0",
+  ]);
+});
+
+Deno.test("validateConfig() names the key, the value and what is allowed", () => {
+  const error = assertThrows(
+    () =>
+      validateConfig(
+        { rtmp: { port: 70000, chunk_size: "big" }, logging: { format: "xml" } },
+        "config.toml",
+      ),
+    ConfigError,
+  );
+  assertMatch(error.message, /config\.toml: rtmp\.port = 70000: .*65535/);
+  assertMatch(error.message, /rtmp\.chunk_size = "big": .*number/);
+  assertMatch(error.message, /logging\.format = "xml": .*"text".*"json"/);
+  const typo = assertThrows(() => validateConfig({ rtmp: { chunk_sise: 1 } }, "c"), ConfigError);
+  assertMatch(typo.message, /unknown key rtmp\.chunk_sise/);
+});
+
+Deno.test("validateConfig() rejects a destination that is not rtmp or rtmps, without echoing keys", () => {
+  const error = assertThrows(() =>
+    validateConfig({
+      streams: [{
+        key: "secret-stream-key",
+        destinations: [{ id: "x", rtmp_url: "file:///etc/passwd", stream_key: "k" }],
+      }],
+    }, "c"), ConfigError);
+  assertMatch(error.message, /streams\[0\]\.destinations\[0\]\.rtmp_url.*not allowed/);
+  const keyError = assertThrows(
+    () => validateConfig({ streams: [{ key: "has space" }] }, "c"),
+    ConfigError,
+  );
+  assertMatch(keyError.message, /streams\[0\]\.key = \(hidden\)/);
+});
+
+Deno.test("loadConfig() reports a missing named file and bad TOML as ConfigError", async () => {
+  await assertRejects(
+    () => loadConfig({ path: "/nonexistent/neustream.toml" }),
+    ConfigError,
+    "cannot read config file",
+  );
+  await using dir = await tempDir();
+  await Deno.writeTextFile(`${dir.path}/bad.toml`, "[rtmp\nport = 1");
+  await assertRejects(
+    () => loadConfig({ path: `${dir.path}/bad.toml` }),
+    ConfigError,
+    "not valid TOML",
+  );
+  const env = await loadConfig({ path: `${dir.path}/missing.toml` }).catch((e) => e);
+  assertEquals(env instanceof ConfigError, true);
+});
+
+Deno.test("levelFromRustLog() finds the level in a RUST_LOG filter", () => {
+  assertEquals(levelFromRustLog("info"), "info");
+  assertEquals(levelFromRustLog("rust_media_server=debug,tower=info"), "debug");
+  assertEquals(levelFromRustLog("nonsense"), undefined);
+});

@@ -1,0 +1,56 @@
+import {
+  DestinationSchema,
+  joinPushUrl,
+  selectDestinations,
+  validateDestination,
+} from "../../src/control_plane/destination.ts";
+import { assertEquals, assertThrows } from "../helpers/assert.ts";
+
+const record = (rtmp_url: string, stream_key = "abcd-efgh-ijkl", id = "1") =>
+  DestinationSchema.parse({ id, platform: "custom", rtmp_url, stream_key });
+
+Deno.test("joinPushUrl() joins base and key with exactly one slash", () => {
+  assertEquals(
+    joinPushUrl("rtmp://a.rtmp.youtube.com/live2", "k"),
+    "rtmp://a.rtmp.youtube.com/live2/k",
+  );
+  assertEquals(joinPushUrl("rtmp://host/app/", "k"), "rtmp://host/app/k");
+  assertEquals(joinPushUrl("rtmp://host/app//", "/k"), "rtmp://host/app/k");
+  assertEquals(joinPushUrl("rtmp://host/app/key-in-url", ""), "rtmp://host/app/key-in-url");
+});
+
+Deno.test("validateDestination() accepts rtmp and rtmps URLs and redacts the key for display", () => {
+  const destination = validateDestination(
+    record("rtmps://live-api-s.facebook.com:443/rtmp", "FB-123456789"),
+  );
+  assertEquals(destination.pushUrl, "rtmps://live-api-s.facebook.com:443/rtmp/FB-123456789");
+  assertEquals(destination.displayUrl, "rtmps://live-api-s.facebook.com:443/rtmp/FB-1…(12)");
+});
+
+Deno.test("validateDestination() keeps hostile values away from FFmpeg", () => {
+  const bad: [string, string, string][] = [
+    ["file:///etc/passwd", "k", "not allowed"],
+    ["-y", "k", "not a URL"],
+    ["rtmp://host/live key", "k", "whitespace"],
+    ["rtmp://host/live\nkey", "k", "control characters"],
+    ["http://host/live", "k", "not allowed"],
+    ["rtmp:///live", "k", "no host"],
+    ["rtmp://host/live", "-f", "must not start"],
+    ["rtmp://host/live", "a b", "whitespace"],
+  ];
+  for (const [url, key, text] of bad) {
+    assertThrows(() => validateDestination(record(url, key)), TypeError, text);
+  }
+});
+
+Deno.test("selectDestinations() skips invalid ones and caps the count", () => {
+  const selection = selectDestinations([
+    record("rtmp://a/live", "k1", "a"),
+    record("file:///etc/passwd", "k2", "b"),
+    record("rtmp://c/live", "k3", "c"),
+    record("rtmp://d/live", "k4", "d"),
+    record("rtmp://a/live", "k5", "a"),
+  ], 2);
+  assertEquals(selection.accepted.map((d) => d.id), ["a", "c"]);
+  assertEquals(selection.rejected.map((r) => r.id), ["b", "d", "a"]);
+});

@@ -1,0 +1,60 @@
+import { createMediaPacket, TagType } from "../../src/media/flv.ts";
+import { GopCache } from "../../src/media/gop_cache.ts";
+import { hex } from "../helpers/bytes.ts";
+import { assertEquals } from "../helpers/assert.ts";
+
+const video = (ts: number, keyframe: boolean, size = 10) =>
+  createMediaPacket(
+    TagType.Video,
+    ts,
+    new Uint8Array([keyframe ? 0x17 : 0x27, 1, ...new Uint8Array(size)]),
+  );
+const audio = (ts: number) => createMediaPacket(TagType.Audio, ts, hex("af 01 00"));
+const meta = createMediaPacket(TagType.Script, 0, hex("02 000a 6f6e4d65746144617461"));
+const avcConfig = createMediaPacket(TagType.Video, 0, hex("17 00 000000 01"));
+const aacConfig = createMediaPacket(TagType.Audio, 0, hex("af 00 1210"));
+
+Deno.test("GopCache.snapshot() gives headers then frames from the last keyframe", () => {
+  const cache = new GopCache(1_000_000);
+  for (
+    const packet of [
+      meta,
+      avcConfig,
+      aacConfig,
+      video(0, true),
+      audio(10),
+      video(33, false),
+      video(66, true),
+      audio(70),
+      video(99, false),
+    ]
+  ) {
+    cache.push(packet);
+  }
+  assertEquals(cache.snapshot().map((p) => [p.type, p.timestamp, p.keyframe]), [
+    [TagType.Script, 0, false],
+    [TagType.Video, 0, false],
+    [TagType.Audio, 0, false],
+    [TagType.Video, 66, true],
+    [TagType.Audio, 70, false],
+    [TagType.Video, 99, false],
+  ]);
+});
+
+Deno.test("GopCache drops a group larger than its limit until the next keyframe", () => {
+  const cache = new GopCache(100);
+  cache.push(avcConfig);
+  cache.push(video(0, true, 50));
+  cache.push(video(33, false, 60)); // over the limit: the group is forgotten
+  cache.push(video(66, false, 10));
+  assertEquals(cache.snapshot().length, 1, "only the sequence header is left");
+  cache.push(video(99, true, 10));
+  assertEquals(cache.snapshot().map((p) => p.timestamp), [0, 99]);
+});
+
+Deno.test("GopCache ignores frames before the first keyframe", () => {
+  const cache = new GopCache(1_000);
+  cache.push(video(0, false));
+  cache.push(audio(5));
+  assertEquals(cache.snapshot(), []);
+});

@@ -1,0 +1,41 @@
+import { createMediaPacket, TagType } from "../../src/media/flv.ts";
+import { MediaQueue } from "../../src/media/media_queue.ts";
+import { assertEquals } from "../helpers/assert.ts";
+
+const video = (ts: number, keyframe: boolean, size: number) =>
+  createMediaPacket(
+    TagType.Video,
+    ts,
+    new Uint8Array([keyframe ? 0x17 : 0x27, 1, ...new Uint8Array(size - 2)]),
+  );
+const audio = (ts: number, size = 10) =>
+  createMediaPacket(TagType.Audio, ts, new Uint8Array([0xaf, 1, ...new Uint8Array(size - 2)]));
+const config = createMediaPacket(TagType.Video, 0, new Uint8Array([0x17, 0, 0, 0, 0]));
+
+Deno.test("MediaQueue drops audio and video together until the next keyframe when full", () => {
+  let episodes = 0;
+  const queue = new MediaQueue<string>(100, () => episodes++);
+  assertEquals(queue.pushMedia(video(0, true, 60)), true);
+  assertEquals(queue.pushMedia(video(33, false, 50)), false, "over the limit: dropped");
+  assertEquals(queue.pushMedia(audio(40)), false, "audio drops with video");
+  assertEquals(queue.pushMedia(config), true, "sequence headers are never dropped");
+  queue.pushControl("status");
+  queue.takeAll(); // the reader catches up
+  assertEquals(queue.pushMedia(video(66, false, 10)), false, "still waiting for a keyframe");
+  assertEquals(queue.pushMedia(video(99, true, 60)), true, "resumes on a keyframe");
+  assertEquals(queue.pushMedia(audio(100)), true);
+  assertEquals(episodes, 1);
+  assertEquals(queue.droppedPackets, 3);
+});
+
+Deno.test("MediaQueue.wait() resolves on an item and on close", async () => {
+  const queue = new MediaQueue<string>(100);
+  const waiting = queue.wait();
+  queue.pushControl("x");
+  await waiting;
+  assertEquals(queue.takeAll().length, 1);
+  const closing = queue.wait();
+  queue.close();
+  await closing;
+  assertEquals(queue.pushMedia(audio(0)), false);
+});

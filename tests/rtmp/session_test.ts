@@ -1,0 +1,205 @@
+/**
+ * Hostile and broken clients against the real server, each on its own socket, while a real FFmpeg
+ * stream runs beside them: every bad connection is closed with one log line, and the good stream
+ * loses nothing.
+ */
+
+import { encodeAmf0 } from "../../src/rtmp/amf0.ts";
+import { MessageType, type OutgoingMessage } from "../../src/rtmp/chunk.ts";
+import { command, setChunkSize } from "../../src/rtmp/messages.ts";
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { hex } from "../helpers/bytes.ts";
+import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
+import { tempDir, TestProcess, waitFor } from "../helpers/process.ts";
+import { startTestRelay } from "../helpers/relay.ts";
+import { TestRtmpClient } from "../helpers/rtmp_client.ts";
+
+const raw = (typeId: number, payload: Uint8Array, chunkStreamId = 3): OutgoingMessage => ({
+  chunkStreamId,
+  typeId,
+  timestamp: 0,
+  streamId: 0,
+  payload,
+});
+
+function nestedConnect(depth: number): Uint8Array {
+  const head = encodeAmf0("connect", 1);
+  const nest = new Uint8Array(depth * 4);
+  for (let i = 0; i < depth; i++) nest.set([0x03, 0x00, 0x01, 0x61], i * 4);
+  return new Uint8Array([...head, ...nest]);
+}
+
+/** Each case: what a misbehaving client does once it has a socket. */
+const BAD_CLIENTS: { name: string; act: (client: TestRtmpClient) => Promise<void>; log: RegExp }[] =
+  [
+    {
+      name: "RTMPE version byte in C0",
+      act: (c) => c.write(new Uint8Array([6, ...new Uint8Array(1536)])),
+      log: /unsupported RTMP version 6/,
+    },
+    {
+      name: "stalls mid-handshake",
+      act: (c) => c.write(new Uint8Array([3, ...new Uint8Array(100)])),
+      log: /no connect within 1 s/,
+    },
+    {
+      name: "chunk size 1",
+      act: async (c) => {
+        await c.handshake();
+        await c.write(hex("02 000000 000004 01 00000000 00000001"));
+      },
+      log: /Set Chunk Size 1 is below the minimum/,
+    },
+    {
+      name: "declares a 16 MiB message",
+      act: async (c) => {
+        await c.handshake();
+        await c.write(hex("03 000000 ffffff 14 00000000 00"));
+      },
+      log: /message of 16777215 bytes .* exceeds the limit/,
+    },
+    {
+      name: "type 3 chunk on an unknown chunk stream",
+      act: async (c) => {
+        await c.handshake();
+        await c.write(hex("c9 00 00 00"));
+      },
+      log: /chunk type 3 on chunk stream 9 with no earlier header/,
+    },
+    {
+      name: "AMF nested 10,000 deep",
+      act: async (c) => {
+        await c.handshake();
+        await c.send(raw(MessageType.CommandAmf0, nestedConnect(10_000)));
+      },
+      log: /AMF0 nesting deeper than/,
+    },
+    {
+      name: "truncated AMF",
+      act: async (c) => {
+        await c.handshake();
+        await c.send(raw(MessageType.CommandAmf0, encodeAmf0("connect", 1).subarray(0, 12)));
+      },
+      log: /AMF0 value truncated/,
+    },
+    {
+      name: "publish before createStream",
+      act: async (c) => {
+        await c.handshake();
+        await c.send(setChunkSize(4096));
+        await c.call(0, "connect", { app: "live" });
+        await c.send({ ...command(1, "publish", 3, null, "sess-key-0001", "live") });
+      },
+      log: /publish on message stream 1 before createStream/,
+    },
+    {
+      name: "second connect",
+      act: async (c) => {
+        await c.handshake();
+        await c.call(0, "connect", { app: "live" });
+        await c.call(0, "connect", { app: "live" });
+      },
+      log: /second connect on one connection/,
+    },
+    {
+      name: "thousands of chunk stream ids",
+      act: async (c) => {
+        await c.handshake();
+        const parts: number[] = [];
+        for (let id = 3; id < 300; id++) {
+          // Basic header (1 or 2 bytes), a type 0 header for a 1-byte audio message, its byte.
+          parts.push(...(id < 64 ? [id] : [0x00, id - 64]), 0, 0, 0, 0, 0, 1, 8, 1, 0, 0, 0, 0xaf);
+        }
+        await c.write(new Uint8Array(parts)).catch(() => {});
+      },
+      log: /more than 64 chunk streams/,
+    },
+    {
+      name: "connect to an unknown application",
+      act: async (c) => {
+        await c.handshake();
+        await c.call(0, "connect", { app: "admin" });
+      },
+      log: /connect to unknown application "admin"/,
+    },
+  ];
+
+Deno.test("bad clients are closed with one log line while a real stream loses nothing", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 4 });
+  await using relay = await startTestRelay({
+    streams: [{ key: "sess-key-0001" }],
+    streaming: { connection_timeout_seconds: 1 },
+    rtmp: { max_message_size_kb: 1024 },
+  });
+  const out = `${dir.path}/good.flv`;
+  await using player = new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    "-y",
+    "-i",
+    relay.rtmpUrl("sess-key-0001"),
+    "-map",
+    "0:v",
+    "-map",
+    "0:a",
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    out,
+  ]);
+  await waitFor(() => relay.service.hub.get("sess-key-0001")?.subscriberCount === 1, "player");
+  await using publisher = new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    "-re",
+    "-i",
+    source,
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    relay.rtmpUrl("sess-key-0001"),
+  ]);
+  await waitFor(() => relay.service.hub.get("sess-key-0001")?.state === "live", "stream live");
+
+  const outcomes = await Promise.all(BAD_CLIENTS.map(async (bad) => {
+    await using client = await TestRtmpClient.connect(relay.rtmpPort);
+    const started = performance.now();
+    await bad.act(client).catch(() => {}); // the server may hang up while we still write
+    const closed = await client.closedByServer(4_000);
+    return { name: bad.name, closed, ms: performance.now() - started };
+  }));
+  for (const outcome of outcomes) {
+    assert(outcome.closed, `${outcome.name}: the server should close the connection`);
+    assert(outcome.ms < 3_500, `${outcome.name}: closed after ${Math.round(outcome.ms)} ms`);
+  }
+  const text = relay.logText();
+  for (const bad of BAD_CLIENTS) {
+    assert(bad.log.test(text), `${bad.name}: no log line matching ${bad.log}`);
+  }
+
+  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  assertEquals((await player.wait()).code, 0, player.stderr);
+  assertSamePackets(await framemd5(out), await framemd5(source), "the good stream");
+  assertEquals(relay.service.rtmp.sessions.size, 0, "every connection is gone");
+});
+
+Deno.test("a silent publisher is dropped by the ping timeout", async () => {
+  await using relay = await startTestRelay({
+    streams: [{ key: "ping-key-0001" }],
+    rtmp: { ping_interval_seconds: 0.2, ping_timeout_seconds: 1 },
+  });
+  await using client = await TestRtmpClient.connect(relay.rtmpPort);
+  await client.handshake();
+  const { code } = await client.publish("ping-key-0001");
+  assertEquals(code, "NetStream.Publish.Start");
+  // We answer nothing and send nothing from here on: a dead uplink without FIN.
+  const started = performance.now();
+  await waitFor(() => relay.service.hub.live().length === 0, "stream to end", 5_000);
+  assert(performance.now() - started < 3_000, "the timeout should apply within about a second");
+  assert(/ping timeout/.test(relay.logText()), "the reason is logged");
+});
