@@ -24,9 +24,8 @@ export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOpt
     // "info" prints "Output #0" once the destination accepted the publish: our "connected" signal.
     "-loglevel",
     "info",
-    // The input starts with metadata and sequence headers: no need to wait and probe.
-    "-fflags",
-    "+nobuffer",
+    // The input starts with metadata and sequence headers, so a short probe finds both streams.
+    // No "-fflags nobuffer": it discards the packets read while probing, the stream's start.
     "-probesize",
     "65536",
     "-analyzeduration",
