@@ -14,7 +14,7 @@ import {
   TestProcess,
   waitFor,
 } from "../helpers/process.ts";
-import { startTestRelay } from "../helpers/relay.ts";
+import { spawnRelay, startTestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
 
 function publish(source: string, url: string, realtime = true): TestProcess {
@@ -213,42 +213,18 @@ Deno.test("after kill -9 of the relay its FFmpeg children exit on their own", as
   await using dir = await tempDir();
   const source = await fixture({ seconds: 20, gop: 30 });
   await using nginx = await NginxSink.start(`${dir.path}/nginx`);
-  const rtmpPort = freePort();
-  const httpPort = freePort();
-  await Deno.writeTextFile(
-    `${dir.path}/relay.toml`,
-    `[rtmp]\nport = ${rtmpPort}\nbind = "127.0.0.1"\n[http]\nport = ${httpPort}\nbind = "127.0.0.1"\n` +
-      `[[streams]]\nkey = "orphan-0001"\n[[streams.destinations]]\nid = "a"\nrtmp_url = "${nginx.baseUrl}"\nstream_key = "orphan-a"\n`,
+  await using relayProcess = await spawnRelay(
+    dir.path,
+    `[[streams]]\nkey = "orphan-0001"\n[[streams.destinations]]\nid = "a"\nrtmp_url = "${nginx.baseUrl}"\nstream_key = "orphan-a"\n`,
   );
-  await using relayProcess = new TestProcess("deno", [
-    "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env",
-    "--allow-run=ffmpeg",
-    new URL("../../main.ts", import.meta.url).pathname,
-    "--config",
-    `${dir.path}/relay.toml`,
-  ]);
-  await waitFor(
-    async () => {
-      const health = await fetch(`http://127.0.0.1:${httpPort}/health`).then(
-        (r) => r.text(),
-        () => "",
-      );
-      return health.includes('"ok"');
-    },
-    "relay to start",
-    20_000,
-  );
-  await using publisher = publish(source, `rtmp://127.0.0.1:${rtmpPort}/live/orphan-0001`);
+  await using publisher = publish(source, relayProcess.rtmpUrl("orphan-0001"));
   const marker = `127.0.0.1:${nginx.port}/live`;
   await waitFor(
     async () => (await ffmpegProcessesWith(marker)).length === 1,
     "the destination FFmpeg",
   );
-  relayProcess.kill("SIGKILL");
-  await relayProcess.wait();
+  relayProcess.process.kill("SIGKILL");
+  await relayProcess.process.wait();
   const killedAt = performance.now();
   await waitFor(
     async () => (await ffmpegProcessesWith(marker)).length === 0,

@@ -9,6 +9,7 @@ import { validateConfig } from "../../src/config.ts";
 import { type LogRecord, setupLogging } from "../../src/log.ts";
 import { RelayService, type ServiceOptions } from "../../src/service.ts";
 import { textFormatter } from "../../src/log.ts";
+import { freePort, TestProcess, waitFor } from "./process.ts";
 
 export type ConfigOverrides = Record<string, unknown>;
 
@@ -88,4 +89,59 @@ export async function startTestRelay(
     ...options,
   });
   return new TestRelay(service, logs);
+}
+
+/** The relay run as users run it (`deno run main.ts`), for signals and `kill -9`. */
+export interface RelayProcess extends AsyncDisposable {
+  process: TestProcess;
+  rtmpPort: number;
+  httpPort: number;
+  configPath: string;
+  rtmpUrl(key: string): string;
+}
+
+/**
+ * Starts `main.ts` in a child Deno with the production permissions, on free ports, with
+ * `configBody` (TOML without the [rtmp] and [http] sections, which this adds) written to `dir`.
+ */
+export async function spawnRelay(dir: string, configBody: string): Promise<RelayProcess> {
+  const rtmpPort = freePort();
+  const httpPort = freePort();
+  const configPath = `${dir}/relay.toml`;
+  await Deno.writeTextFile(configPath, relayConfigText(rtmpPort, httpPort, configBody));
+  const process = new TestProcess("deno", [
+    "run",
+    "--allow-net",
+    "--allow-read",
+    "--allow-env",
+    "--allow-run=ffmpeg",
+    new URL("../../main.ts", import.meta.url).pathname,
+    "--config",
+    configPath,
+  ]);
+  await waitFor(
+    async () => {
+      if (process.exited) throw new Error(`relay exited:\n${process.stderr}`);
+      const health = await fetch(`http://127.0.0.1:${httpPort}/health`).then(
+        (r) => r.text(),
+        () => "",
+      );
+      return health.includes('"ok"');
+    },
+    "relay to start",
+    30_000,
+  );
+  return {
+    process,
+    rtmpPort,
+    httpPort,
+    configPath,
+    rtmpUrl: (key) => `rtmp://127.0.0.1:${rtmpPort}/live/${key}`,
+    [Symbol.asyncDispose]: () => process[Symbol.asyncDispose](),
+  };
+}
+
+/** Config text with our ports in front of `body`. */
+export function relayConfigText(rtmpPort: number, httpPort: number, body: string): string {
+  return `[rtmp]\nport = ${rtmpPort}\nbind = "127.0.0.1"\n[http]\nport = ${httpPort}\nbind = "127.0.0.1"\n${body}`;
 }

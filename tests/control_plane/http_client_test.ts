@@ -1,0 +1,117 @@
+/**
+ * The control-plane client against a fake control plane over real HTTP: every way of saying no,
+ * or of not answering, refuses the publish promptly with a reason.
+ */
+
+import { ControlPlaneClient } from "../../src/control_plane/http_client.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { freePort } from "../helpers/process.ts";
+
+const client = (url: string, timeoutMs = 1_000, retryAttempts = 2) =>
+  new ControlPlaneClient({ url, timeoutMs, retryAttempts, backoffBaseMs: 20 });
+
+Deno.test("authorize() accepts code 0 and passes data.forward on", async () => {
+  await using cp = new FakeControlPlane({
+    auth: () => ({ body: { code: 0, data: { forward: false }, extra: 1 } }),
+  });
+  assertEquals(await client(cp.url).authorize("key-1"), { allowed: true, forward: false });
+  assertEquals(cp.authCalls, ["key-1"]);
+});
+
+Deno.test("authorize() refuses every answer but a well-formed yes, with the reason", async () => {
+  const cases: [string, ReturnType<FakeControlPlane["behaviour"]["auth"]>, RegExp][] = [
+    [
+      "code 1",
+      { body: { code: 1, msg: "unknown key" } },
+      /refused the key \(code 1: unknown key\)/,
+    ],
+    ["HTTP 403", { status: 403, body: { code: 0, data: { forward: true } } }, /HTTP 403/],
+    ["HTTP 500", { status: 500, body: {} }, /HTTP 500/],
+    ["not JSON", { text: "<html>oops</html>" }, /not JSON/],
+    ["missing code", { body: { data: { forward: true } } }, /invalid: code: /],
+    ["missing data.forward", { body: { code: 0, data: {} } }, /invalid: data\.forward: /],
+    ["missing data", { body: { code: 0 } }, /data: missing/],
+  ];
+  await using cp = new FakeControlPlane();
+  for (const [name, answer, reason] of cases) {
+    cp.behaviour.auth = () => answer;
+    const started = performance.now();
+    const decision = await client(cp.url).authorize("key-2");
+    assertEquals(decision.allowed, false, name);
+    if (!decision.allowed) assertMatch(decision.reason, reason, name);
+    assert(performance.now() - started < 1_000, `${name}: refused promptly`);
+  }
+});
+
+Deno.test("authorize() retries a 500 and then succeeds", async () => {
+  let calls = 0;
+  await using cp = new FakeControlPlane({
+    auth: () => (++calls < 2
+      ? { status: 500, body: {} }
+      : { body: { code: 0, data: { forward: true } } }),
+  });
+  assertEquals(await client(cp.url).authorize("key-3"), { allowed: true, forward: true });
+  assertEquals(calls, 2);
+});
+
+Deno.test("authorize() fails closed when the control plane is down or too slow", async () => {
+  const down = await client(`http://127.0.0.1:${freePort()}`).authorize("key-4");
+  assertEquals(down.allowed, false);
+  if (!down.allowed) assertMatch(down.reason, /unreachable/);
+
+  await using cp = new FakeControlPlane({
+    auth: () => ({ delayMs: 3_000, body: { code: 0, data: { forward: true } } }),
+  });
+  const started = performance.now();
+  const slow = await client(cp.url, 400, 3).authorize("key-5");
+  const elapsed = performance.now() - started;
+  assertEquals(slow.allowed, false);
+  if (!slow.allowed) assertMatch(slow.reason, /timed out/);
+  assert(
+    elapsed < 700,
+    `an encoder must not wait past the timeout (waited ${Math.round(elapsed)} ms)`,
+  );
+});
+
+Deno.test("destinations() parses the forwarding reply and reports malformed entries by field", async () => {
+  await using cp = new FakeControlPlane({
+    forwarding: () => ({
+      body: {
+        destinations: [
+          {
+            id: "1",
+            platform: "youtube",
+            rtmp_url: "rtmp://a.rtmp.youtube.com/live2",
+            stream_key: "yt",
+            extra: true,
+          },
+          { id: 2, platform: "twitch", stream_key: "tw" },
+        ],
+      },
+    }),
+  });
+  const { records, malformed } = await client(cp.url).destinations("key/with?odd#chars");
+  assertEquals(records.map((r) => r.id), ["1"]);
+  assertEquals(malformed.length, 1);
+  assertMatch(malformed[0]!, /destinations\[1\]: rtmp_url: /);
+  assertEquals(cp.forwardingCalls, ["key/with?odd#chars"]);
+  cp.behaviour.forwarding = () => ({ body: { streams: [] } });
+  await assertRejects(() => client(cp.url).destinations("k"), Error, "destinations: ");
+});
+
+Deno.test("streamEnded() retries until the control plane takes it, in order per key", async () => {
+  let failures = 2;
+  await using cp = new FakeControlPlane({ streamEnd: () => (failures-- > 0 ? 503 : 200) });
+  const cp1 = client(cp.url, 1_000, 3);
+  await cp1.streamEnded("key-6");
+  assertEquals(cp.streamEnds, ["key-6"]);
+  assertEquals(cp.streamEndAttempts.length, 3);
+  // A new publish of the same key waits for the end of the old one to be delivered first.
+  failures = 1;
+  const end = cp1.streamEnded("key-7");
+  const auth = cp1.authorize("key-7");
+  await Promise.all([end, auth]);
+  assertEquals(cp.authCalls, ["key-7"]);
+  assertEquals(cp.streamEnds, ["key-6", "key-7"]);
+});

@@ -1,0 +1,174 @@
+/**
+ * The relay with a real HTTP control plane (a fake one the test runs) and real publishers.
+ */
+
+import { Hono } from "hono";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
+import {
+  ffmpegProcessesWith,
+  freePort,
+  run,
+  tempDir,
+  TestProcess,
+  waitFor,
+} from "../helpers/process.ts";
+import { startTestRelay } from "../helpers/relay.ts";
+import { NginxSink, settledFile } from "../helpers/sinks.ts";
+
+function publish(source: string, url: string, realtime = true): TestProcess {
+  return new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    ...(realtime ? ["-re"] : []),
+    "-i",
+    source,
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    url,
+  ]);
+}
+
+const controlPlane = (url: string, timeout_seconds = 1) => ({
+  control_plane: { url, timeout_seconds, retry_attempts: 2 },
+});
+
+Deno.test("an accepted key relays to the valid destinations the control plane returned", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 3, gop: 60 });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  await using cp = new FakeControlPlane({
+    forwarding: () => ({
+      body: {
+        destinations: [
+          { id: "ok", platform: "custom", rtmp_url: nginx.baseUrl, stream_key: "cp-dest-key" },
+          { id: "passwd", platform: "custom", rtmp_url: "file:///etc/passwd", stream_key: "" },
+          { id: "option", platform: "custom", rtmp_url: "-y", stream_key: "x" },
+          { id: "space", platform: "custom", rtmp_url: "rtmp://host/live key", stream_key: "x" },
+          { id: "nourl", platform: "custom", stream_key: "x" },
+        ],
+      },
+    }),
+  });
+  await using relay = await startTestRelay(controlPlane(cp.url));
+  const ps = () => run("ps", ["-eo", "args="]);
+  await using publisher = publish(source, relay.rtmpUrl("cp-stream-key-1"));
+  const relayed = await waitFor(() => relay.service.manager.relayFor("cp-stream-key-1"), "relay");
+  await waitFor(() => relayed.get("ok")?.state === "connected", "destination connected");
+  assertEquals(relayed.list().map((d) => d.destination.id), ["ok"]);
+  const processes = await ps();
+  for (const bad of ["/etc/passwd", " -y", "live key"]) {
+    assert(
+      !processes.split("\n").some((l) => l.includes("ffmpeg") && l.includes(bad)),
+      `${bad} reached FFmpeg`,
+    );
+  }
+  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  await settledFile(nginx.recording("cp-dest-key"));
+  assertSamePackets(
+    await framemd5(nginx.recording("cp-dest-key")),
+    await framemd5(source),
+    "relayed stream",
+  );
+  const logs = relay.logText();
+  assertMatch(logs, /destination skipped: .*scheme "file:" is not allowed/);
+  assertMatch(logs, /destination skipped: .*rtmp_url is not a URL/);
+  assertMatch(logs, /destination skipped: .*whitespace/);
+  assertMatch(logs, /destination skipped: destinations\[4\]: rtmp_url/);
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end");
+  assertEquals(cp.authCalls, ["cp-stream-key-1"]);
+  assert(!logs.includes("cp-stream-key-1") && !logs.includes("cp-dest-key"), "no key in the logs");
+});
+
+Deno.test("every kind of refusal refuses the publish promptly and logs why", async () => {
+  const source = await fixture({ seconds: 2 });
+  await using cp = new FakeControlPlane();
+  await using relay = await startTestRelay(controlPlane(cp.url, 1));
+  const cases: [string, () => void, RegExp][] = [
+    [
+      "refused key",
+      () => cp.behaviour.auth = () => ({ body: { code: 1, msg: "no such key" } }),
+      /code 1: no such key/,
+    ],
+    ["HTTP 500", () => cp.behaviour.auth = () => ({ status: 500, body: {} }), /HTTP 500/],
+    ["not JSON", () => cp.behaviour.auth = () => ({ text: "Bad Gateway" }), /not JSON/],
+    [
+      "too slow",
+      () => cp.behaviour.auth = () => ({ delayMs: 5_000, body: { code: 0 } }),
+      /timed out/,
+    ],
+  ];
+  for (const [name, arrange, reason] of cases) {
+    arrange();
+    const before = relay.logs.length;
+    const started = performance.now();
+    await using publisher = publish(
+      source,
+      relay.rtmpUrl(`refused-${name.replace(/\W/g, "")}`),
+      false,
+    );
+    const status = await publisher.wait(10_000);
+    const elapsed = performance.now() - started;
+    assert(status.code !== 0, `${name}: the publish must fail`);
+    assert(elapsed < 3_500, `${name}: took ${Math.round(elapsed)} ms`);
+    const text = relay.logs.slice(before).map((r) =>
+      r.message.join("") + JSON.stringify(r.properties)
+    ).join("\n");
+    assertMatch(text, /publish refused/, name);
+    assertMatch(text, reason, name);
+  }
+  assertEquals(relay.service.hub.live().length, 0);
+  assertEquals(cp.streamEnds, [], "a refused publish never started a stream");
+});
+
+Deno.test("publishes are refused while the control plane is down and accepted once it answers", async () => {
+  const source = await fixture({ seconds: 2 });
+  const port = freePort();
+  await using relay = await startTestRelay(controlPlane(`http://127.0.0.1:${port}`, 1));
+  await using refused = publish(source, relay.rtmpUrl("outage-key-1"), false);
+  assert((await refused.wait(10_000)).code !== 0);
+  assertMatch(relay.logText(), /publish refused: control plane unreachable/);
+  // The control plane comes back on the same address.
+  const app = new Hono();
+  app.post("/api/auth/stream", (c) => c.json({ code: 0, data: { forward: false } }));
+  app.post("/api/auth/stream-end", (c) => c.json({ code: 0 }));
+  await using _back = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, app.fetch);
+  await using accepted = publish(source, relay.rtmpUrl("outage-key-1"), false);
+  assertEquals((await accepted.wait(10_000)).code, 0, accepted.stderr);
+});
+
+Deno.test("stream-end arrives once per stream: clean end, vanished publisher, relay shutdown", async () => {
+  const source = await fixture({ seconds: 20 });
+  await using cp = new FakeControlPlane({
+    auth: () => ({ body: { code: 0, data: { forward: false } } }),
+  });
+  const relay = await startTestRelay(controlPlane(cp.url));
+  try {
+    const short = await fixture({ seconds: 1 });
+    await using clean = publish(short, relay.rtmpUrl("end-clean-1"), false);
+    assertEquals((await clean.wait()).code, 0, clean.stderr);
+    await waitFor(() => cp.streamEnds.includes("end-clean-1"), "clean stream-end");
+
+    await using vanished = publish(source, relay.rtmpUrl("end-kill-1"));
+    await waitFor(() => relay.service.hub.get("end-kill-1")?.state === "live", "live");
+    vanished.kill("SIGKILL");
+    await waitFor(() => cp.streamEnds.includes("end-kill-1"), "stream-end after SIGKILL");
+
+    await using survivor = publish(source, relay.rtmpUrl("end-shutdown-1"));
+    await waitFor(() => relay.service.hub.get("end-shutdown-1")?.state === "live", "live");
+    await relay.service.shutdown("test shutdown");
+    assert(
+      cp.streamEnds.includes("end-shutdown-1"),
+      "stream-end is sent before shutdown completes",
+    );
+    await survivor.wait(10_000);
+  } finally {
+    await relay[Symbol.asyncDispose]();
+  }
+  assertEquals(cp.streamEnds.sort(), ["end-clean-1", "end-kill-1", "end-shutdown-1"]);
+  assertEquals(await ffmpegProcessesWith("end-"), []);
+});
