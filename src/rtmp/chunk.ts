@@ -438,15 +438,23 @@ export class ChunkEncoder {
     this.#chunkSize = ChunkEncoder.#checkChunkSize(size);
   }
 
-  /** Encodes `messages` into one buffer, ready for a single write. */
+  /** Encodes `messages` into one new buffer, ready for a single write. */
   encode(...messages: OutgoingMessage[]): Uint8Array {
+    return this.encodeInto(undefined, messages);
+  }
+
+  /**
+   * Encodes `messages` into `scratch` when they fit (the caller reuses it between writes, so the
+   * hot path allocates nothing), otherwise into a new buffer. Returns the bytes written.
+   */
+  encodeInto(scratch: Uint8Array | undefined, messages: readonly OutgoingMessage[]): Uint8Array {
     const plans = messages.map((message) => this.#plan(message));
     let total = 0;
     for (const plan of plans) total += plan.size;
-    const out = new Uint8Array(total);
+    const out = scratch !== undefined && scratch.length >= total ? scratch : new Uint8Array(total);
     let pos = 0;
     for (const plan of plans) pos = this.#write(out, pos, plan);
-    return out;
+    return out.subarray(0, total);
   }
 
   #plan(message: OutgoingMessage): ChunkPlan {

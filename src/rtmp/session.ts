@@ -74,7 +74,10 @@ export interface SessionDeps {
 
 /** Window we ask peers to acknowledge, and the bandwidth we announce (both as nginx-rtmp does). */
 const WINDOW_ACK_SIZE = 5_000_000;
-const READ_BUFFER_SIZE = 64 * 1024;
+const READ_BUFFER_SIZE = 256 * 1024;
+/** Output buffer sizes per connection: it grows to the largest batch, up to the cap. */
+const SCRATCH_INITIAL_SIZE = 64 * 1024;
+const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
 /** Message streams one connection may create; real clients create one. */
 const MAX_MESSAGE_STREAMS = 8;
 /** How long a closing connection may take to flush its last messages. */
@@ -661,6 +664,9 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   async #pump(): Promise<void> {
+    // One output buffer for the life of the connection: a write completes before the next
+    // batch is encoded, so reusing it saves an allocation (and its zeroing) per write.
+    let scratch: Uint8Array = new Uint8Array(SCRATCH_INITIAL_SIZE);
     try {
       for (;;) {
         await this.#outbox.wait();
@@ -672,7 +678,11 @@ export class RtmpSession implements StreamSubscriber {
         const messages = items.map((item) =>
           item.kind === "control" ? item.control : this.#toMessage(item.packet)
         );
-        await this.#writeAll(this.#encoder.encode(...messages));
+        const bytes = this.#encoder.encodeInto(scratch, messages);
+        if (bytes.buffer !== scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
+          scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
+        }
+        await this.#writeAll(bytes);
       }
     } catch (error) {
       if (!this.#closed) {

@@ -153,6 +153,17 @@ export class TestRtmpClient implements AsyncDisposable {
     return { streamId, code: isAmfObject(info) ? String(info.code) : "" };
   }
 
+  /** Plays `key`; returns the message stream id once the server answered Play.Start. */
+  async play(key: string): Promise<number> {
+    const streamId = await this.connectAndCreateStream();
+    await this.call(streamId, "play", null, key, -2000);
+    for (;;) {
+      const status = await this.expectCommand(["onStatus"]);
+      const info = status.values[2];
+      if (isAmfObject(info) && info.code === "NetStream.Play.Start") return streamId;
+    }
+  }
+
   close(): void {
     try {
       this.conn.close();
