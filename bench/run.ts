@@ -253,7 +253,7 @@ async function measureLoad(
   port: number,
   keys: string[],
   packets: MediaPacket[],
-): Promise<{ cpuPercent: number; pss: number }> {
+): Promise<{ cpuPercent: number; pss: number; processes: number }> {
   const until = performance.now() + 16_000;
   const publishers = await Promise.all(keys.map((key) => publisher(port, key)));
   const sending = publishers.map(({ client, streamId }) =>
@@ -269,7 +269,7 @@ async function measureLoad(
   await Promise.all(sending);
   for (const { client } of publishers) client.close();
   await sleep(1_500);
-  return { cpuPercent: ((cpu1 - cpu0) / ((t1 - t0) / 1000)) * 100, pss };
+  return { cpuPercent: ((cpu1 - cpu0) / ((t1 - t0) / 1000)) * 100, pss, processes: tree1.length };
 }
 
 async function fanout(): Promise<void> {
@@ -297,7 +297,7 @@ async function fanout(): Promise<void> {
       keys,
       packets,
     );
-    const ffmpegCount = (await processTree(relay.process.pid)).length - 1;
+    const ffmpegCount = ours.processes - 1;
     await relay[Symbol.asyncDispose]();
     const oursBytes = sinks.reduce((sum, sink) => sum + sink.bytes, 0);
 

@@ -120,7 +120,11 @@ export class RelayService implements AsyncDisposable {
         hub: this.hub,
         manager: this.manager,
         rtmp: this.rtmp,
-        allowOrigin: http.allow_origin,
+        http: {
+          allowOrigin: http.allow_origin,
+          apiToken: http.api_token,
+          allowUnauthenticatedControl: http.allow_unauthenticated_control,
+        },
       });
       this.http = Deno.serve({
         hostname: http.bind,

@@ -7,8 +7,9 @@
  * @module
  */
 
-import { type MediaPacket, TagType } from "./flv.ts";
+import { inspectAudio, inspectVideo, type MediaPacket, TagType } from "./flv.ts";
 import { GopCache } from "./gop_cache.ts";
+import { RateMeter } from "./rate_meter.ts";
 
 /** A reader of a live stream. Its methods are called synchronously and must not block. */
 export interface StreamSubscriber {
@@ -44,6 +45,7 @@ export class LiveStream {
   #sawVideo = false;
   bytesIn = 0;
   packetsIn = 0;
+  readonly bitrate = new RateMeter();
   videoCodec: string | undefined;
   audioCodec: string | undefined;
   /** The most recent metadata values (width, height, framerate...) for status reports. */
@@ -88,7 +90,13 @@ export class LiveStream {
   write(packet: MediaPacket): void {
     this.bytesIn += packet.payload.length;
     this.packetsIn++;
+    this.bitrate.add(packet.payload.length);
     if (packet.type === TagType.Video) this.#sawVideo = true;
+    if (packet.sequenceHeader) {
+      // Codec names for status reports, read once per configuration change.
+      if (packet.type === TagType.Video) this.videoCodec = inspectVideo(packet.payload).codec;
+      else this.audioCodec = inspectAudio(packet.payload).codec;
+    }
     this.gop.push(packet);
     for (const [subscriber, state] of this.#subscribers) {
       if (!state.started) {
@@ -127,6 +135,11 @@ export class LiveStream {
     this.#publisher = undefined;
     this.gop.clear();
     this.#sawVideo = false;
+    this.bytesIn = 0;
+    this.packetsIn = 0;
+    this.videoCodec = undefined;
+    this.audioCodec = undefined;
+    this.metadata = {};
     for (const subscriber of subscribers) subscriber.onEnd(reason);
   }
 }

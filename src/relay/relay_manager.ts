@@ -6,6 +6,7 @@
  */
 
 import { selectDestinations } from "../control_plane/destination.ts";
+import { type CallStats, ControlPlaneClient } from "../control_plane/http_client.ts";
 import type { StreamAuthority } from "../control_plane/stream_authority.ts";
 import type { LiveStream, StreamHubListener } from "../media/live_stream.ts";
 import type { PublishDecision, PublishRequest } from "../rtmp/session.ts";
@@ -28,6 +29,7 @@ export class RelayManager implements StreamHubListener {
   /** Whether to forward, per publishing session, from authorisation until the stream is live. */
   readonly #forward = new Map<number, boolean>();
   readonly #background = new Set<Promise<void>>();
+  #endedRelayBytes = 0;
 
   constructor(authority: StreamAuthority, options: RelayManagerOptions) {
     this.#authority = authority;
@@ -38,6 +40,11 @@ export class RelayManager implements StreamHubListener {
     return this.#authority;
   }
 
+  /** Call counts and time of the control plane, when one is configured. */
+  controlPlaneStats(): Record<string, CallStats> | undefined {
+    return this.#authority instanceof ControlPlaneClient ? this.#authority.stats : undefined;
+  }
+
   /** The relay of a live stream, if it has one. */
   relayFor(key: string): StreamRelay | undefined {
     return this.#relays.get(key);
@@ -45,6 +52,13 @@ export class RelayManager implements StreamHubListener {
 
   relays(): StreamRelay[] {
     return [...this.#relays.values()];
+  }
+
+  /** Bytes written to FFmpeg for every destination since start. */
+  get destinationBytesSent(): number {
+    let total = this.#endedRelayBytes;
+    for (const relay of this.#relays.values()) total += relay.bytesSent;
+    return total;
   }
 
   /** The RTMP server's authorisation hook. */
@@ -71,7 +85,13 @@ export class RelayManager implements StreamHubListener {
   onEnded(stream: LiveStream, _reason: string): void {
     const relay = this.#relays.get(stream.key);
     if (relay?.stream === stream) this.#relays.delete(stream.key);
-    if (relay) this.#track(relay.stop());
+    if (relay) {
+      this.#track(
+        relay.stop().then(() => {
+          this.#endedRelayBytes += relay.bytesSent;
+        }),
+      );
+    }
     this.#track(this.#authority.streamEnded(stream.key));
   }
 

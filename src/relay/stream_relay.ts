@@ -14,6 +14,8 @@ export class StreamRelay {
   readonly #maxDestinations: number;
   readonly #supervisors = new Map<string, DestinationSupervisor>();
   #stopped = false;
+  /** Bytes sent by destinations already removed. */
+  #removedBytes = 0;
 
   constructor(stream: LiveStream, options: SupervisorOptions, maxDestinations: number) {
     this.stream = stream;
@@ -23,6 +25,13 @@ export class StreamRelay {
 
   get size(): number {
     return this.#supervisors.size;
+  }
+
+  /** Bytes written to every FFmpeg of this stream, removed destinations included. */
+  get bytesSent(): number {
+    let total = this.#removedBytes;
+    for (const supervisor of this.#supervisors.values()) total += supervisor.status().bytes_sent;
+    return total;
   }
 
   list(): DestinationSupervisor[] {
@@ -56,6 +65,7 @@ export class StreamRelay {
     if (supervisor === undefined) return false;
     this.#supervisors.delete(id);
     await supervisor.stop();
+    this.#removedBytes += supervisor.status().bytes_sent;
     return true;
   }
 
@@ -65,5 +75,6 @@ export class StreamRelay {
     const supervisors = this.list();
     this.#supervisors.clear();
     await Promise.all(supervisors.map((supervisor) => supervisor.stop()));
+    for (const supervisor of supervisors) this.#removedBytes += supervisor.status().bytes_sent;
   }
 }

@@ -24,6 +24,9 @@ export class RtmpServer implements AsyncDisposable {
   #closing = false;
   #serving = true;
   totalConnections = 0;
+  /** Bytes of connections that have ended; live ones are added by `bytesIn`/`bytesOut`. */
+  #closedBytesIn = 0;
+  #closedBytesOut = 0;
 
   /** Binds the port at once (so a port in use fails here) and starts accepting. */
   constructor(
@@ -55,6 +58,28 @@ export class RtmpServer implements AsyncDisposable {
     return this.#sessions;
   }
 
+  /** Every byte received over RTMP since start. */
+  get bytesIn(): number {
+    let total = this.#closedBytesIn;
+    for (const session of this.#sessions) total += session.bytesIn;
+    return total;
+  }
+
+  /** Every byte sent over RTMP since start. */
+  get bytesOut(): number {
+    let total = this.#closedBytesOut;
+    for (const session of this.#sessions) total += session.bytesOut;
+    return total;
+  }
+
+  /** The session publishing `key`, if any. */
+  publisherOf(key: string): RtmpSession | undefined {
+    for (const session of this.#sessions) {
+      if (session.role === "publisher" && session.streamKey === key) return session;
+    }
+    return undefined;
+  }
+
   async #accept(deps: ConstructorParameters<typeof RtmpSession>[2]): Promise<void> {
     try {
       for await (const conn of this.#listener) {
@@ -66,6 +91,8 @@ export class RtmpServer implements AsyncDisposable {
         this.totalConnections++;
         this.#sessions.add(session);
         const running = session.run().finally(() => {
+          this.#closedBytesIn += session.bytesIn;
+          this.#closedBytesOut += session.bytesOut;
           this.#sessions.delete(session);
           this.#running.delete(running);
         });

@@ -1,0 +1,99 @@
+/**
+ * The HTTP API's request and response shapes, as zod schemas: the routes validate bodies with
+ * them, the tests check replies with them, and the README documents them.
+ *
+ * @module
+ */
+
+import { z } from "zod";
+
+export const HealthSchema = z.object({
+  status: z.enum(["ok", "unavailable"]),
+  version: z.string(),
+  uptime_seconds: z.number().int().nonnegative(),
+  active_streams: z.number().int().nonnegative(),
+  reason: z.string().optional(),
+});
+
+export const StatsSchema = z.object({
+  active_streams: z.array(z.string()),
+  total_streams: z.number().int().nonnegative(),
+  connections: z.number().int().nonnegative(),
+  total_connections: z.number().int().nonnegative(),
+  bytes_in: z.number().nonnegative(),
+  bytes_out: z.number().nonnegative(),
+  destinations: z.number().int().nonnegative(),
+  ffmpeg_processes: z.number().int().nonnegative(),
+  memory: z.object({
+    rss_bytes: z.number().nonnegative(),
+    heap_used_bytes: z.number().nonnegative(),
+    external_bytes: z.number().nonnegative(),
+  }),
+  uptime_seconds: z.number().int().nonnegative(),
+});
+
+export const DestinationStatusSchema = z.object({
+  id: z.string(),
+  platform: z.string(),
+  url: z.string(),
+  state: z.enum(["starting", "connected", "retrying", "stopped"]),
+  connected: z.boolean(),
+  bytes_sent: z.number().nonnegative(),
+  packets_sent: z.number().nonnegative(),
+  dropped_packets: z.number().nonnegative(),
+  error_count: z.number().nonnegative(),
+  last_error: z.string().nullable(),
+  restarts: z.number().nonnegative(),
+  started_at: z.string().nullable(),
+  connected_at: z.string().nullable(),
+  bitrate_kbps: z.number().nonnegative(),
+  pid: z.number().nullable(),
+});
+
+/** A destination as `/api/streams/forwarding/{key}` returns it (the reference shape, plus status). */
+export const ForwardedDestinationSchema = z.object({
+  id: z.string(),
+  platform: z.string(),
+  rtmp_url: z.string(),
+  stream_key: z.string(),
+  status: DestinationStatusSchema,
+});
+
+export const ForwardingSchema = z.object({ destinations: z.array(ForwardedDestinationSchema) });
+
+export const StreamSchema = z.object({
+  stream_key: z.string(),
+  state: z.enum(["idle", "authorizing", "live"]),
+  publisher: z.object({
+    remote_address: z.string(),
+    encoder: z.string(),
+    started_at: z.string(),
+    uptime_seconds: z.number().int().nonnegative(),
+    bytes_in: z.number().nonnegative(),
+    packets_in: z.number().nonnegative(),
+    bitrate_kbps: z.number().nonnegative(),
+    video_codec: z.string().nullable(),
+    audio_codec: z.string().nullable(),
+    width: z.number().nullable(),
+    height: z.number().nullable(),
+    fps: z.number().nullable(),
+  }).nullable(),
+  players: z.array(z.object({
+    remote_address: z.string(),
+    bytes_out: z.number().nonnegative(),
+    dropped_packets: z.number().nonnegative(),
+  })),
+  destinations: z.array(ForwardedDestinationSchema),
+});
+
+export const StreamsSchema = z.object({ streams: z.array(StreamSchema) });
+
+/** Body of `POST /api/streams/{key}/destinations`. */
+export const AddDestinationBodySchema = z.strictObject({
+  id: z.string().min(1).max(128),
+  platform: z.string().max(64).default("custom"),
+  rtmp_url: z.string().min(1).max(2048),
+  stream_key: z.string().max(1024).default(""),
+});
+
+export const ErrorSchema = z.object({ error: z.string(), field: z.string().optional() });

@@ -1,0 +1,307 @@
+/**
+ * The HTTP API against a running relay with a real publisher (and, for the control endpoints, real
+ * sinks and a fake control plane). Replies are checked with the schemas the README documents.
+ */
+
+import { createApp } from "../../src/http/app.ts";
+import {
+  ErrorSchema,
+  ForwardingSchema,
+  HealthSchema,
+  StatsSchema,
+  StreamsSchema,
+} from "../../src/http/schemas.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { assertContiguousRun, fixture, framemd5 } from "../helpers/media.ts";
+import { freePort, sleep, tempDir, TestProcess, waitFor } from "../helpers/process.ts";
+import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
+import { NginxSink, startFfmpegSink } from "../helpers/sinks.ts";
+
+const KEY = "api-stream-key-0001";
+const DEST_KEY = "api-destination-key-0001";
+
+function publish(source: string, url: string): TestProcess {
+  return new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    "-re",
+    "-i",
+    source,
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    url,
+  ]);
+}
+
+async function getJson(relay: TestRelay, path: string, init: RequestInit = {}) {
+  const response = await fetch(relay.httpUrl(path), init);
+  const text = await response.text();
+  return { status: response.status, text, body: JSON.parse(text) as unknown };
+}
+
+/** Parses Prometheus text: every sample line is `name{labels} value`. */
+function parsePrometheus(text: string): Map<string, number[]> {
+  const samples = new Map<string, number[]>();
+  for (const line of text.trimEnd().split("\n")) {
+    if (line.startsWith("# HELP ") || line.startsWith("# TYPE ")) continue;
+    const match = line.match(
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+)$/,
+    );
+    assert(match, `not a Prometheus sample line: ${line}`);
+    const values = samples.get(match[1]!) ?? [];
+    values.push(Number(match[3]));
+    samples.set(match[1]!, values);
+  }
+  return samples;
+}
+
+Deno.test("every read endpoint matches its schema and its numbers move while the stream flows", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 6, gop: 30 });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  await using relay = await startTestRelay({
+    streams: [{
+      key: KEY,
+      destinations: [{
+        id: "yt",
+        platform: "youtube",
+        rtmp_url: nginx.baseUrl,
+        stream_key: DEST_KEY,
+      }],
+    }],
+  });
+  const health = await getJson(relay, "/health");
+  assertEquals(health.status, 200);
+  assertEquals(HealthSchema.parse(health.body).active_streams, 0);
+
+  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  await using player = new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "error",
+    "-i",
+    relay.rtmpUrl(KEY),
+    "-c",
+    "copy",
+    "-f",
+    "null",
+    "-",
+  ]);
+  await waitFor(
+    () => relay.service.manager.relayFor(KEY)?.get("yt")?.state === "connected",
+    "destination",
+  );
+  await waitFor(() => [...relay.service.rtmp.sessions].some((s) => s.role === "player"), "player");
+  await sleep(2_500);
+
+  const first = {
+    stats: StatsSchema.parse((await getJson(relay, "/stats")).body),
+    streams: StreamsSchema.parse((await getJson(relay, "/api/streams")).body),
+    forwarding: ForwardingSchema.parse(
+      (await getJson(relay, `/api/streams/forwarding/${KEY}`)).body,
+    ),
+  };
+  await sleep(1_000);
+  const second = {
+    stats: StatsSchema.parse((await getJson(relay, "/stats")).body),
+    streams: StreamsSchema.parse((await getJson(relay, "/api/streams")).body),
+    forwarding: ForwardingSchema.parse(
+      (await getJson(relay, `/api/streams/forwarding/${KEY}`)).body,
+    ),
+  };
+  assertEquals(first.stats.active_streams, ["api-…(19)"]);
+  assert(second.stats.bytes_in > first.stats.bytes_in, "bytes_in moves");
+  assert(second.stats.bytes_out > first.stats.bytes_out, "bytes_out moves");
+  const stream = second.streams.streams[0]!;
+  assertEquals(stream.publisher?.video_codec, "avc1");
+  assertEquals(stream.publisher?.audio_codec, "aac");
+  assertEquals([stream.publisher?.width, stream.publisher?.height, stream.publisher?.fps], [
+    320,
+    240,
+    30,
+  ]);
+  assert((stream.publisher?.bitrate_kbps ?? 0) > 0, "publisher bitrate is measured");
+  assertEquals(stream.players.length, 1);
+  assert(stream.publisher!.bytes_in > first.streams.streams[0]!.publisher!.bytes_in);
+  const destination = second.forwarding.destinations[0]!;
+  assertEquals([destination.id, destination.platform, destination.stream_key], [
+    "yt",
+    "youtube",
+    "api-…(24)",
+  ]);
+  assertEquals(destination.rtmp_url, nginx.baseUrl);
+  assert(destination.status.connected);
+  assert(
+    destination.status.bytes_sent > first.forwarding.destinations[0]!.status.bytes_sent,
+    "bytes_sent moves",
+  );
+  assert(destination.status.packets_sent > first.forwarding.destinations[0]!.status.packets_sent);
+
+  const metrics = await fetch(relay.httpUrl("/metrics"));
+  assertMatch(metrics.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+  const metricsText = await metrics.text();
+  const samples = parsePrometheus(metricsText);
+  assertEquals(samples.get("neustream_streams_active"), [1]);
+  assertEquals(samples.get("neustream_publishers"), [1]);
+  assertEquals(samples.get("neustream_players"), [1]);
+  assertEquals(samples.get("neustream_destination_connected"), [1]);
+  assert(samples.get("neustream_destination_sent_bytes_total")![0]! > 0);
+
+  const everything = JSON.stringify([first, second]) + metricsText;
+  assert(
+    !everything.includes(KEY) && !everything.includes(DEST_KEY),
+    "no key leaves the API unredacted",
+  );
+  assertEquals((await publisher.wait()).code, 0);
+  await player.wait();
+  const after = await getJson(relay, `/api/streams/forwarding/${KEY}`);
+  assertEquals(after.status, 404);
+  ErrorSchema.parse(after.body);
+});
+
+Deno.test("/health answers 503 with a reason once the RTMP listener stops", async () => {
+  await using relay = await startTestRelay();
+  await relay.service.rtmp.close();
+  const health = await getJson(relay, "/health");
+  assertEquals(health.status, 503);
+  assertEquals(HealthSchema.parse(health.body).reason, "RTMP listener is not serving");
+});
+
+Deno.test("a token guards everything but /health; bad bodies get 400 naming the field", async () => {
+  await using relay = await startTestRelay({ streams: [{ key: KEY }] });
+  const { hub, manager, rtmp } = relay.service;
+  const token = "a-very-secret-token-0001";
+  const app = createApp({
+    version: "test",
+    startedAt: new Date(),
+    hub,
+    manager,
+    rtmp,
+    http: { allowOrigin: "*", apiToken: token, allowUnauthenticatedControl: false },
+  });
+  const auth = { authorization: `Bearer ${token}` };
+  assertEquals((await app.request("/health")).status, 200);
+  for (const path of ["/stats", "/api/streams", "/metrics", `/api/streams/forwarding/${KEY}`]) {
+    assertEquals((await app.request(path)).status, 401, path);
+    assertEquals(
+      (await app.request(path, { headers: { authorization: "Bearer wrong" } })).status,
+      401,
+      path,
+    );
+  }
+  assertEquals((await app.request("/stats", { headers: auth })).status, 200);
+  assertEquals(
+    (await app.request(`/api/streams/${KEY}`, { method: "DELETE", headers: auth })).status,
+    404,
+  );
+  assertEquals((await app.request("/nope", { headers: auth })).status, 404);
+
+  await using source = {
+    path: await fixture({ seconds: 5 }),
+    [Symbol.asyncDispose]: () => Promise.resolve(),
+  };
+  await using publisher = publish(source.path, relay.rtmpUrl(KEY));
+  await waitFor(() => hub.get(KEY)?.state === "live", "live");
+  const post = (body: string) =>
+    app.request(`/api/streams/${KEY}/destinations`, {
+      method: "POST",
+      headers: { ...auth, "content-type": "application/json" },
+      body,
+    });
+  const cases: [string, string, string][] = [
+    ["not JSON", "{", "(body)"],
+    ["missing rtmp_url", JSON.stringify({ id: "x" }), "rtmp_url"],
+    ["id of the wrong type", JSON.stringify({ id: 5, rtmp_url: "rtmp://h/live" }), "id"],
+    [
+      "unknown field",
+      JSON.stringify({ id: "x", rtmp_url: "rtmp://h/live", command: "rm" }),
+      "command",
+    ],
+    ["file URL", JSON.stringify({ id: "x", rtmp_url: "file:///etc/passwd" }), "rtmp_url"],
+  ];
+  for (const [name, body, field] of cases) {
+    const response = await post(body);
+    assertEquals(response.status, 400, name);
+    assertEquals(ErrorSchema.parse(await response.json()).field, field, name);
+  }
+  publisher.kill();
+});
+
+Deno.test("control endpoints are refused without a token unless explicitly allowed", async () => {
+  await using relay = await startTestRelay();
+  const response = await fetch(relay.httpUrl("/api/streams/some-key"), { method: "DELETE" });
+  assertEquals(response.status, 403);
+  assertMatch((await response.json()).error, /allow_unauthenticated_control/);
+});
+
+Deno.test("DELETE ends a stream; destinations are added, restarted and removed while it runs", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 8, gop: 30 });
+  await using cp = new FakeControlPlane({
+    auth: () => ({ body: { code: 0, data: { forward: true } } }),
+  });
+  await using relay = await startTestRelay({
+    control_plane: { url: cp.url, timeout_seconds: 2 },
+    http: { allow_unauthenticated_control: true },
+  });
+  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  await waitFor(() => relay.service.manager.relayFor(KEY), "stream relay");
+
+  const port = freePort();
+  await using sink = await startFfmpegSink(port, DEST_KEY, `${dir.path}/added.flv`);
+  await sleep(2_000); // mid-stream
+  const added = await getJson(relay, `/api/streams/${KEY}/destinations`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      id: "late",
+      platform: "twitch",
+      rtmp_url: `rtmp://127.0.0.1:${port}/live`,
+      stream_key: DEST_KEY,
+    }),
+  });
+  assertEquals(added.status, 201, added.text);
+  assert(!added.text.includes(DEST_KEY), "the destination key is not echoed back");
+  const duplicate = await getJson(relay, `/api/streams/${KEY}/destinations`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ id: "late", rtmp_url: "rtmp://127.0.0.1:1/live" }),
+  });
+  assertEquals(duplicate.status, 409);
+  const late = relay.service.manager.relayFor(KEY)!.get("late")!;
+  await waitFor(() => late.state === "connected", "added destination connected");
+  const restart = await getJson(relay, `/api/streams/${KEY}/destinations/late/restart`, {
+    method: "POST",
+  });
+  assertEquals(restart.status, 200);
+  assertEquals(
+    (await getJson(relay, `/api/streams/${KEY}/destinations/nope`, { method: "DELETE" })).status,
+    404,
+  );
+  assertEquals(
+    (await getJson(relay, `/api/streams/${KEY}/destinations/late`, { method: "DELETE" })).status,
+    200,
+  );
+  assertEquals(relay.service.manager.relayFor(KEY)!.size, 0);
+  await sink.wait(10_000);
+  // What the added destination received is a run of the source starting at a keyframe.
+  assertContiguousRun(
+    await framemd5(`${dir.path}/added.flv`),
+    await framemd5(source),
+    "added destination",
+    {
+      allowTruncatedEnd: true,
+    },
+  );
+
+  const ended = await getJson(relay, `/api/streams/${KEY}`, { method: "DELETE" });
+  assertEquals(ended.status, 200);
+  // The source has seconds left to send: an exit this soon means we disconnected it.
+  await publisher.wait(1_500);
+  await waitFor(() => cp.streamEnds.includes(KEY), "stream-end reported");
+  assertEquals(relay.service.hub.live().length, 0);
+});
