@@ -78,7 +78,8 @@ async function main(): Promise<void> {
   try {
     config = await load();
   } catch (error) {
-    if (error instanceof ConfigError) fail(`invalid configuration:\n${error.message}`);
+    // One line per problem, each naming the file, the key and what is allowed.
+    if (error instanceof ConfigError) fail(error.message.replaceAll("\n", "\nneustream: "));
     throw error;
   }
   await setupLogging({ level: config.logging.level, format: config.logging.format });
@@ -88,19 +89,14 @@ async function main(): Promise<void> {
   try {
     service = await RelayService.start(config, { version: denoJson.version });
   } catch (error) {
-    const message = error instanceof Deno.errors.AddrInUse
-      ? `a port is already in use (RTMP ${config.rtmp.port}, HTTP ${config.http.port}): ${
-        (error as Error).message
-      }`
-      : (error as Error).message;
-    mainLog.fatal("cannot start: {reason}", { reason: message });
-    fail(`cannot start: ${message}`);
+    fail(`cannot start: ${(error as Error).message}`);
   }
 
   let stopping = false;
   const stop = (signal: Deno.Signal) => {
     if (stopping) {
-      mainLog.warn("second {signal}: exiting now", { signal });
+      mainLog.warn("second {signal}: killing FFmpeg and exiting now", { signal });
+      service.killChildren();
       Deno.exit(130);
     }
     stopping = true;

@@ -68,6 +68,25 @@ function createAuthority(config: Config, options: ServiceOptions): StreamAuthori
   });
 }
 
+/** Runs `bind`, turning "address in use" into a sentence that names the port and the setting. */
+function bindOrExplain<T>(what: "RTMP" | "HTTP", host: string, port: number, bind: () => T): T {
+  try {
+    return bind();
+  } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) {
+      throw new Error(
+        `${what} port ${port} on ${host} is already in use ([${what.toLowerCase()}] port, ${what}_PORT or --${what.toLowerCase()}-port)`,
+      );
+    }
+    if (error instanceof Deno.errors.AddrNotAvailable) {
+      throw new Error(
+        `${what} bind address ${host} is not available on this machine ([${what.toLowerCase()}] bind)`,
+      );
+    }
+    throw error;
+  }
+}
+
 export class RelayService implements AsyncDisposable {
   readonly config: Config;
   readonly hub: StreamHub;
@@ -75,6 +94,8 @@ export class RelayService implements AsyncDisposable {
   readonly rtmp: RtmpServer;
   readonly http: Deno.HttpServer<Deno.NetAddr>;
   readonly startedAt = new Date();
+  /** Every FFmpeg child alive, for the last-resort kill. */
+  readonly #children = new Set<Deno.ChildProcess>();
   #current: Config;
   #stopping: Promise<void> | undefined;
 
@@ -95,24 +116,26 @@ export class RelayService implements AsyncDisposable {
         stopGraceMs,
         ioTimeoutSeconds: 10,
         backoff: options.backoff,
+        children: this.#children,
       },
     });
     this.hub.addListener(this.manager);
-    this.rtmp = new RtmpServer(
-      {
-        hostname: rtmp.bind,
-        port: rtmp.port,
-        app: rtmp.app,
-        chunkSize: rtmp.chunk_size,
-        maxMessageSize: rtmp.max_message_size_kb * 1024,
-        pingIntervalMs: rtmp.ping_interval_seconds * 1000,
-        pingTimeoutMs: rtmp.ping_timeout_seconds * 1000,
-        handshakeTimeoutMs: streaming.connection_timeout_seconds * 1000,
-        playerQueueBytes: Math.max(rtmp.gop_cache_max_kb * 1024 * 2, MIN_DESTINATION_QUEUE_BYTES),
-      },
-      this.hub,
-      this.manager.authorize,
-    );
+    this.rtmp = bindOrExplain("RTMP", rtmp.bind, rtmp.port, () =>
+      new RtmpServer(
+        {
+          hostname: rtmp.bind,
+          port: rtmp.port,
+          app: rtmp.app,
+          chunkSize: rtmp.chunk_size,
+          maxMessageSize: rtmp.max_message_size_kb * 1024,
+          pingIntervalMs: rtmp.ping_interval_seconds * 1000,
+          pingTimeoutMs: rtmp.ping_timeout_seconds * 1000,
+          handshakeTimeoutMs: streaming.connection_timeout_seconds * 1000,
+          playerQueueBytes: Math.max(rtmp.gop_cache_max_kb * 1024 * 2, MIN_DESTINATION_QUEUE_BYTES),
+        },
+        this.hub,
+        this.manager.authorize,
+      ));
     try {
       const app = createApp({
         version: options.version,
@@ -126,21 +149,23 @@ export class RelayService implements AsyncDisposable {
           allowUnauthenticatedControl: http.allow_unauthenticated_control,
         },
       });
-      this.http = Deno.serve({
-        hostname: http.bind,
-        port: http.port,
-        onListen: () => {},
-        onError: (error) => {
-          serviceLog.error("HTTP handler failed: {reason}", { reason: (error as Error).message });
-          return new Response(JSON.stringify({ error: "internal error" }), { status: 500 });
-        },
-      }, app.fetch);
+      this.http = bindOrExplain("HTTP", http.bind, http.port, () =>
+        Deno.serve({
+          hostname: http.bind,
+          port: http.port,
+          onListen: () => {},
+          onError: (error) => {
+            serviceLog.error("HTTP handler failed: {reason}", { reason: (error as Error).message });
+            return new Response(JSON.stringify({ error: "internal error" }), { status: 500 });
+          },
+        }, app.fetch));
     } catch (error) {
       void this.rtmp.close();
       throw error;
     }
-    serviceLog.info("HTTP API listening on {address}", {
-      address: `http://${http.bind}:${this.http.addr.port}`,
+    serviceLog.info("listening: RTMP {rtmp}, HTTP {http}", {
+      rtmp: `rtmp://${rtmp.bind}:${this.rtmp.port}/${rtmp.app}`,
+      http: `http://${http.bind}:${this.http.addr.port}`,
       mode: this.manager.authority.mode,
     });
   }
@@ -195,6 +220,17 @@ export class RelayService implements AsyncDisposable {
       serviceLog.info("stopped");
     })();
     return this.#stopping;
+  }
+
+  /** Last resort (a second signal): SIGKILL every FFmpeg now, so none outlives us. */
+  killChildren(): void {
+    for (const child of this.#children) {
+      try {
+        child.kill("SIGKILL");
+      } catch (error) {
+        if (!(error instanceof TypeError)) throw error; // exited meanwhile
+      }
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

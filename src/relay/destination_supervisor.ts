@@ -27,6 +27,11 @@ export interface SupervisorOptions {
   stopGraceMs: number;
   ioTimeoutSeconds: number;
   backoff?: BackoffOptions;
+  /**
+   * Every FFmpeg running, across all streams, including those being stopped: the last-resort
+   * kill on a second signal reaches them all.
+   */
+  children?: Set<Deno.ChildProcess>;
 }
 
 export type DestinationState = "starting" | "connected" | "retrying" | "stopped";
@@ -148,6 +153,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       return;
     }
     this.#child = child;
+    this.#options.children?.add(child);
     this.#startedAt = new Date();
     const queue = new MediaQueue<Uint8Array>(this.#options.queueBytes, (stats) => {
       relayLog.warn("destination too slow, dropping until the next keyframe", {
@@ -165,6 +171,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     const stderrDone = this.#readStderr(child.stderr, recentLines);
     const pumpDone = this.#pump(child.stdin, queue);
     const status = await child.status;
+    this.#options.children?.delete(child);
     this.#stream.unsubscribe(this);
     queue.close();
     this.#droppedBefore += queue.droppedPackets;

@@ -40,9 +40,6 @@ export class RtmpServer implements AsyncDisposable {
       transport: "tcp",
     });
     this.#acceptLoop = this.#accept({ hub, options, authorize });
-    serverLog.info("RTMP listening on {address}", {
-      address: `rtmp://${options.hostname}:${this.port}/${options.app}`,
-    });
   }
 
   get port(): number {

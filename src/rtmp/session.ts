@@ -208,8 +208,19 @@ export class RtmpSession implements StreamSubscriber {
     }
   }
 
-  /** Ends the session from outside (relay shutdown, API). */
+  /**
+   * Ends the session from outside (relay shutdown, the API). A publisher is told first, with an
+   * `onStatus` it can show; players are told by the end of their stream.
+   */
   close(reason: string): void {
+    if (this.#role === "publisher" && !this.#closed) {
+      this.#send(
+        onStatus(this.#mediaStreamId, statusInfo("status", "NetStream.Unpublish.Success", reason)),
+      );
+      this.#leaveStream(reason);
+      this.#closeAfterFlush(reason);
+      return;
+    }
     this.#abort(reason);
   }
 
@@ -636,11 +647,19 @@ export class RtmpSession implements StreamSubscriber {
     this.#closeAfterFlush(`stream ended: ${reason}`);
   }
 
+  /** Sends what is queued, then closes; a peer that does not read gets `FLUSH_TIMEOUT_MS`. */
   #closeAfterFlush(reason: string): void {
     if (this.#closed) return;
     this.#closeReason ||= reason;
     this.#outbox.close();
-    void this.#pumpDone.then(() => this.#abort(reason));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    void Promise.race([
+      this.#pumpDone,
+      new Promise<void>((resolve) => timer = setTimeout(resolve, FLUSH_TIMEOUT_MS)),
+    ]).then(() => {
+      clearTimeout(timer);
+      this.#abort(reason);
+    });
   }
 
   // ---- Writing ----
