@@ -15,7 +15,6 @@ import { fixture } from "../tests/helpers/media.ts";
 import { freePort, run, sleep, tempDir, TestProcess, waitFor } from "../tests/helpers/process.ts";
 import { spawnRelay } from "../tests/helpers/relay.ts";
 import { TestRtmpClient } from "../tests/helpers/rtmp_client.ts";
-import { NginxSink } from "../tests/helpers/sinks.ts";
 import { readFlvTags } from "./flv_file.ts";
 import { cpuSeconds, cpuTimes, processTree, pssBytes, rssBytes } from "./proc.ts";
 
