@@ -26,6 +26,9 @@ Options:
 Environment: RTMP_PORT, HTTP_PORT, CONTROL_PLANE_URL, LOG_LEVEL (or RUST_LOG), API_TOKEN.
 Signals: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads the config.`;
 
+/** Signals closer together than this count as one (see `stop`). */
+const DUPLICATE_SIGNAL_WINDOW_MS = 250;
+
 function fail(message: string, code = 1): never {
   console.error(`neustream: ${message}`);
   Deno.exit(code);
@@ -93,13 +96,18 @@ async function main(): Promise<void> {
   }
 
   let stopping = false;
+  let firstSignalAt = 0;
   const stop = (signal: Deno.Signal) => {
+    // Ctrl-C under `deno task` reaches us twice (from the terminal's process group and forwarded
+    // by the task runner): a repeat within this window is the same keypress, not a second one.
+    if (stopping && performance.now() - firstSignalAt < DUPLICATE_SIGNAL_WINDOW_MS) return;
     if (stopping) {
       mainLog.warn("second {signal}: killing FFmpeg and exiting now", { signal });
       service.killChildren();
       Deno.exit(130);
     }
     stopping = true;
+    firstSignalAt = performance.now();
     const graceMs = config.streaming.shutdown_grace_seconds * 1000;
     const timer = setTimeout(() => {
       mainLog.error("shutdown took longer than {seconds} s; exiting", { seconds: graceMs / 1000 });
