@@ -54,6 +54,10 @@ const StreamingSchema = z.strictObject({
   stats_update_interval_seconds: positiveSeconds.default(5),
   ffmpeg_path: z.string().min(1).default("ffmpeg"),
   shutdown_grace_seconds: positiveSeconds.default(10),
+  /** A stream outlives its publisher's connection this long, waiting for it to come back. */
+  reconnect_grace_seconds: z.number().min(0).max(3600).default(10),
+  /** A publisher silent this long can be replaced by a new connection for the same key. */
+  publisher_idle_seconds: positiveSeconds.default(5),
 });
 
 const LoggingSchema = z.strictObject({

@@ -106,6 +106,8 @@ export class RelayService implements AsyncDisposable {
     this.hub = new StreamHub({
       gopCache: rtmp.gop_cache,
       gopCacheMaxBytes: rtmp.gop_cache_max_kb * 1024,
+      reconnectGraceMs: streaming.reconnect_grace_seconds * 1000,
+      publisherIdleMs: streaming.publisher_idle_seconds * 1000,
     });
     const stopGraceMs = Math.min(3_000, (streaming.shutdown_grace_seconds * 1000) / 4);
     this.manager = new RelayManager(createAuthority(config, options), {
@@ -214,7 +216,10 @@ export class RelayService implements AsyncDisposable {
   shutdown(reason = "relay shutting down"): Promise<void> {
     this.#stopping ??= (async () => {
       serviceLog.info("shutting down: {reason}", { reason });
+      // End every stream now (no reconnect window on our own shutdown), then close the rest.
+      this.hub.endAll(reason);
       await this.rtmp.close(reason);
+      this.hub.endAll(reason);
       await this.manager.settle();
       await this.http.shutdown();
       serviceLog.info("stopped");

@@ -27,7 +27,7 @@ export interface AppDeps {
   manager: RelayManager;
   rtmp: Pick<
     RtmpServer,
-    "serving" | "sessions" | "totalConnections" | "bytesIn" | "bytesOut" | "publisherOf"
+    "serving" | "sessions" | "totalConnections" | "bytesIn" | "bytesOut"
   >;
   http: {
     allowOrigin: string;
@@ -61,6 +61,9 @@ function describeStream(deps: AppDeps, stream: LiveStream) {
   return {
     stream_key: redactKey(stream.key),
     state: stream.state,
+    live_since: stream.liveSince?.toISOString() ?? null,
+    reconnects: stream.reconnects,
+    reconnect_seconds_left: stream.reconnectSecondsLeft() ?? null,
     publisher: publisher
       ? {
         remote_address: publisher.remoteAddress,
@@ -125,7 +128,7 @@ export function createApp(deps: AppDeps): Hono {
 
   const liveStream = (key: string) => {
     const stream = deps.hub.get(key);
-    return stream?.state === "live" ? stream : undefined;
+    return stream !== undefined && stream.state !== "idle" ? stream : undefined;
   };
   const notLive = (c: Context) => c.json({ error: "stream not live" }, 404);
 
@@ -178,9 +181,10 @@ export function createApp(deps: AppDeps): Hono {
 
   app.delete("/api/streams/:key", control, (c) => {
     const key = c.req.param("key");
-    const publisher = liveStream(key) ? deps.rtmp.publisherOf(key) : undefined;
-    if (publisher === undefined) return notLive(c);
-    publisher.close("ended through the HTTP API");
+    const stream = liveStream(key);
+    if (stream === undefined) return notLive(c);
+    // No reconnect window: the publisher is told and disconnected, the stream ends now.
+    deps.hub.end(stream, "ended through the HTTP API");
     return c.json({ stream_key: redactKey(key), ended: true });
   });
 

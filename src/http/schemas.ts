@@ -63,7 +63,10 @@ export const ForwardingSchema = z.object({ destinations: z.array(ForwardedDestin
 
 export const StreamSchema = z.object({
   stream_key: z.string(),
-  state: z.enum(["idle", "authorizing", "live"]),
+  state: z.enum(["live", "reconnecting"]),
+  live_since: z.string().nullable(),
+  reconnects: z.number().int().nonnegative(),
+  reconnect_seconds_left: z.number().nonnegative().nullable(),
   publisher: z.object({
     remote_address: z.string(),
     encoder: z.string(),

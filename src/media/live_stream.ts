@@ -4,6 +4,11 @@
  * synchronously and in order; a subscriber that must wait (a socket, a pipe) puts them in its own
  * bounded `MediaQueue`, so no reader can slow the publisher or another reader.
  *
+ * A stream outlives its publisher's connection by the reconnect grace window: when the same key
+ * publishes again within it, the new connection takes the stream over and its timestamps are
+ * rebased to continue where the old ones stopped, so subscribers never see a break in the stream
+ * other than the real time that passed.
+ *
  * @module
  */
 
@@ -15,36 +20,54 @@ import { RateMeter } from "./rate_meter.ts";
 export interface StreamSubscriber {
   /** One packet of the stream, in publish order. */
   onPacket(packet: MediaPacket): void;
-  /** The stream ended (the publisher left or was stopped). The subscriber is already removed. */
+  /** The stream ended (the publisher left for good or was stopped). Already unsubscribed. */
   onEnd(reason: string): void;
 }
 
-/** Who publishes a stream, as the API reports it. */
+/** Who publishes a stream. `detach` ends that connection's hold on the stream, not the stream. */
 export interface PublisherInfo {
   readonly sessionId: number;
   readonly remoteAddress: string;
   readonly encoder: string;
   readonly startedAt: Date;
+  /** Tells the connection it no longer publishes (it closes); the hub decides what the stream does. */
+  detach(reason: string): void;
 }
 
-/** Where a stream is in its life. */
-export type StreamState = "idle" | "authorizing" | "live";
+/**
+ * Where a stream is in its life: no publisher (`idle`), publishing (`live`), or waiting for its
+ * publisher to come back (`reconnecting`).
+ */
+export type StreamState = "idle" | "live" | "reconnecting";
 
 interface SubscriberState {
   /** False until the reader has had a keyframe (or the stream has no video). */
   started: boolean;
 }
 
+const TIMESTAMP_MODULUS = 2 ** 32;
+
 export class LiveStream {
   readonly key: string;
   readonly gop: GopCache;
   readonly #useGopCache: boolean;
   #state: StreamState = "idle";
+  /** A publish of this key is being authorised (at most one at a time). */
+  authorizing = false;
   #publisher: PublisherInfo | undefined;
   #subscribers = new Map<StreamSubscriber, SubscriberState>();
   #sawVideo = false;
+  #liveSince: Date | undefined;
+  /** Added to the current publisher's timestamps (mod 2^32). */
+  #timestampOffset = 0;
+  /** On takeover: where the new publisher's first packet must land; cleared once it has. */
+  #resumeAt: number | undefined;
+  #lastTimestamp = 0;
+  #lastWriteAt = 0;
+  #reconnectDeadline: number | undefined;
   bytesIn = 0;
   packetsIn = 0;
+  reconnects = 0;
   readonly bitrate = new RateMeter();
   videoCodec: string | undefined;
   audioCodec: string | undefined;
@@ -69,25 +92,68 @@ export class LiveStream {
     return this.#subscribers.size;
   }
 
-  /** Marks the stream as claimed by a publisher whose key is being checked. */
-  beginAuthorization(): void {
-    if (this.#state !== "idle") throw new Error(`stream is ${this.#state}, cannot authorize`);
-    this.#state = "authorizing";
+  /** When the live period began (the first publisher), across reconnects. */
+  get liveSince(): Date | undefined {
+    return this.#liveSince;
   }
 
-  /** Returns a refused claim to idle. */
-  abandonAuthorization(): void {
-    if (this.#state === "authorizing") this.#state = "idle";
+  /** Milliseconds since the publisher last sent media (or went live). */
+  idleMs(now = performance.now()): number {
+    return now - this.#lastWriteAt;
   }
 
-  /** The publisher was accepted: packets may flow. */
+  /** Seconds left in the reconnect window, or undefined when not reconnecting. */
+  reconnectSecondsLeft(now = performance.now()): number | undefined {
+    if (this.#reconnectDeadline === undefined) return undefined;
+    return Math.max(0, (this.#reconnectDeadline - now) / 1000);
+  }
+
+  /** Starts a live period with its first publisher. */
   goLive(publisher: PublisherInfo): void {
     this.#state = "live";
     this.#publisher = publisher;
+    this.#liveSince = new Date();
+    this.#timestampOffset = 0;
+    this.#resumeAt = undefined;
+    this.#lastWriteAt = performance.now();
   }
 
-  /** Passes one packet to the cache and every subscriber. */
+  /** The publisher is gone; the stream waits for it until `deadline` (performance.now() ms). */
+  suspend(deadline: number): void {
+    this.#state = "reconnecting";
+    this.#publisher = undefined;
+    this.#reconnectDeadline = deadline;
+  }
+
+  /**
+   * A new connection continues the stream (after a drop, or taking over from a stalled one). Its
+   * first packet will be placed after the last one sent, by the real time that has passed.
+   */
+  resume(publisher: PublisherInfo): void {
+    const now = performance.now();
+    this.#resumeAt = this.#lastTimestamp + Math.max(1, Math.round(now - this.#lastWriteAt));
+    this.#state = "live";
+    this.#publisher = publisher;
+    this.#reconnectDeadline = undefined;
+    this.#lastWriteAt = now;
+    this.reconnects++;
+  }
+
+  /** Passes one packet to the cache and every subscriber, on the stream's own timeline. */
   write(packet: MediaPacket): void {
+    if (this.#resumeAt !== undefined) {
+      this.#timestampOffset = (this.#resumeAt - packet.timestamp + TIMESTAMP_MODULUS) %
+        TIMESTAMP_MODULUS;
+      this.#resumeAt = undefined;
+    }
+    if (this.#timestampOffset !== 0) {
+      packet = {
+        ...packet,
+        timestamp: (packet.timestamp + this.#timestampOffset) % TIMESTAMP_MODULUS,
+      };
+    }
+    this.#lastTimestamp = packet.timestamp;
+    this.#lastWriteAt = performance.now();
     this.bytesIn += packet.payload.length;
     this.packetsIn++;
     this.bitrate.add(packet.payload.length);
@@ -113,7 +179,7 @@ export class LiveStream {
    */
   subscribe(subscriber: StreamSubscriber): void {
     const state: SubscriberState = { started: false };
-    if (this.#state === "live") {
+    if (this.#state !== "idle") {
       const replay = this.#useGopCache ? this.gop.snapshot() : this.gop.headers();
       for (const packet of replay) {
         if (packet.keyframe) state.started = true;
@@ -127,16 +193,22 @@ export class LiveStream {
     this.#subscribers.delete(subscriber);
   }
 
-  /** Ends the live period: subscribers are told and removed, the cache is cleared. */
+  /** Ends the live period: subscribers are told and removed, everything is reset. */
   end(reason: string): void {
     const subscribers = [...this.#subscribers.keys()];
     this.#subscribers.clear();
     this.#state = "idle";
     this.#publisher = undefined;
+    this.#reconnectDeadline = undefined;
+    this.#liveSince = undefined;
+    this.#timestampOffset = 0;
+    this.#resumeAt = undefined;
+    this.#lastTimestamp = 0;
     this.gop.clear();
     this.#sawVideo = false;
     this.bytesIn = 0;
     this.packetsIn = 0;
+    this.reconnects = 0;
     this.videoCodec = undefined;
     this.audioCodec = undefined;
     this.metadata = {};
@@ -146,19 +218,40 @@ export class LiveStream {
 
 /** Lifecycle events of the hub, for the relay and the control plane. */
 export interface StreamHubListener {
+  /** A live period began (not called when a publisher resumes within the window). */
   onLive?(stream: LiveStream): void;
+  /** A live period ended: the publisher left for good, or the stream was stopped. */
   onEnded?(stream: LiveStream, reason: string): void;
+}
+
+export interface StreamHubOptions {
+  gopCache: boolean;
+  gopCacheMaxBytes: number;
+  /** How long a stream waits for its publisher to come back (0: it ends at once). */
+  reconnectGraceMs?: number;
+  /** A live publisher silent this long may be replaced by a new connection for its key. */
+  publisherIdleMs?: number;
+}
+
+/** How a publish of a key relates to the stream already there. */
+export type ClaimKind = "new" | "resume" | "takeover";
+
+/** A key reserved for a publisher being authorised. */
+export interface Claim {
+  readonly stream: LiveStream;
+  readonly kind: ClaimKind;
 }
 
 /** Every stream by key. One publisher per key. */
 export class StreamHub {
-  readonly #options: { gopCache: boolean; gopCacheMaxBytes: number };
+  readonly #options: Required<StreamHubOptions>;
   #streams = new Map<string, LiveStream>();
   #listeners: StreamHubListener[] = [];
+  #reconnectTimers = new Map<LiveStream, ReturnType<typeof setTimeout>>();
   totalStreams = 0;
 
-  constructor(options: { gopCache: boolean; gopCacheMaxBytes: number }) {
-    this.#options = options;
+  constructor(options: StreamHubOptions) {
+    this.#options = { reconnectGraceMs: 0, publisherIdleMs: 5_000, ...options };
   }
 
   addListener(listener: StreamHubListener): void {
@@ -169,9 +262,9 @@ export class StreamHub {
     return this.#streams.get(key);
   }
 
-  /** Streams with a live publisher. */
+  /** Streams in a live period: publishing, or waiting for their publisher to come back. */
   live(): LiveStream[] {
-    return [...this.#streams.values()].filter((stream) => stream.state === "live");
+    return [...this.#streams.values()].filter((stream) => stream.state !== "idle");
   }
 
   /** The stream for `key`, created idle if needed (players may wait for a publisher). */
@@ -185,37 +278,94 @@ export class StreamHub {
   }
 
   /**
-   * Claims `key` for a publisher about to be authorized. Returns undefined when another publisher
-   * holds it (live or being authorized).
+   * Reserves `key` for a publisher about to be authorised, or says why not: another publish is
+   * being authorised, or the current publisher is still sending.
    */
-  claim(key: string): LiveStream | undefined {
+  claim(key: string): Claim | { refused: string } {
     const stream = this.open(key);
-    if (stream.state !== "idle") return undefined;
-    stream.beginAuthorization();
-    return stream;
+    if (stream.authorizing) return { refused: "another publish of this key is being authorised" };
+    let kind: ClaimKind;
+    if (stream.state === "idle") kind = "new";
+    else if (stream.state === "reconnecting") kind = "resume";
+    else if (stream.idleMs() >= this.#options.publisherIdleMs) kind = "takeover";
+    else return { refused: "stream key already publishing" };
+    stream.authorizing = true;
+    return { stream, kind };
   }
 
-  /** Gives back a claim that was refused. */
-  release(stream: LiveStream): void {
-    stream.abandonAuthorization();
-    this.#forgetIfUnused(stream);
-  }
-
-  goLive(stream: LiveStream, publisher: PublisherInfo): void {
-    stream.goLive(publisher);
-    this.totalStreams++;
-    for (const listener of this.#listeners) listener.onLive?.(stream);
-  }
-
-  /** Ends a live stream: subscribers told, listeners told, the key free again. */
-  end(stream: LiveStream, reason: string): void {
-    if (stream.state !== "live") {
-      this.release(stream);
+  /** The claimed publish was authorised: the stream is this publisher's now. */
+  accept(claim: Claim, publisher: PublisherInfo): void {
+    const { stream, kind } = claim;
+    stream.authorizing = false;
+    if (kind === "new" || stream.state === "idle") {
+      // "idle" here: the stream ended while we asked; this publish starts a new live period.
+      stream.goLive(publisher);
+      this.totalStreams++;
+      for (const listener of this.#listeners) listener.onLive?.(stream);
       return;
     }
+    this.#clearReconnectTimer(stream);
+    stream.publisher?.detach("taken over by a new connection for the same key");
+    stream.resume(publisher);
+  }
+
+  /** Gives a claim back untouched (the publisher's connection closed while it was authorised). */
+  release(claim: Claim): void {
+    claim.stream.authorizing = false;
+    this.#forgetIfUnused(claim.stream);
+  }
+
+  /**
+   * The claimed publish was refused. A stream that was waiting for (or stalled on) this key ends:
+   * the key may have been revoked.
+   */
+  refuse(claim: Claim, reason: string): void {
+    const { stream, kind } = claim;
+    stream.authorizing = false;
+    if (kind === "new" || stream.state === "idle") {
+      this.#forgetIfUnused(stream);
+      return;
+    }
+    this.end(stream, `publish refused on reconnect: ${reason}`);
+  }
+
+  /**
+   * The publisher's connection went away (cleanly or not). With a grace window the stream waits
+   * for it; without one it ends now.
+   */
+  publisherLeft(stream: LiveStream, reason: string): void {
+    if (stream.state !== "live") return;
+    const grace = this.#options.reconnectGraceMs;
+    if (grace <= 0) {
+      this.end(stream, reason);
+      return;
+    }
+    stream.suspend(performance.now() + grace);
+    this.#reconnectTimers.set(
+      stream,
+      setTimeout(() => {
+        this.#reconnectTimers.delete(stream);
+        this.end(stream, `${reason}; no reconnect within ${grace / 1000} s`);
+      }, grace),
+    );
+  }
+
+  /**
+   * Ends a live period now: the publisher (if any) is detached, subscribers told, listeners told,
+   * the key free again.
+   */
+  end(stream: LiveStream, reason: string): void {
+    if (stream.state === "idle") return;
+    this.#clearReconnectTimer(stream);
+    stream.publisher?.detach(reason);
     stream.end(reason);
     this.#forgetIfUnused(stream);
     for (const listener of this.#listeners) listener.onEnded?.(stream, reason);
+  }
+
+  /** Ends every live period (shutdown). */
+  endAll(reason: string): void {
+    for (const stream of this.live()) this.end(stream, reason);
   }
 
   /** Removes a waiting subscriber, and the stream with it when nothing else uses it. */
@@ -224,9 +374,14 @@ export class StreamHub {
     this.#forgetIfUnused(stream);
   }
 
+  #clearReconnectTimer(stream: LiveStream): void {
+    clearTimeout(this.#reconnectTimers.get(stream));
+    this.#reconnectTimers.delete(stream);
+  }
+
   #forgetIfUnused(stream: LiveStream): void {
     if (
-      stream.state === "idle" && stream.subscriberCount === 0 &&
+      stream.state === "idle" && !stream.authorizing && stream.subscriberCount === 0 &&
       this.#streams.get(stream.key) === stream
     ) {
       this.#streams.delete(stream.key);

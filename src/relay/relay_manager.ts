@@ -82,7 +82,8 @@ export class RelayManager implements StreamHubListener {
     if (forward) this.#track(this.#startDestinations(relay));
   }
 
-  onEnded(stream: LiveStream, _reason: string): void {
+  onEnded(stream: LiveStream, reason: string): void {
+    managerLog.info("stream ended: {reason}", { stream: redactKey(stream.key), reason });
     const relay = this.#relays.get(stream.key);
     if (relay?.stream === stream) this.#relays.delete(stream.key);
     if (relay) {

@@ -69,14 +69,6 @@ export class RtmpServer implements AsyncDisposable {
     return total;
   }
 
-  /** The session publishing `key`, if any. */
-  publisherOf(key: string): RtmpSession | undefined {
-    for (const session of this.#sessions) {
-      if (session.role === "publisher" && session.streamKey === key) return session;
-    }
-    return undefined;
-  }
-
   async #accept(deps: ConstructorParameters<typeof RtmpSession>[2]): Promise<void> {
     try {
       for await (const conn of this.#listener) {

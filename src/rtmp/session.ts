@@ -209,16 +209,13 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   /**
-   * Ends the session from outside (relay shutdown, the API). A publisher is told first, with an
-   * `onStatus` it can show; players are told by the end of their stream.
+   * Ends the session from outside (relay shutdown). A publisher's stream ends with it, and the
+   * encoder is told first; players are told by the end of their stream.
    */
   close(reason: string): void {
-    if (this.#role === "publisher" && !this.#closed) {
-      this.#send(
-        onStatus(this.#mediaStreamId, statusInfo("status", "NetStream.Unpublish.Success", reason)),
-      );
-      this.#leaveStream(reason);
-      this.#closeAfterFlush(reason);
+    const stream = this.#stream;
+    if (this.#role === "publisher" && stream !== undefined && !this.#closed) {
+      this.#deps.hub.end(stream, reason); // detaches us: status sent, then closed after flush
       return;
     }
     this.#abort(reason);
@@ -273,17 +270,31 @@ export class RtmpSession implements StreamSubscriber {
     this.#role = "none";
     this.#stream = undefined;
     if (role === "publisher") {
-      sessionLog.info("stream ended: {reason}", {
+      sessionLog.info("publisher left: {reason}", {
         session: this.id,
         remote: this.remoteAddress,
         stream: redactKey(stream.key),
         reason,
-        bytes_in: stream.bytesIn,
+        bytes_in: this.#bytesIn,
       });
-      this.#deps.hub.end(stream, reason);
+      this.#deps.hub.publisherLeft(stream, reason);
     } else if (role === "player") {
       this.#deps.hub.unsubscribe(stream, this);
     }
+  }
+
+  /**
+   * The hub took the stream from this connection (ended, or handed to a new connection for the
+   * key): tell the encoder and close, without touching the stream again.
+   */
+  #detachPublisher(reason: string): void {
+    if (this.#role !== "publisher") return;
+    this.#role = "none";
+    this.#stream = undefined;
+    this.#send(
+      onStatus(this.#mediaStreamId, statusInfo("status", "NetStream.Unpublish.Success", reason)),
+    );
+    this.#closeAfterFlush(reason);
   }
 
   // ---- Reading ----
@@ -550,11 +561,11 @@ export class RtmpSession implements StreamSubscriber {
       return;
     }
     const hub = this.#deps.hub;
-    const stream = hub.claim(key);
+    const claim = hub.claim(key);
     const context = { ...this.#logContext(), stream: redactKey(key) };
-    if (stream === undefined) {
-      sessionLog.warn("publish refused: stream key already publishing", context);
-      this.#refusePublish(streamId, "NetStream.Publish.BadName", "stream key already publishing");
+    if ("refused" in claim) {
+      sessionLog.warn("publish refused: {reason}", { ...context, reason: claim.refused });
+      this.#refusePublish(streamId, "NetStream.Publish.BadName", claim.refused);
       return;
     }
     let decision: PublishDecision;
@@ -569,17 +580,17 @@ export class RtmpSession implements StreamSubscriber {
       decision = { allowed: false, reason: `authorisation failed: ${(error as Error).message}` };
     }
     if (this.#closed) {
-      hub.release(stream);
+      hub.release(claim);
       return;
     }
     if (!decision.allowed) {
-      hub.release(stream);
+      hub.refuse(claim, decision.reason);
       sessionLog.warn("publish refused: {reason}", { ...context, reason: decision.reason });
       this.#refusePublish(streamId, "NetStream.Publish.BadName", "publish not authorised");
       return;
     }
     this.#role = "publisher";
-    this.#stream = stream;
+    this.#stream = claim.stream;
     this.#mediaStreamId = streamId;
     this.#send(userControl(UserControlEvent.StreamBegin, streamId));
     this.#send(
@@ -588,13 +599,19 @@ export class RtmpSession implements StreamSubscriber {
         statusInfo("status", "NetStream.Publish.Start", `${redactKey(key)} is now published.`),
       ),
     );
-    hub.goLive(stream, {
+    hub.accept(claim, {
       sessionId: this.id,
       remoteAddress: this.remoteAddress,
       encoder: this.#encoderName,
       startedAt: new Date(),
+      detach: (reason) => this.#detachPublisher(reason),
     });
-    sessionLog.info("publish accepted", { ...context, encoder: this.#encoderName });
+    const what = claim.kind === "new"
+      ? "publish accepted"
+      : claim.kind === "resume"
+      ? "publisher reconnected: the stream continues"
+      : "stalled publisher replaced: the stream continues";
+    sessionLog.info(what, { ...context, encoder: this.#encoderName });
   }
 
   /** Tells the client no, then closes: librtmp clients hang on a refusal if the socket stays open. */

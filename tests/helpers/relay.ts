@@ -70,7 +70,9 @@ export async function startTestRelay(
       rtmp: { port: 0, bind: "127.0.0.1" },
       http: { port: 0, bind: "127.0.0.1" },
       logging: { level: "debug" },
-      streaming: { shutdown_grace_seconds: 8 },
+      // Tests of other behaviour expect a stream to end when its publisher leaves; the reconnect
+      // tests set their own window.
+      streaming: { shutdown_grace_seconds: 8, reconnect_grace_seconds: 0 },
     }, overrides),
     "test config",
   );

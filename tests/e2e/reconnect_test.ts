@@ -1,0 +1,265 @@
+/**
+ * Encoder reconnects: the stream and its destinations outlive the publisher's connection for the
+ * grace window, a returning (or replacing) publisher continues the same stream on the same
+ * destination connections, and timestamps stay monotonic across the join.
+ */
+
+import { StreamsSchema } from "../../src/http/schemas.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { fixture, framemd5, type PacketDigest } from "../helpers/media.ts";
+import {
+  ffmpegProcessesWith,
+  run,
+  sleep,
+  tempDir,
+  TestProcess,
+  waitFor,
+} from "../helpers/process.ts";
+import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
+import { NginxSink, settledFile } from "../helpers/sinks.ts";
+
+const KEY = "reconnect-key-0001";
+
+function publish(source: string, url: string): TestProcess {
+  return new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    "-re",
+    "-i",
+    source,
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    url,
+  ]);
+}
+
+async function streamsOf(relay: TestRelay) {
+  const response = await fetch(relay.httpUrl("/api/streams"));
+  return StreamsSchema.parse(await response.json()).streams;
+}
+
+/**
+ * DTS in ms of one kind of stream, from ffprobe. Selected by type: the FLV demuxer numbers streams
+ * in the order their first packet appears, which need not be framemd5's video-then-audio order.
+ */
+async function dtsOf(file: string, kind: "v" | "a"): Promise<number[]> {
+  const text = await run("ffprobe", [
+    "-v",
+    "error",
+    "-select_streams",
+    kind,
+    "-show_entries",
+    "packet=dts_time",
+    "-of",
+    "csv=p=0",
+    file,
+  ]);
+  return text.split("\n").filter((line) => line.trim() !== "").map((line) =>
+    Math.round(Number(line) * 1000)
+  );
+}
+
+async function relayWithSink(dir: string, streaming: Record<string, number>, cp: FakeControlPlane) {
+  const nginx = await NginxSink.start(`${dir}/nginx`, { unique: true });
+  cp.behaviour.forwarding = () => ({
+    body: {
+      destinations: [{
+        id: "yt",
+        platform: "youtube",
+        rtmp_url: nginx.baseUrl,
+        stream_key: "reconnect-out",
+      }],
+    },
+  });
+  const relay = await startTestRelay({
+    control_plane: { url: cp.url, timeout_seconds: 2 },
+    streaming,
+  });
+  return { nginx, relay };
+}
+
+Deno.test("a publisher killed and replaced 3 s later continues the same stream on the same destination connection", async () => {
+  await using dir = await tempDir();
+  const first = await fixture({ seconds: 20, gop: 30 });
+  const second = await fixture({ seconds: 4, gop: 30, size: "352x288" });
+  await using cp = new FakeControlPlane();
+  const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 5 }, cp);
+  await using _nginx = nginx;
+  await using _relay = relay;
+
+  await using publisherA = publish(first, relay.rtmpUrl(KEY));
+  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
+  await waitFor(() => destination.state === "connected", "destination connected");
+  const ffmpegPid = destination.status().pid;
+  await sleep(3_000);
+  publisherA.kill("SIGKILL"); // no FIN handling, no deleteStream
+  await publisherA.wait();
+  await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
+  const waiting = (await streamsOf(relay))[0]!;
+  assert(waiting.reconnect_seconds_left! > 0 && waiting.reconnect_seconds_left! <= 5);
+  await sleep(3_000);
+
+  await using publisherB = publish(second, relay.rtmpUrl(KEY));
+  await waitFor(async () => (await streamsOf(relay))[0]?.state === "live", "live again");
+  assertEquals((await streamsOf(relay))[0]!.reconnects, 1);
+  assertEquals(destination.status().pid, ffmpegPid, "the same FFmpeg carries on");
+  assertEquals(destination.status().restarts, 0);
+  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
+  assertEquals(cp.streamEnds, [], "no stream-end while the stream continues");
+
+  // The second publisher left cleanly: after the window the stream really ends, once.
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 15_000);
+  assertEquals(cp.streamEnds, [KEY]);
+  assertEquals(cp.authCalls, [KEY, KEY], "the control plane was asked again on reconnect");
+
+  const recordings = await nginx.recordings();
+  assertEquals(recordings.length, 1, `one recording per destination, got ${recordings.join(", ")}`);
+  const recording = `${nginx.dir}/rec/${recordings[0]}`;
+  await settledFile(recording);
+  const publishes = (await nginx.errorLog()).split("\n").filter((line) =>
+    /publish: name='reconnect-out'/.test(line)
+  );
+  assertEquals(publishes.length, 1, "nginx saw one publish");
+
+  // Packets, per stream: a run of the first publisher's from its start, then all of the second's.
+  const got = await framemd5(recording);
+  const [sentA, sentB] = [await framemd5(first), await framemd5(second)];
+  const key = (p: PacketDigest) => `${p.stream}:${p.size}:${p.hash}`;
+  const splits = new Map<number, number>();
+  for (const stream of [0, 1]) {
+    const mine = got.filter((p) => p.stream === stream).map(key);
+    const fromA = sentA.filter((p) => p.stream === stream).map(key);
+    const fromB = sentB.filter((p) => p.stream === stream).map(key);
+    // The second publisher finished cleanly, so all its packets must be the recording's tail (its
+    // audio is the same sine as the first's, so searching for its first packet would be ambiguous).
+    const split = mine.length - fromB.length;
+    assert(
+      split > 0,
+      `stream ${stream}: ${mine.length} packets recorded, ${fromB.length} from the second publisher`,
+    );
+    assertEquals(
+      mine.slice(0, split),
+      fromA.slice(0, split),
+      `stream ${stream}: first publisher from its start`,
+    );
+    assertEquals(mine.slice(split), fromB, `stream ${stream}: all of the second publisher`);
+    splits.set(stream, split);
+  }
+
+  // Timestamps never go backwards, and the join leaves a gap equal to the time that passed.
+  const dts = { video: await dtsOf(recording, "v"), audio: await dtsOf(recording, "a") };
+  for (const [kind, list] of Object.entries(dts)) {
+    const backwards = list.findIndex((value, i) => i > 0 && value < list[i - 1]!);
+    assertEquals(backwards, -1, `${kind} DTS goes backwards at packet ${backwards}`);
+  }
+  // ffprobe shows no DTS (N/A) for the packet carrying the new sequence header: skip such.
+  const nextValid = (list: number[], from: number) =>
+    list.slice(from).find((v) => !Number.isNaN(v))!;
+  const videoSplit = splits.get(0)!;
+  const gap = nextValid(dts.video, videoSplit) - dts.video[videoSplit - 1]!;
+  assert(
+    gap >= 2_500 && gap <= 8_000,
+    `the join's gap should be the ~3 s that passed, was ${gap} ms (video packet ${videoSplit} of ${dts.video.length}: ${
+      dts.video.slice(videoSplit - 2, videoSplit + 2).join(", ")
+    })`,
+  );
+  const audioGap = nextValid(dts.audio, splits.get(1)!) - dts.audio[splits.get(1)! - 1]!;
+  assert(
+    Math.abs(audioGap - gap) < 250,
+    `audio and video jump together (${audioGap} vs ${gap} ms)`,
+  );
+  const remux = new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-i",
+    recording,
+    "-c",
+    "copy",
+    "-f",
+    "null",
+    "-",
+  ]);
+  await remux.wait();
+  assert(!/non-monoton/i.test(remux.stderr), `FFmpeg reports non-monotonic DTS:\n${remux.stderr}`);
+});
+
+Deno.test("a publisher that does not come back ends the stream after the window", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 20 });
+  await using cp = new FakeControlPlane();
+  const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 2 }, cp);
+  await using _nginx = nginx;
+  await using _relay = relay;
+  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
+  await waitFor(() => destination.state === "connected", "destination connected");
+  publisher.kill("SIGKILL");
+  const left = performance.now();
+  await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
+  assert(destination.state === "connected", "destinations stay up during the window");
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end", 10_000);
+  const waited = (performance.now() - left) / 1000;
+  assert(waited >= 1.8 && waited < 5, `ended after ${waited.toFixed(1)} s for a 2 s window`);
+  await waitFor(
+    async () => (await ffmpegProcessesWith(`127.0.0.1:${nginx.port}/live`)).length === 0,
+    "FFmpeg stopped",
+  );
+  assertEquals(await streamsOf(relay), []);
+  assertMatch(relay.logText(), /no reconnect within 2 s/);
+});
+
+Deno.test("a stalled publisher is taken over by a new one after publisher_idle_seconds", async () => {
+  await using dir = await tempDir();
+  const first = await fixture({ seconds: 20, gop: 30 });
+  const second = await fixture({ seconds: 3, gop: 30, size: "352x288" });
+  await using cp = new FakeControlPlane();
+  const { nginx, relay } = await relayWithSink(dir.path, {
+    reconnect_grace_seconds: 5,
+    publisher_idle_seconds: 1,
+  }, cp);
+  await using _nginx = nginx;
+  await using _relay = relay;
+  await using stalled = publish(first, relay.rtmpUrl(KEY));
+  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
+  await waitFor(() => destination.state === "connected", "destination connected");
+  await run("kill", ["-STOP", String(stalled.pid)]); // frozen: the socket stays open, nothing arrives
+  await sleep(1_500);
+  await using replacement = publish(second, relay.rtmpUrl(KEY));
+  await waitFor(() => relay.logText().includes("stalled publisher replaced"), "takeover");
+  await run("kill", ["-CONT", String(stalled.pid)]);
+  const stalledStatus = await stalled.wait(10_000);
+  assert(stalledStatus.code !== 0, "the stalled publisher's connection was closed");
+  assertEquals((await replacement.wait()).code, 0, replacement.stderr);
+  assertEquals(destination.status().restarts, 0);
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end", 15_000);
+  assertEquals((await nginx.recordings()).length, 1);
+});
+
+Deno.test("a key revoked before the publisher comes back is refused and the stream ends", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 20 });
+  await using cp = new FakeControlPlane();
+  const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 30 }, cp);
+  await using _nginx = nginx;
+  await using _relay = relay;
+  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
+  await waitFor(() => destination.state === "connected", "destination connected");
+  publisher.kill("SIGKILL");
+  await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
+  cp.behaviour.auth = () => ({ body: { code: 1, msg: "revoked" } });
+  await using again = publish(source, relay.rtmpUrl(KEY));
+  assert((await again.wait(10_000)).code !== 0, "the revoked key is refused");
+  await waitFor(() => cp.streamEnds.length === 1, "the stream ends at once, not after 30 s", 5_000);
+  await waitFor(
+    async () => (await ffmpegProcessesWith(`127.0.0.1:${nginx.port}/live`)).length === 0,
+    "FFmpeg stopped",
+  );
+  assertMatch(
+    relay.logText(),
+    /publish refused on reconnect: control plane refused the key \(code 1: revoked\)/,
+  );
+});
