@@ -1,0 +1,323 @@
+/**
+ * The reliability suite's tools: paced publishers and recording sinks that fingerprint every media
+ * packet per track, so "no packet lost" is checked packet by packet; the relay as a real process
+ * (so it can be killed and measured); a summary of everything the suite tried.
+ *
+ * `NEUSTREAM_SOAK=long` (set by `deno task soak`) selects the long form.
+ *
+ * @module
+ */
+
+import { readFlvTags } from "../../bench/flv_file.ts";
+import { cpuSeconds, processTree, pssBytes } from "../../bench/proc.ts";
+import type { MediaPacket } from "../../src/media/flv.ts";
+import { StreamHub } from "../../src/media/live_stream.ts";
+import type { OutgoingMessage } from "../../src/rtmp/chunk.ts";
+import { ChunkStream } from "../../src/rtmp/messages.ts";
+import { RtmpServer } from "../../src/rtmp/server.ts";
+import { assert } from "../helpers/assert.ts";
+import { fixture } from "../helpers/media.ts";
+import { sleep } from "../helpers/process.ts";
+import { TestRtmpClient } from "../helpers/rtmp_client.ts";
+
+export const LONG = Deno.env.get("NEUSTREAM_SOAK") === "long";
+
+/** FNV-1a over the payload: cheap enough to fingerprint hundreds of Mbit/s in the test process. */
+export function fingerprint(packet: MediaPacket): string {
+  let hash = 0x811c9dc5;
+  const bytes = packet.payload;
+  for (let i = 0; i < bytes.length; i++) {
+    hash ^= bytes[i]!;
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return `${bytes.length}:${(hash >>> 0).toString(16)}`;
+}
+
+/** Audio and video media packets (not sequence headers or metadata), each track on its own. */
+export class TrackLog {
+  readonly audio: string[] = [];
+  readonly video: string[] = [];
+
+  add(packet: MediaPacket): void {
+    if (packet.sequenceHeader || packet.type === 18) return;
+    // FFmpeg's FLV muxer closes a stream with an AVC end-of-sequence tag: framing, not media.
+    if (packet.type === 9 && (packet.payload[0]! & 0x0f) === 7 && packet.payload[1] === 2) return;
+    (packet.type === 8 ? this.audio : this.video).push(fingerprint(packet));
+  }
+
+  get count(): number {
+    return this.audio.length + this.video.length;
+  }
+}
+
+/**
+ * What a sink that stayed up must hold: per track, the tail of what was sent, starting at the
+ * point the destination joined and missing nothing after it. Returns packets lost (0 when whole).
+ */
+export function lostPackets(sent: TrackLog, received: TrackLog | undefined, label: string): number {
+  assert(
+    received !== undefined && received.video.length > 0,
+    `${label}: the sink received no video`,
+  );
+  let lost = 0;
+  for (const track of ["audio", "video"] as const) {
+    const got = received[track];
+    const all = sent[track];
+    // The sent sequence loops the same fixture, so locate the run from the end: it must be the
+    // last got.length packets sent, exactly.
+    const start = all.length - got.length;
+    let mismatches = 0;
+    for (let i = 0; i < got.length; i++) if (got[i] !== all[start + i]) mismatches++;
+    lost += mismatches + Math.max(0, -start);
+  }
+  return lost;
+}
+
+function toMessage(packet: MediaPacket, streamId: number, timestamp: number): OutgoingMessage {
+  return {
+    chunkStreamId: packet.type === 8
+      ? ChunkStream.Audio
+      : packet.type === 9
+      ? ChunkStream.Video
+      : ChunkStream.Data,
+    typeId: packet.type,
+    timestamp,
+    streamId,
+    payload: packet.payload,
+  };
+}
+
+let fixturePackets: Promise<MediaPacket[]> | undefined;
+
+/** A 3 Mbit/s 720p H.264 + AAC encoding, 20 s, replayed in a loop by publishers. */
+export function loadFixture(): Promise<MediaPacket[]> {
+  fixturePackets ??= fixture({ seconds: 20, gop: 60, videoBitrate: "3M", size: "1280x720" }).then(
+    readFlvTags,
+  );
+  return fixturePackets;
+}
+
+/** A publisher sending the fixture in real time, looping, recording what it sent per track. */
+export class PacedPublisher {
+  readonly key: string;
+  readonly sent = new TrackLog();
+  #client: TestRtmpClient | undefined;
+  #running: Promise<void> | undefined;
+  #stop = false;
+  error: Error | undefined;
+
+  constructor(key: string) {
+    this.key = key;
+  }
+
+  /** Connects, publishes and starts sending; resolves once the publish was accepted. */
+  async start(port: number): Promise<void> {
+    const packets = await loadFixture();
+    const client = await TestRtmpClient.connect(port);
+    this.#client = client;
+    await client.handshake();
+    const { streamId, code } = await client.publish(this.key);
+    if (code !== "NetStream.Publish.Start") {
+      throw new Error(`${this.key}: publish refused (${code})`);
+    }
+    this.#running = this.#send(client, streamId, packets).catch((error) => {
+      if (!this.#stop) this.error = error;
+    });
+  }
+
+  async #send(client: TestRtmpClient, streamId: number, packets: MediaPacket[]): Promise<void> {
+    const period = packets.at(-1)!.timestamp + 33;
+    const started = performance.now();
+    for (let loop = 0; !this.#stop; loop++) {
+      for (const packet of packets) {
+        if (this.#stop) return;
+        if (loop > 0 && (packet.sequenceHeader || packet.type === 18)) continue;
+        const timestamp = packet.timestamp + loop * period;
+        const wait = started + timestamp - performance.now();
+        if (wait > 0) await sleep(wait);
+        if (this.#stop) return;
+        await client.send(toMessage(packet, streamId, timestamp));
+        this.sent.add(packet);
+      }
+    }
+  }
+
+  /** Stops cleanly (deleteStream, then close) and waits for the sender. */
+  async stop(): Promise<void> {
+    this.#stop = true;
+    await this.#running;
+    const client = this.#client;
+    if (client) {
+      await client.call(1, "deleteStream", null, 1).catch(() => {});
+      client.close();
+    }
+  }
+
+  /** Drops the connection without a goodbye. */
+  kill(): void {
+    this.#stop = true;
+    this.#client?.close();
+  }
+}
+
+/** An RTMP ingest standing for a platform: accepts any key, fingerprints what arrives. */
+export class RecordingSink implements AsyncDisposable {
+  readonly port: number;
+  readonly received = new Map<string, TrackLog>();
+  #hub: StreamHub;
+  #server: RtmpServer;
+  /** Keys this sink refuses, like a platform rejecting a wrong stream key. */
+  refuse = new Set<string>();
+
+  constructor(port = 0) {
+    this.#hub = new StreamHub({ gopCache: false, gopCacheMaxBytes: 0 });
+    this.#server = new RtmpServer(
+      {
+        hostname: "127.0.0.1",
+        port,
+        app: "live",
+        chunkSize: 4096,
+        maxMessageSize: 16 * 1024 * 1024,
+        pingIntervalMs: 30_000,
+        pingTimeoutMs: 60_000,
+        handshakeTimeoutMs: 10_000,
+        playerQueueBytes: 4 * 1024 * 1024,
+      },
+      this.#hub,
+      (request) =>
+        Promise.resolve(
+          this.refuse.has(request.key)
+            ? { allowed: false, reason: "wrong stream key" }
+            : { allowed: true },
+        ),
+    );
+    this.port = this.#server.port;
+    this.#hub.addListener({
+      onLive: (stream) => {
+        let log = this.received.get(stream.key);
+        if (log === undefined) {
+          log = new TrackLog();
+          this.received.set(stream.key, log);
+        }
+        const target = log;
+        stream.subscribe({ onPacket: (packet) => target.add(packet), onEnd: () => {} });
+      },
+    });
+  }
+
+  get url(): string {
+    return `rtmp://127.0.0.1:${this.port}/live`;
+  }
+
+  async close(): Promise<void> {
+    await this.#server.close("sink stopped");
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** Samples the relay's process tree (relay + FFmpeg) for memory and CPU. */
+export class ResourceSampler {
+  readonly samples: { at: number; pss: number }[] = [];
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #pending: Promise<void> = Promise.resolve();
+  readonly #root: number;
+  #cpuStart = 0;
+  #startedAt = 0;
+  peakPss = 0;
+
+  constructor(root: number) {
+    this.#root = root;
+  }
+
+  async start(intervalMs: number): Promise<void> {
+    this.#cpuStart = await cpuSeconds(await processTree(this.#root));
+    this.#startedAt = performance.now();
+    this.#timer = setInterval(() => {
+      this.#pending = this.#pending.then(() => this.sample());
+    }, intervalMs);
+  }
+
+  async sample(): Promise<void> {
+    const pss = await pssBytes(await processTree(this.#root));
+    this.samples.push({ at: performance.now(), pss });
+    this.peakPss = Math.max(this.peakPss, pss);
+  }
+
+  /** Stops sampling; returns CPU seconds per wall second used since `start`. */
+  async stop(): Promise<number> {
+    clearInterval(this.#timer);
+    await this.#pending;
+    const cpu = await cpuSeconds(await processTree(this.#root));
+    return (cpu - this.#cpuStart) / ((performance.now() - this.#startedAt) / 1000);
+  }
+
+  /** Least-squares slope of PSS in MiB per minute, over the samples after `skip`. */
+  slopeMiBPerMinute(skip: number): number {
+    const points = this.samples.slice(skip);
+    if (points.length < 3) return 0;
+    const xs = points.map((p) => (p.at - points[0]!.at) / 60_000);
+    const ys = points.map((p) => p.pss / (1024 * 1024));
+    const mx = xs.reduce((a, b) => a + b, 0) / xs.length;
+    const my = ys.reduce((a, b) => a + b, 0) / ys.length;
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < xs.length; i++) {
+      num += (xs[i]! - mx) * (ys[i]! - my);
+      den += (xs[i]! - mx) ** 2;
+    }
+    return den === 0 ? 0 : num / den;
+  }
+}
+
+/** One row of the suite's closing table. */
+export interface SummaryRow {
+  part: string;
+  cases: number;
+  faults: number;
+  packetsLost: number;
+  peakMemoryMiB: number;
+  note: string;
+}
+
+export const summary: SummaryRow[] = [];
+
+export function printSummary(): void {
+  const header = [
+    "part",
+    "cases tried",
+    "faults survived",
+    "packets lost",
+    "peak memory (MiB)",
+    "note",
+  ];
+  const rows = summary.map((
+    r,
+  ) => [
+    r.part,
+    String(r.cases),
+    String(r.faults),
+    String(r.packetsLost),
+    r.peakMemoryMiB.toFixed(0),
+    r.note,
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ");
+  console.log(
+    `\nreliability summary (${LONG ? "long" : "short"} form)\n${line(header)}\n${
+      widths.map((w) => "-".repeat(w)).join("-|-")
+    }`,
+  );
+  for (const row of rows) console.log(line(row));
+}
+
+/** Every secret in every text: none may appear. Returns the offending secret, if any. */
+export function findSecret(texts: Iterable<string>, secrets: Iterable<string>): string | undefined {
+  const list = [...secrets];
+  for (const text of texts) {
+    for (const secret of list) if (text.includes(secret)) return secret;
+  }
+  return undefined;
+}
