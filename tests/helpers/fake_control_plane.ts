@@ -26,7 +26,7 @@ export class FakeControlPlane implements AsyncDisposable {
   /** Delayed answers still waiting; released at shutdown so the server can close. */
   #delays = new Map<ReturnType<typeof setTimeout>, () => void>();
 
-  constructor(behaviour: Partial<FakeControlPlaneBehaviour> = {}) {
+  constructor(behaviour: Partial<FakeControlPlaneBehaviour> = {}, port = 0) {
     this.behaviour = {
       auth: () => ({ body: { code: 0, data: { forward: true } } }),
       forwarding: () => ({ body: { destinations: [] } }),
@@ -63,7 +63,7 @@ export class FakeControlPlane implements AsyncDisposable {
       if (status >= 200 && status < 300) this.streamEnds.push(name);
       return c.json({ code: status < 300 ? 0 : 1 }, status as 200);
     });
-    this.server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+    this.server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, app.fetch);
   }
 
   get url(): string {

@@ -106,11 +106,18 @@ export interface RelayProcess extends AsyncDisposable {
  * Starts `main.ts` in a child Deno with the production permissions, on free ports, with
  * `configBody` (TOML without the [rtmp] and [http] sections, which this adds) written to `dir`.
  */
-export async function spawnRelay(dir: string, configBody: string): Promise<RelayProcess> {
+export async function spawnRelay(
+  dir: string,
+  configBody: string,
+  rtmpSettings = "",
+): Promise<RelayProcess> {
   const rtmpPort = freePort();
   const httpPort = freePort();
   const configPath = `${dir}/relay.toml`;
-  await Deno.writeTextFile(configPath, relayConfigText(rtmpPort, httpPort, configBody));
+  await Deno.writeTextFile(
+    configPath,
+    relayConfigText(rtmpPort, httpPort, configBody, rtmpSettings),
+  );
   const process = new TestProcess("deno", [
     "run",
     "--allow-net",
@@ -143,7 +150,12 @@ export async function spawnRelay(dir: string, configBody: string): Promise<Relay
   };
 }
 
-/** Config text with our ports in front of `body`. */
-export function relayConfigText(rtmpPort: number, httpPort: number, body: string): string {
-  return `[rtmp]\nport = ${rtmpPort}\nbind = "127.0.0.1"\n[http]\nport = ${httpPort}\nbind = "127.0.0.1"\n${body}`;
+/** Config text with our ports in front of `body`; `rtmpSettings` go into the [rtmp] section. */
+export function relayConfigText(
+  rtmpPort: number,
+  httpPort: number,
+  body: string,
+  rtmpSettings = "",
+): string {
+  return `[rtmp]\nport = ${rtmpPort}\nbind = "127.0.0.1"\n${rtmpSettings}[http]\nport = ${httpPort}\nbind = "127.0.0.1"\n${body}`;
 }

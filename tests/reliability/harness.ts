@@ -153,6 +153,17 @@ export class PacedPublisher {
     }
   }
 
+  /** Stops sending but keeps the socket open and answers nothing: a silent network drop. */
+  async freeze(): Promise<void> {
+    this.#stop = true;
+    await this.#running;
+  }
+
+  /** Closes a frozen connection (test clean-up). */
+  close(): void {
+    this.#client?.close();
+  }
+
   /** Drops the connection without a goodbye. */
   kill(): void {
     this.#stop = true;
@@ -163,6 +174,7 @@ export class PacedPublisher {
 /** An RTMP ingest standing for a platform: accepts any key, fingerprints what arrives. */
 export class RecordingSink implements AsyncDisposable {
   readonly port: number;
+  /** Per key, what the latest publish session of that key delivered. */
   readonly received = new Map<string, TrackLog>();
   #hub: StreamHub;
   #server: RtmpServer;
@@ -194,13 +206,9 @@ export class RecordingSink implements AsyncDisposable {
     this.port = this.#server.port;
     this.#hub.addListener({
       onLive: (stream) => {
-        let log = this.received.get(stream.key);
-        if (log === undefined) {
-          log = new TrackLog();
-          this.received.set(stream.key, log);
-        }
-        const target = log;
-        stream.subscribe({ onPacket: (packet) => target.add(packet), onEnd: () => {} });
+        const log = new TrackLog();
+        this.received.set(stream.key, log);
+        stream.subscribe({ onPacket: (packet) => log.add(packet), onEnd: () => {} });
       },
     });
   }
@@ -215,6 +223,43 @@ export class RecordingSink implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+}
+
+/** A TCP listener that accepts connections and never reads from them: a stalled platform. */
+export class StalledSink implements AsyncDisposable {
+  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  readonly #conns: Deno.Conn[] = [];
+  readonly #accepting: Promise<void>;
+
+  constructor() {
+    this.#accepting = (async () => {
+      try {
+        for await (const conn of this.#listener) this.#conns.push(conn);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+    })();
+  }
+
+  get url(): string {
+    return `rtmp://127.0.0.1:${(this.#listener.addr as Deno.NetAddr).port}/live`;
+  }
+
+  get accepted(): number {
+    return this.#conns.length;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    for (const conn of this.#conns) {
+      try {
+        conn.close();
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+    }
   }
 }
 

@@ -16,6 +16,7 @@ import {
   printSummary,
   RecordingSink,
   ResourceSampler,
+  StalledSink,
   summary,
 } from "./harness.ts";
 
@@ -145,6 +146,230 @@ Deno.test({
     // Flat: a leak of even 100 KiB per stream per minute would show as 3 MiB/min here.
     assert(slope < 3 + (LONG ? 0 : 5), `memory grows ${slope.toFixed(1)} MiB/min after warm-up`);
   },
+});
+
+/** Behaviour of the fake control plane during the faults test, switchable from the test. */
+interface ControlPlaneMood {
+  authDelayMs: number;
+}
+
+Deno.test("faults during live streams: each survived, and the streams beside it lose nothing", async () => {
+  await using dir = await tempDir();
+  await using good = new RecordingSink();
+  const flakyPort = (() => {
+    using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    return (probe.addr as Deno.NetAddr).port;
+  })();
+  let flaky = new RecordingSink(flakyPort);
+  await using refusing = new RecordingSink();
+  await using stalled = new StalledSink();
+
+  const keys = {
+    steady1: streamKey("steady1"),
+    steady2: streamKey("steady2"),
+    sinkKilled: streamKey("sinkkilled"),
+    sinkStalled: streamKey("sinkstalled"),
+    sinkRefuses: streamKey("sinkrefuses"),
+    silent: streamKey("silent"),
+  };
+  const extra: Record<string, { url: string; key: string }> = {
+    [keys.sinkKilled]: { url: flaky.url, key: destinationKey(keys.sinkKilled, 1) },
+    [keys.sinkStalled]: { url: stalled.url, key: destinationKey(keys.sinkStalled, 1) },
+    [keys.sinkRefuses]: { url: refusing.url, key: destinationKey(keys.sinkRefuses, 1) },
+  };
+  refusing.refuse.add(extra[keys.sinkRefuses]!.key);
+  const goodKey = new Map(Object.values(keys).map((key) => [key, destinationKey(key, 0)]));
+  const mood: ControlPlaneMood = { authDelayMs: 0 };
+  const behaviour = {
+    auth: () => ({ delayMs: mood.authDelayMs, body: { code: 0, data: { forward: true } } }),
+    forwarding: (key: string) => ({
+      body: {
+        destinations: [
+          {
+            id: "good",
+            platform: "custom",
+            rtmp_url: good.url,
+            stream_key: goodKey.get(key) ?? "x",
+          },
+          ...(extra[key]
+            ? [{
+              id: "other",
+              platform: "custom",
+              rtmp_url: extra[key]!.url,
+              stream_key: extra[key]!.key,
+            }]
+            : []),
+        ],
+      },
+    }),
+  };
+  const cpPort = (() => {
+    using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    return (probe.addr as Deno.NetAddr).port;
+  })();
+  let cp = new FakeControlPlane(behaviour, cpPort);
+  await using relay = await spawnRelay(
+    dir.path,
+    `[control_plane]\nurl = "${cp.url}"\ntimeout_seconds = 3\nretry_attempts = 2\n` +
+      `[streaming]\nreconnect_grace_seconds = 0\nbuffer_size_kb = 64\n`,
+    `ping_interval_seconds = 1\nping_timeout_seconds = 3\n`,
+  );
+  const sampler = new ResourceSampler(relay.process.pid);
+  await sampler.start(5_000);
+  const publishers = new Map(Object.values(keys).map((key) => [key, new PacedPublisher(key)]));
+  await Promise.all([...publishers.values()].map((p) => p.start(relay.rtmpPort)));
+  await waitFor(
+    async () =>
+      (await ffmpegProcessesWith(`127.0.0.1:${good.port}/live`)).length === publishers.size,
+    "destinations up",
+    30_000,
+  );
+  await sleep(2_000);
+  let faults = 0;
+
+  // A sink killed and restarted: its destination comes back by itself.
+  await flaky.close();
+  await sleep(1_500);
+  flaky = new RecordingSink(flakyPort);
+  faults++;
+
+  // A publisher whose network drops silently: the ping timeout ends its stream.
+  const silent = publishers.get(keys.silent)!;
+  await silent.freeze();
+  await waitFor(
+    () => cp.streamEnds.includes(keys.silent),
+    "the silent publisher's stream to end",
+    10_000,
+  );
+  silent.close();
+  faults++;
+
+  // The control plane answering slowly: within the timeout a publish still goes through.
+  mood.authDelayMs = 1_500;
+  const slowKey = streamKey("slowcp");
+  goodKey.set(slowKey, destinationKey(slowKey, 0));
+  const slowStarted = performance.now();
+  const slowPublisher = new PacedPublisher(slowKey);
+  await slowPublisher.start(relay.rtmpPort);
+  assert(performance.now() - slowStarted >= 1_400, "the slow answer was waited for");
+  mood.authDelayMs = 0;
+  faults++;
+
+  // The control plane down for 30 s: new publishes are refused, live streams carry on.
+  await cp[Symbol.asyncDispose]();
+  const outageStarted = performance.now();
+  const refusedKey = streamKey("outage");
+  const refused = new PacedPublisher(refusedKey);
+  const outcome = await refused.start(relay.rtmpPort).then(
+    () => "accepted",
+    (e: Error) => e.message,
+  );
+  assert(outcome.includes("refused"), `a publish during the outage must be refused: ${outcome}`);
+  refused.kill();
+  await sleep(Math.max(0, 30_000 - (performance.now() - outageStarted)));
+  cp = new FakeControlPlane(behaviour, cpPort);
+  const backKey = streamKey("cpback");
+  goodKey.set(backKey, destinationKey(backKey, 0));
+  const back = new PacedPublisher(backKey);
+  await back.start(relay.rtmpPort);
+  faults++;
+  await sleep(3_000);
+
+  const live = [...publishers.values()].filter((p) => p !== silent);
+  await pollApi(relay, live.map((p) => p.key));
+  await Promise.all([...live, slowPublisher, back].map((p) => p.stop()));
+  await waitFor(
+    async () => (await ffmpegProcessesWith(`127.0.0.1:${good.port}/live`)).length === 0,
+    "FFmpeg gone",
+    30_000,
+  );
+  const cpu = await sampler.stop();
+  void cpu;
+
+  let lost = 0;
+  for (const publisher of [...live, slowPublisher, back]) {
+    lost += lostPackets(
+      publisher.sent,
+      good.received.get(goodKey.get(publisher.key)!),
+      `${publisher.key} → good sink`,
+    );
+  }
+  // The restarted sink got the rest of its stream, from a keyframe, to the end.
+  lost += lostPackets(
+    publishers.get(keys.sinkKilled)!.sent,
+    flaky.received.get(extra[keys.sinkKilled]!.key),
+    "restarted sink",
+  );
+  faults += 2; // the stalled sink and the refusing sink, both present throughout
+  assert(stalled.accepted >= 1, "the stalled sink was connected to");
+  assert(!refusing.received.has(extra[keys.sinkRefuses]!.key), "the refusing sink took nothing");
+  transcripts.push(relay.process.stderr);
+  assert(!relay.process.exited, "the relay is still running");
+  summary.push({
+    part: "faults",
+    cases: 6,
+    faults,
+    packetsLost: lost,
+    peakMemoryMiB: sampler.peakPss / MiB,
+    note:
+      "sink killed+restarted, sink never reads, sink refuses key, silent publisher, control plane slow, control plane down 30 s",
+  });
+  await flaky.close();
+  await cp[Symbol.asyncDispose]();
+  assertEquals(lost, 0, "packets lost beside the faults");
+});
+
+Deno.test("the relay killed with SIGKILL and restarted: no orphan FFmpeg, streams resume when encoders reconnect", async () => {
+  await using dir = await tempDir();
+  await using sink = new RecordingSink();
+  const key = streamKey("sigkill");
+  const outKey = destinationKey(key, 0);
+  const config = `[streaming]\nreconnect_grace_seconds = 0\n[[streams]]\nkey = "${key}"\n` +
+    `[[streams.destinations]]\nid = "a"\nrtmp_url = "${sink.url}"\nstream_key = "${outKey}"\n`;
+  const marker = `127.0.0.1:${sink.port}/live`;
+  const first = await spawnRelay(dir.path, config);
+  const before = new PacedPublisher(key);
+  await before.start(first.rtmpPort);
+  await waitFor(async () => (await ffmpegProcessesWith(marker)).length === 1, "destination FFmpeg");
+  await sleep(2_000);
+  first.process.kill("SIGKILL");
+  await first.process.wait();
+  transcripts.push(first.process.stderr);
+  await first[Symbol.asyncDispose]();
+  await waitFor(
+    async () => (await ffmpegProcessesWith(marker)).length === 0,
+    "no orphan FFmpeg",
+    10_000,
+  );
+  before.kill();
+
+  // systemd restarts it on the same ports; the encoder reconnects.
+  await Deno.rename(`${dir.path}/relay.toml`, `${dir.path}/old.toml`);
+  await using second = await spawnRelay(dir.path, config);
+  const after = new PacedPublisher(key);
+  await after.start(second.rtmpPort);
+  await waitFor(
+    async () => (await ffmpegProcessesWith(marker)).length === 1,
+    "destination FFmpeg again",
+  );
+  await sleep(3_000);
+  await after.stop();
+  await waitFor(
+    async () => (await ffmpegProcessesWith(marker)).length === 0,
+    "FFmpeg gone",
+    15_000,
+  );
+  transcripts.push(second.process.stderr);
+  const lost = lostPackets(after.sent, sink.received.get(outKey), "after restart");
+  summary.push({
+    part: "relay SIGKILL",
+    cases: 1,
+    faults: 1,
+    packetsLost: lost,
+    peakMemoryMiB: 0,
+    note: "orphans gone; stream resumed after restart",
+  });
+  assertEquals(lost, 0);
 });
 
 Deno.test("secrets: no log line or API reply of the suite holds a full stream or destination key", () => {
