@@ -80,6 +80,8 @@ const SCRATCH_INITIAL_SIZE = 64 * 1024;
 const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
 /** Message streams one connection may create; real clients create one. */
 const MAX_MESSAGE_STREAMS = 8;
+/** Largest onMetaData relayed; encoders send a few hundred bytes. */
+const MAX_METADATA_BYTES = 64 * 1024;
 /** How long a closing connection may take to flush its last messages. */
 const FLUSH_TIMEOUT_MS = 2_000;
 
@@ -445,6 +447,15 @@ export class RtmpSession implements StreamSubscriber {
       return;
     }
     if (values[0] !== "onMetaData") return; // cue points and the like are not relayed
+    if (stripped.length > MAX_METADATA_BYTES) {
+      // Kept in the GOP cache and replayed to every reader: a huge one is abuse, not metadata.
+      sessionLog.warn("metadata of {size} bytes ignored (limit {limit})", {
+        ...this.#logContext(),
+        size: stripped.length,
+        limit: MAX_METADATA_BYTES,
+      });
+      return;
+    }
     const metadata = values[1];
     if (isAmfObject(metadata)) stream.metadata = { ...metadata };
     stream.write(createMediaPacket(TagType.Script, message.timestamp, stripped));

@@ -106,7 +106,8 @@ export class PacedPublisher {
   #stop = false;
   error: Error | undefined;
 
-  constructor(key: string) {
+  /** `speed` > 1 sends faster than real time (a publisher flooding the relay). */
+  constructor(key: string, readonly speed = 1) {
     this.key = key;
   }
 
@@ -133,7 +134,7 @@ export class PacedPublisher {
         if (this.#stop) return;
         if (loop > 0 && (packet.sequenceHeader || packet.type === 18)) continue;
         const timestamp = packet.timestamp + loop * period;
-        const wait = started + timestamp - performance.now();
+        const wait = started + timestamp / this.speed - performance.now();
         if (wait > 0) await sleep(wait);
         if (this.#stop) return;
         await client.send(toMessage(packet, streamId, timestamp));
@@ -328,6 +329,61 @@ export interface SummaryRow {
 }
 
 export const summary: SummaryRow[] = [];
+
+/** Deterministic PRNG (mulberry32): the same seed gives the same fuzz cases on every machine. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const INTERESTING = [0x00, 0x01, 0x02, 0x03, 0x3f, 0x40, 0x7f, 0x80, 0xc0, 0xfe, 0xff];
+
+/**
+ * One fuzz case from a captured client session: a prefix of it with 1 to 8 mutations (bit flips,
+ * random or boundary bytes, insertions, deletions, duplicated slices). Mutations land mostly after
+ * the handshake, where chunk headers, AMF commands and media live.
+ */
+export function mutateSession(capture: Uint8Array, random: () => number): Uint8Array {
+  const handshakeEnd = 1 + 1536 * 2;
+  const minLength = Math.min(capture.length, handshakeEnd + 64);
+  const length = minLength +
+    Math.floor(random() * (Math.min(capture.length, 64 * 1024) - minLength + 1));
+  let bytes = capture.slice(0, length);
+  const count = 1 + Math.floor(random() * 8);
+  for (let m = 0; m < count; m++) {
+    const inHandshake = random() < 0.15;
+    const at = inHandshake ? Math.floor(random() * Math.min(bytes.length, handshakeEnd)) : Math.min(
+      bytes.length - 1,
+      handshakeEnd + Math.floor(random() * Math.max(1, bytes.length - handshakeEnd)),
+    );
+    const kind = Math.floor(random() * 6);
+    if (kind === 0) bytes[at]! ^= 1 << Math.floor(random() * 8);
+    else if (kind === 1) bytes[at] = Math.floor(random() * 256);
+    else if (kind === 2) bytes[at] = INTERESTING[Math.floor(random() * INTERESTING.length)]!;
+    else if (kind === 3) {
+      const insert = new Uint8Array(1 + Math.floor(random() * 16)).map(() =>
+        Math.floor(random() * 256)
+      );
+      bytes = new Uint8Array([...bytes.subarray(0, at), ...insert, ...bytes.subarray(at)]);
+    } else if (kind === 4) {
+      bytes = new Uint8Array([
+        ...bytes.subarray(0, at),
+        ...bytes.subarray(at + 1 + Math.floor(random() * 16)),
+      ]);
+    } else {
+      const from = Math.floor(random() * bytes.length);
+      const slice = bytes.slice(from, from + 1 + Math.floor(random() * 64));
+      bytes = new Uint8Array([...bytes.subarray(0, at), ...slice, ...bytes.subarray(at)]);
+    }
+  }
+  return bytes;
+}
 
 export function printSummary(): void {
   const header = [

@@ -4,18 +4,24 @@
  * The relay runs as its own process; sinks, publishers and the control plane live here.
  */
 
+import { pssBytes } from "../../bench/proc.ts";
+import { encodeAmf0 } from "../../src/rtmp/amf0.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
+import { fixture } from "../helpers/media.ts";
+import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
-import { ffmpegProcessesWith, sleep, tempDir, waitFor } from "../helpers/process.ts";
+import { ffmpegProcessesWith, sleep, tempDir, TestProcess, waitFor } from "../helpers/process.ts";
 import { type RelayProcess, spawnRelay } from "../helpers/relay.ts";
 import {
   findSecret,
   LONG,
   lostPackets,
+  mutateSession,
   PacedPublisher,
   printSummary,
   RecordingSink,
   ResourceSampler,
+  seededRandom,
   StalledSink,
   summary,
 } from "./harness.ts";
@@ -370,6 +376,229 @@ Deno.test("the relay killed with SIGKILL and restarted: no orphan FFmpeg, stream
     note: "orphans gone; stream resumed after restart",
   });
   assertEquals(lost, 0);
+});
+
+/** Records what a real FFmpeg publisher sends, by standing between it and the relay. */
+async function captureFfmpegSession(relayPort: number, key: string): Promise<Uint8Array> {
+  const source = await fixture({ seconds: 2 });
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const parts: Uint8Array[] = [];
+  const proxying = (async () => {
+    const client = await listener.accept();
+    const upstream = await Deno.connect({ hostname: "127.0.0.1", port: relayPort });
+    const toServer = (async () => {
+      const buffer = new Uint8Array(64 * 1024);
+      for (;;) {
+        const n = await client.read(buffer).catch(() => null);
+        if (n === null) break;
+        parts.push(buffer.slice(0, n));
+        await upstream.write(buffer.subarray(0, n)).catch(() => {});
+      }
+      upstream.close();
+    })();
+    const toClient = (async () => {
+      const buffer = new Uint8Array(64 * 1024);
+      for (;;) {
+        const n = await upstream.read(buffer).catch(() => null);
+        if (n === null) break;
+        await client.write(buffer.subarray(0, n)).catch(() => {});
+      }
+    })();
+    await Promise.all([toServer, toClient]);
+    client.close();
+  })();
+  await using publisher = new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "error",
+    "-i",
+    source,
+    "-t",
+    "1",
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    `rtmp://127.0.0.1:${port}/live/${key}`,
+  ]);
+  await publisher.wait();
+  await proxying;
+  const capture = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    capture.set(part, offset);
+    offset += part.length;
+  }
+  return capture;
+}
+
+/** Sends one case on its own connection and hangs up once the relay has had a moment with it. */
+async function sendCase(port: number, bytes: Uint8Array): Promise<void> {
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(bytes).catch(() => 0); // the relay may hang up mid-case: that is its answer
+  const buffer = new Uint8Array(16 * 1024);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  // Read the relay's answers for a little while, so it processes the case before we vanish.
+  await Promise.race([
+    (async () => {
+      while ((await conn.read(buffer).catch(() => null)) !== null) { /* drain */ }
+    })(),
+    new Promise((resolve) => timer = setTimeout(resolve, 30)),
+  ]);
+  clearTimeout(timer);
+}
+
+Deno.test("hostile input: fuzzed sessions, 1,000 half-open connections, oversized metadata, a 100 Mbit/s publisher", async () => {
+  await using dir = await tempDir();
+  await using sink = new RecordingSink();
+  const goodKey = streamKey("beside");
+  const goodOut = destinationKey(goodKey, 0);
+  const fastKey = streamKey("flood");
+  const fastOut = destinationKey(fastKey, 0);
+  const fuzzKey = streamKey("fuzz");
+  await using relay = await spawnRelay(
+    dir.path,
+    `[streaming]\nreconnect_grace_seconds = 0\nconnection_timeout_seconds = 3\n` +
+      [[goodKey, goodOut], [fastKey, fastOut]].map(([key, out]) =>
+        `[[streams]]\nkey = "${key}"\n[[streams.destinations]]\nid = "a"\nrtmp_url = "${sink.url}"\nstream_key = "${out}"\n`
+      ).join("") + `[[streams]]\nkey = "${fuzzKey}"\n`,
+    "max_message_size_kb = 4096\n",
+  );
+  const relayOnly = [relay.process.pid];
+  let peak = 0;
+  const sampleMemory = async () => {
+    peak = Math.max(peak, await pssBytes(relayOnly));
+  };
+  const capture = await captureFfmpegSession(relay.rtmpPort, fuzzKey);
+  assert(capture.length > 10_000, `captured ${capture.length} bytes of a real session`);
+
+  const good = new PacedPublisher(goodKey);
+  await good.start(relay.rtmpPort);
+  const flood = new PacedPublisher(fastKey, 33); // ~100 Mbit/s of real H.264
+  await flood.start(relay.rtmpPort);
+
+  // 1,000 connections at once: half never send a byte, half drip the handshake slowly.
+  const halfOpen = await Promise.all(
+    Array.from(
+      { length: 1_000 },
+      () => Deno.connect({ hostname: "127.0.0.1", port: relay.rtmpPort }),
+    ),
+  );
+  let dripping = true;
+  const drips = halfOpen.slice(500).map(async (conn) => {
+    const c0c1 = new Uint8Array(1537);
+    c0c1[0] = 3;
+    for (let i = 0; dripping && i < c0c1.length; i++) {
+      if ((await conn.write(c0c1.subarray(i, i + 1)).catch(() => -1)) < 0) return;
+      await sleep(200);
+    }
+  });
+  let closedCount = 0;
+  const closedAt: number[] = [];
+  const openedAt = performance.now();
+  const closedByRelay = Promise.all(halfOpen.map(async (conn, index) => {
+    const buffer = new Uint8Array(4096);
+    while ((await conn.read(buffer).catch(() => null)) !== null) { /* until the relay hangs up */ }
+    closedCount++;
+    closedAt[index] = performance.now() - openedAt;
+  }));
+
+  // Oversized metadata: 1 MiB (under the message limit) is ignored with a log line and the
+  // connection carries on; 16 MiB (over the 4 MiB limit) closes the connection.
+  const bulky = await TestRtmpClient.connect(relay.rtmpPort);
+  await bulky.handshake();
+  const bulkyStream = (await bulky.publish(fuzzKey)).streamId;
+  const metadata = (size: number) =>
+    encodeAmf0("@setDataFrame", "onMetaData", { description: "x".repeat(size) });
+  await bulky.send({
+    chunkStreamId: 5,
+    typeId: 18,
+    timestamp: 0,
+    streamId: bulkyStream,
+    payload: metadata(1024 * 1024),
+  });
+  await waitFor(
+    () => relay.process.stderr.includes("metadata of 1048"),
+    "the ignored-metadata log line",
+  );
+  await bulky.send({
+    chunkStreamId: 5,
+    typeId: 18,
+    timestamp: 0,
+    streamId: bulkyStream,
+    payload: metadata(0xffffff - 64),
+  })
+    .catch(() => {}); // the relay hangs up while we are still writing
+  assert(await bulky.closedByServer(5_000), "the over-limit metadata's connection is closed");
+  bulky.close();
+
+  // The fuzzer: seeded and repeatable, bounded in count and time.
+  const seed = Number(Deno.env.get("NEUSTREAM_FUZZ_SEED") ?? 20261121);
+  const cases = LONG ? 100_000 : 3_000;
+  const random = seededRandom(seed);
+  const started = performance.now();
+  let sent = 0;
+  const worker = async () => {
+    while (sent < cases && performance.now() - started < (LONG ? 30 * 60_000 : 60_000)) {
+      sent++;
+      await sendCase(relay.rtmpPort, mutateSession(capture, random));
+      if (sent % 500 === 0) await sampleMemory();
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  const fuzzSeconds = (performance.now() - started) / 1000;
+
+  // The relay closes them after connection_timeout_seconds (3 s here); allow for load.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    closedByRelay,
+    new Promise((resolve) => timer = setTimeout(resolve, 10_000)),
+  ]);
+  clearTimeout(timer);
+  const stillOpen = halfOpen.length - closedCount;
+  const slowestClose = Math.max(...closedAt.filter((ms) => ms !== undefined));
+  dripping = false;
+  await Promise.all(drips);
+  for (const conn of halfOpen) {
+    try {
+      conn.close();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.BadResource)) throw error;
+    }
+  }
+  await closedByRelay;
+  await sampleMemory();
+
+  const health = await fetch(`http://127.0.0.1:${relay.httpPort}/health`);
+  assertEquals(health.status, 200, "the relay still serves");
+  await health.body?.cancel();
+  await pollApi(relay, [goodKey, fastKey]);
+  await Promise.all([good.stop(), flood.stop()]);
+  await waitFor(
+    async () => (await ffmpegProcessesWith(`127.0.0.1:${sink.port}/live`)).length === 0,
+    "FFmpeg gone",
+    20_000,
+  );
+  transcripts.push(relay.process.stderr);
+  assert(!relay.process.exited, "the relay never crashed");
+  const lost = lostPackets(good.sent, sink.received.get(goodOut), "the stream beside the attack");
+  const floodLost = lostPackets(flood.sent, sink.received.get(fastOut), "the 100 Mbit/s stream");
+  summary.push({
+    part: "hostile input",
+    cases: sent + 1_000 + 1,
+    faults: 0,
+    packetsLost: lost,
+    peakMemoryMiB: peak / MiB,
+    note: `seed ${seed}: ${sent} fuzz cases in ${
+      fuzzSeconds.toFixed(0)
+    } s from a ${capture.length}-byte FFmpeg session; 1,000 half-open all closed within ${
+      (slowestClose / 1000).toFixed(1)
+    } s; 1 MiB metadata ignored, 16 MiB refused; the 100 Mbit/s stream itself: ${floodLost} packets dropped or out of place (its queue may drop to the next keyframe under overload, by design)`,
+  });
+  assertEquals(lost, 0, "the well-behaved stream lost packets");
+  assert(peak < 512 * MiB, `relay memory peaked at ${(peak / MiB).toFixed(0)} MiB`);
+  assertEquals(stillOpen, 0, "every half-open or dripping connection was closed by the relay");
 });
 
 Deno.test("secrets: no log line or API reply of the suite holds a full stream or destination key", () => {
