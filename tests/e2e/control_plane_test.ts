@@ -6,32 +6,10 @@ import { Hono } from "hono";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
 import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
-import {
-  ffmpegProcessesWith,
-  freePort,
-  run,
-  tempDir,
-  TestProcess,
-  waitFor,
-} from "../helpers/process.ts";
+import { ffmpegProcessesWith, freePort, run, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile } from "../helpers/sinks.ts";
-
-function publish(source: string, url: string, realtime = true): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    ...(realtime ? ["-re"] : []),
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    url,
-  ]);
-}
+import { ffmpegPublish } from "../helpers/peers.ts";
 
 const controlPlane = (url: string, timeout_seconds = 1) => ({
   control_plane: { url, timeout_seconds, retry_attempts: 2 },
@@ -56,7 +34,7 @@ Deno.test("an accepted key relays to the valid destinations the control plane re
   });
   await using relay = await startTestRelay(controlPlane(cp.url));
   const ps = () => run("ps", ["-eo", "args="]);
-  await using publisher = publish(source, relay.rtmpUrl("cp-stream-key-1"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("cp-stream-key-1"));
   const relayed = await waitFor(() => relay.service.manager.relayFor("cp-stream-key-1"), "relay");
   await waitFor(() => relayed.get("ok")?.state === "connected", "destination connected");
   assertEquals(relayed.list().map((d) => d.destination.id), ["ok"]);
@@ -106,10 +84,10 @@ Deno.test("every kind of refusal refuses the publish promptly and logs why", asy
     arrange();
     const before = relay.logs.length;
     const started = performance.now();
-    await using publisher = publish(
+    await using publisher = ffmpegPublish(
       source,
       relay.rtmpUrl(`refused-${name.replace(/\W/g, "")}`),
-      false,
+      { realtime: false },
     );
     const status = await publisher.wait(10_000);
     const elapsed = performance.now() - started;
@@ -129,7 +107,7 @@ Deno.test("publishes are refused while the control plane is down and accepted on
   const source = await fixture({ seconds: 2 });
   const port = freePort();
   await using relay = await startTestRelay(controlPlane(`http://127.0.0.1:${port}`, 1));
-  await using refused = publish(source, relay.rtmpUrl("outage-key-1"), false);
+  await using refused = ffmpegPublish(source, relay.rtmpUrl("outage-key-1"), { realtime: false });
   assert((await refused.wait(10_000)).code !== 0);
   assertMatch(relay.logText(), /publish refused: control plane unreachable/);
   // The control plane comes back on the same address.
@@ -137,7 +115,7 @@ Deno.test("publishes are refused while the control plane is down and accepted on
   app.post("/api/auth/stream", (c) => c.json({ code: 0, data: { forward: false } }));
   app.post("/api/auth/stream-end", (c) => c.json({ code: 0 }));
   await using _back = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, app.fetch);
-  await using accepted = publish(source, relay.rtmpUrl("outage-key-1"), false);
+  await using accepted = ffmpegPublish(source, relay.rtmpUrl("outage-key-1"), { realtime: false });
   assertEquals((await accepted.wait(10_000)).code, 0, accepted.stderr);
 });
 
@@ -149,16 +127,16 @@ Deno.test("stream-end arrives once per stream: clean end, vanished publisher, re
   const relay = await startTestRelay(controlPlane(cp.url));
   try {
     const short = await fixture({ seconds: 1 });
-    await using clean = publish(short, relay.rtmpUrl("end-clean-1"), false);
+    await using clean = ffmpegPublish(short, relay.rtmpUrl("end-clean-1"), { realtime: false });
     assertEquals((await clean.wait()).code, 0, clean.stderr);
     await waitFor(() => cp.streamEnds.includes("end-clean-1"), "clean stream-end");
 
-    await using vanished = publish(source, relay.rtmpUrl("end-kill-1"));
+    await using vanished = ffmpegPublish(source, relay.rtmpUrl("end-kill-1"));
     await waitFor(() => relay.service.hub.get("end-kill-1")?.state === "live", "live");
     vanished.kill("SIGKILL");
     await waitFor(() => cp.streamEnds.includes("end-kill-1"), "stream-end after SIGKILL");
 
-    await using survivor = publish(source, relay.rtmpUrl("end-shutdown-1"));
+    await using survivor = ffmpegPublish(source, relay.rtmpUrl("end-shutdown-1"));
     await waitFor(() => relay.service.hub.get("end-shutdown-1")?.state === "live", "live");
     await relay.service.shutdown("test shutdown");
     assert(

@@ -17,24 +17,9 @@ import {
 } from "../helpers/process.ts";
 import { relayConfigText, spawnRelay } from "../helpers/relay.ts";
 import { NginxSink } from "../helpers/sinks.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
-
-function publish(source: string, url: string): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    "-re",
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    url,
-  ]);
-}
 
 function runRelay(args: string[]): TestProcess {
   return new TestProcess("deno", [
@@ -68,8 +53,8 @@ Deno.test("SIGTERM with live streams: stream-end for each, no FFmpeg left, exit 
     dir.path,
     `[control_plane]\nurl = "${cp.url}"\n[streaming]\nshutdown_grace_seconds = 8\n`,
   );
-  await using one = publish(source, relay.rtmpUrl("term-key-one"));
-  await using two = publish(source, relay.rtmpUrl("term-key-two"));
+  await using one = ffmpegPublish(source, relay.rtmpUrl("term-key-one"));
+  await using two = ffmpegPublish(source, relay.rtmpUrl("term-key-two"));
   const marker = `127.0.0.1:${nginx.port}/live/term-key`;
   await waitFor(
     async () => (await ffmpegProcessesWith(marker)).length === 2,
@@ -97,7 +82,7 @@ Deno.test("a second signal exits at once and takes the FFmpeg children with it",
     dir.path,
     `[streaming]\nshutdown_grace_seconds = 20\n[[streams]]\nkey = "double-signal-1"\n[[streams.destinations]]\nid = "a"\nrtmp_url = "${nginx.baseUrl}"\nstream_key = "double-out"\n`,
   );
-  await using publisher = publish(source, relay.rtmpUrl("double-signal-1"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("double-signal-1"));
   const marker = `127.0.0.1:${nginx.port}/live/double-out`;
   const [pid] = await waitFor(async () => {
     const pids = await ffmpegProcessesWith(marker);

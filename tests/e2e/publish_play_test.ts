@@ -7,46 +7,11 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { assertContiguousRun, assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { sleep, tempDir, TestProcess, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
+import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
 
 const OPEN_KEY = {
   streams: [{ key: "e2e-key-0001" }, { key: "e2e-key-0002" }, { key: "e2e-ext-0003" }],
 };
-
-function ffmpegPublish(source: string, url: string, realtime = false): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    ...(realtime ? ["-re"] : []),
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    url,
-  ]);
-}
-
-function ffmpegPlay(url: string, out: string): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    "-y",
-    "-i",
-    url,
-    "-map",
-    "0:v",
-    "-map",
-    "0:a",
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    out,
-  ]);
-}
 
 function waitForPlayers(relay: TestRelay, key: string, count: number) {
   return waitFor(
@@ -107,7 +72,7 @@ Deno.test("FFmpeg publishes and FFmpeg plays back every packet unchanged", async
   const out = `${dir.path}/played.flv`;
   await using player = ffmpegPlay(relay.rtmpUrl("e2e-key-0001"), out);
   await waitForPlayers(relay, "e2e-key-0001", 1);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), { realtime: false });
   assertEquals((await publisher.wait()).code, 0, publisher.stderr);
   assertEquals((await player.wait()).code, 0, player.stderr);
   assertSamePackets(await framemd5(out), await framemd5(source), "ffmpeg player");
@@ -127,7 +92,7 @@ Deno.test("rtmpdump plays back every packet unchanged", async () => {
     out,
   ]);
   await waitForPlayers(relay, "e2e-key-0001", 1);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), { realtime: false });
   assertEquals((await publisher.wait()).code, 0, publisher.stderr);
   await player.wait();
   assertSamePackets(await framemd5(out), await framemd5(source), "rtmpdump player");
@@ -158,7 +123,7 @@ Deno.test("a player joining mid-stream starts at once from the GOP cache", async
   await using dir = await tempDir();
   const source = await fixture({ seconds: 6, gop: 30 });
   await using relay = await startTestRelay(OPEN_KEY);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), true);
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"));
   await waitFor(() => relay.service.hub.get("e2e-key-0001")?.state === "live", "stream live");
   await sleep(2_500);
   const out = `${dir.path}/late.flv`;
@@ -176,7 +141,7 @@ Deno.test("timestamps past 2^24 ms (extended timestamps) pass through unchanged"
   const out = `${dir.path}/ext.flv`;
   await using player = ffmpegPlay(relay.rtmpUrl("e2e-ext-0003"), out);
   await waitForPlayers(relay, "e2e-ext-0003", 1);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-ext-0003"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-ext-0003"), { realtime: false });
   assertEquals((await publisher.wait()).code, 0, publisher.stderr);
   assertEquals((await player.wait()).code, 0, player.stderr);
   assertSamePackets(await framemd5(out), await framemd5(source), "extended timestamps");
@@ -189,10 +154,10 @@ Deno.test("a second publisher on a live key is refused and the first carries on"
   const out = `${dir.path}/first.flv`;
   await using player = ffmpegPlay(relay.rtmpUrl("e2e-key-0001"), out);
   await waitForPlayers(relay, "e2e-key-0001", 1);
-  await using first = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), true);
+  await using first = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"));
   await waitFor(() => relay.service.hub.get("e2e-key-0001")?.state === "live", "stream live");
   const started = performance.now();
-  await using second = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), true);
+  await using second = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"));
   const secondStatus = await second.wait(10_000);
   assert(secondStatus.code !== 0, "the second publisher should fail");
   assert(performance.now() - started < 4_000, "the refusal should be prompt");
@@ -206,7 +171,9 @@ Deno.test("a key the hook refuses gets BadName and a closed connection (FFmpeg a
   const source = await fixture({ seconds: 2 });
   await using relay = await startTestRelay(OPEN_KEY);
   const started = performance.now();
-  await using ffmpeg = ffmpegPublish(source, relay.rtmpUrl("not-a-listed-key"));
+  await using ffmpeg = ffmpegPublish(source, relay.rtmpUrl("not-a-listed-key"), {
+    realtime: false,
+  });
   assert((await ffmpeg.wait(10_000)).code !== 0, "ffmpeg should fail to publish");
   await using dir = await tempDir();
   // librtmp does not give up on BadName alone: it exits only because we close the socket.
@@ -230,7 +197,7 @@ Deno.test("players are told when the publisher vanishes without a goodbye", asyn
   await using relay = await startTestRelay(OPEN_KEY);
   await using player = ffmpegPlay(relay.rtmpUrl("e2e-key-0001"), `${dir.path}/cut.flv`);
   await waitForPlayers(relay, "e2e-key-0001", 1);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), true);
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"));
   await waitFor(() => relay.service.hub.get("e2e-key-0001")?.state === "live", "stream live");
   await sleep(1_500);
   publisher.kill("SIGKILL");

@@ -18,24 +18,9 @@ import {
 } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile } from "../helpers/sinks.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
 
 const KEY = "reconnect-key-0001";
-
-function publish(source: string, url: string): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    "-re",
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    url,
-  ]);
-}
 
 async function streamsOf(relay: TestRelay) {
   const response = await fetch(relay.httpUrl("/api/streams"));
@@ -91,7 +76,7 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
   await using _nginx = nginx;
   await using _relay = relay;
 
-  await using publisherA = publish(first, relay.rtmpUrl(KEY));
+  await using publisherA = ffmpegPublish(first, relay.rtmpUrl(KEY));
   const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
   await waitFor(() => destination.state === "connected", "destination connected");
   const ffmpegPid = destination.status().pid;
@@ -103,7 +88,7 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
   assert(waiting.reconnect_seconds_left! > 0 && waiting.reconnect_seconds_left! <= 5);
   await sleep(3_000);
 
-  await using publisherB = publish(second, relay.rtmpUrl(KEY));
+  await using publisherB = ffmpegPublish(second, relay.rtmpUrl(KEY));
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "live", "live again");
   assertEquals((await streamsOf(relay))[0]!.reconnects, 1);
   assertEquals(destination.status().pid, ffmpegPid, "the same FFmpeg carries on");
@@ -193,7 +178,7 @@ Deno.test("a publisher that does not come back ends the stream after the window"
   const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 2 }, cp);
   await using _nginx = nginx;
   await using _relay = relay;
-  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
   const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
   await waitFor(() => destination.state === "connected", "destination connected");
   publisher.kill("SIGKILL");
@@ -222,12 +207,12 @@ Deno.test("a stalled publisher is taken over by a new one after publisher_idle_s
   }, cp);
   await using _nginx = nginx;
   await using _relay = relay;
-  await using stalled = publish(first, relay.rtmpUrl(KEY));
+  await using stalled = ffmpegPublish(first, relay.rtmpUrl(KEY));
   const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
   await waitFor(() => destination.state === "connected", "destination connected");
   await run("kill", ["-STOP", String(stalled.pid)]); // frozen: the socket stays open, nothing arrives
   await sleep(1_500);
-  await using replacement = publish(second, relay.rtmpUrl(KEY));
+  await using replacement = ffmpegPublish(second, relay.rtmpUrl(KEY));
   await waitFor(() => relay.logText().includes("stalled publisher replaced"), "takeover");
   await run("kill", ["-CONT", String(stalled.pid)]);
   const stalledStatus = await stalled.wait(10_000);
@@ -245,13 +230,13 @@ Deno.test("a key revoked before the publisher comes back is refused and the stre
   const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 30 }, cp);
   await using _nginx = nginx;
   await using _relay = relay;
-  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
   const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
   await waitFor(() => destination.state === "connected", "destination connected");
   publisher.kill("SIGKILL");
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
   cp.behaviour.auth = () => ({ body: { code: 1, msg: "revoked" } });
-  await using again = publish(source, relay.rtmpUrl(KEY));
+  await using again = ffmpegPublish(source, relay.rtmpUrl(KEY));
   assert((await again.wait(10_000)).code !== 0, "the revoked key is refused");
   await waitFor(() => cp.streamEnds.length === 1, "the stream ends at once, not after 30 s", 5_000);
   await waitFor(

@@ -5,33 +5,10 @@
 
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { assertContiguousRun, assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
-import {
-  ffmpegProcessesWith,
-  freePort,
-  run,
-  sleep,
-  tempDir,
-  TestProcess,
-  waitFor,
-} from "../helpers/process.ts";
+import { ffmpegProcessesWith, freePort, run, sleep, tempDir, waitFor } from "../helpers/process.ts";
 import { spawnRelay, startTestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
-
-function publish(source: string, url: string, realtime = true): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    ...(realtime ? ["-re"] : []),
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    url,
-  ]);
-}
+import { ffmpegPublish } from "../helpers/peers.ts";
 
 const destination = (id: string, rtmp_url: string, stream_key: string) => ({
   id,
@@ -56,7 +33,7 @@ Deno.test("one stream reaches three sinks and every recording equals what was pu
       ],
     }],
   });
-  await using publisher = publish(source, relay.rtmpUrl("fanout-key-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("fanout-key-0001"));
   await waitFor(
     () =>
       relay.service.manager.relayFor("fanout-key-0001")?.list().every((d) =>
@@ -90,7 +67,7 @@ Deno.test("a sink that is down at the start is reached once it comes up", async 
       destinations: [destination("late", `rtmp://127.0.0.1:${port}/live`, "late-key")],
     }],
   });
-  await using publisher = publish(source, relay.rtmpUrl("late-sink-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("late-sink-0001"));
   const supervisor = await waitFor(
     () => relay.service.manager.relayFor("late-sink-0001")?.get("late"),
     "relay",
@@ -121,7 +98,7 @@ Deno.test("a sink killed mid-stream gets the stream again from a keyframe; the o
       ],
     }],
   });
-  await using publisher = publish(source, relay.rtmpUrl("flaky-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("flaky-0001"));
   const flaky = await waitFor(
     () => relay.service.manager.relayFor("flaky-0001")?.get("flaky"),
     "relay",
@@ -163,7 +140,7 @@ Deno.test("a sink that stops reading does not hold up the publisher or the other
     streaming: { buffer_size_kb: 64 },
   });
   const started = performance.now();
-  await using publisher = publish(source, relay.rtmpUrl("stall-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("stall-0001"));
   const slow = await waitFor(
     () => relay.service.manager.relayFor("stall-0001")?.get("stalled"),
     "relay",
@@ -194,7 +171,7 @@ Deno.test("no FFmpeg of ours remains after the publisher leaves", async () => {
       ],
     }],
   });
-  await using publisher = publish(source, relay.rtmpUrl("reap-0001"));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("reap-0001"));
   await waitFor(
     async () => (await ffmpegProcessesWith(`127.0.0.1:${nginx.port}/live`)).length === 2,
     "two FFmpeg",
@@ -217,7 +194,7 @@ Deno.test("after kill -9 of the relay its FFmpeg children exit on their own", as
     dir.path,
     `[[streams]]\nkey = "orphan-0001"\n[[streams.destinations]]\nid = "a"\nrtmp_url = "${nginx.baseUrl}"\nstream_key = "orphan-a"\n`,
   );
-  await using publisher = publish(source, relayProcess.rtmpUrl("orphan-0001"));
+  await using publisher = ffmpegPublish(source, relayProcess.rtmpUrl("orphan-0001"));
   const marker = `127.0.0.1:${nginx.port}/live`;
   await waitFor(
     async () => (await ffmpegProcessesWith(marker)).length === 1,

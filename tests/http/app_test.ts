@@ -17,25 +17,10 @@ import { assertContiguousRun, fixture, framemd5 } from "../helpers/media.ts";
 import { freePort, sleep, tempDir, TestProcess, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { NginxSink, startFfmpegSink } from "../helpers/sinks.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
 
 const KEY = "api-stream-key-0001";
 const DEST_KEY = "api-destination-key-0001";
-
-function publish(source: string, url: string): TestProcess {
-  return new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    "-re",
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    url,
-  ]);
-}
 
 async function getJson(relay: TestRelay, path: string, init: RequestInit = {}) {
   const response = await fetch(relay.httpUrl(path), init);
@@ -78,7 +63,7 @@ Deno.test("every read endpoint matches its schema and its numbers move while the
   assertEquals(health.status, 200);
   assertEquals(HealthSchema.parse(health.body).active_streams, 0);
 
-  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
   await using player = new TestProcess("ffmpeg", [
     "-hide_banner",
     "-loglevel",
@@ -204,7 +189,7 @@ Deno.test("a token guards everything but /health; bad bodies get 400 naming the 
     path: await fixture({ seconds: 5 }),
     [Symbol.asyncDispose]: () => Promise.resolve(),
   };
-  await using publisher = publish(source.path, relay.rtmpUrl(KEY));
+  await using publisher = ffmpegPublish(source.path, relay.rtmpUrl(KEY));
   await waitFor(() => hub.get(KEY)?.state === "live", "live");
   const post = (body: string) =>
     app.request(`/api/streams/${KEY}/destinations`, {
@@ -248,7 +233,7 @@ Deno.test("DELETE ends a stream; destinations are added, restarted and removed w
     control_plane: { url: cp.url, timeout_seconds: 2 },
     http: { allow_unauthenticated_control: true },
   });
-  await using publisher = publish(source, relay.rtmpUrl(KEY));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
   await waitFor(() => relay.service.manager.relayFor(KEY), "stream relay");
 
   const port = freePort();

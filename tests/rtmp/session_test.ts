@@ -10,7 +10,8 @@ import { command, setChunkSize } from "../../src/rtmp/messages.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { hex } from "../helpers/bytes.ts";
 import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
-import { tempDir, TestProcess, waitFor } from "../helpers/process.ts";
+import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
+import { tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
@@ -133,37 +134,9 @@ Deno.test("bad clients are closed with one log line while a real stream loses no
     rtmp: { max_message_size_kb: 1024 },
   });
   const out = `${dir.path}/good.flv`;
-  await using player = new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    "-y",
-    "-i",
-    relay.rtmpUrl("sess-key-0001"),
-    "-map",
-    "0:v",
-    "-map",
-    "0:a",
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    out,
-  ]);
+  await using player = ffmpegPlay(relay.rtmpUrl("sess-key-0001"), out);
   await waitFor(() => relay.service.hub.get("sess-key-0001")?.subscriberCount === 1, "player");
-  await using publisher = new TestProcess("ffmpeg", [
-    "-hide_banner",
-    "-loglevel",
-    "warning",
-    "-re",
-    "-i",
-    source,
-    "-c",
-    "copy",
-    "-f",
-    "flv",
-    relay.rtmpUrl("sess-key-0001"),
-  ]);
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("sess-key-0001"));
   await waitFor(() => relay.service.hub.get("sess-key-0001")?.state === "live", "stream live");
 
   const outcomes = await Promise.all(BAD_CLIENTS.map(async (bad) => {

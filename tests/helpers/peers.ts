@@ -1,0 +1,49 @@
+/**
+ * Real FFmpeg peers: a publisher (an encoder, as OBS would be) and a player.
+ *
+ * @module
+ */
+
+import { TestProcess } from "./process.ts";
+
+/** Publishes `source` to `url` with `-c copy`; in real time unless `realtime` is false. */
+export function ffmpegPublish(
+  source: string,
+  url: string,
+  options: { realtime?: boolean } = {},
+): TestProcess {
+  return new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    ...(options.realtime ?? true ? ["-re"] : []),
+    "-i",
+    source,
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    url,
+  ]);
+}
+
+/** Plays `url` and writes video then audio, unchanged, to the FLV file `out`. */
+export function ffmpegPlay(url: string, out: string): TestProcess {
+  return new TestProcess("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "warning",
+    "-y",
+    "-i",
+    url,
+    "-map",
+    "0:v",
+    "-map",
+    "0:a",
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    out,
+  ]);
+}
