@@ -109,13 +109,16 @@ export class RelayService implements AsyncDisposable {
       reconnectGraceMs: streaming.reconnect_grace_seconds * 1000,
       publisherIdleMs: streaming.publisher_idle_seconds * 1000,
     });
-    const stopGraceMs = Math.min(3_000, (streaming.shutdown_grace_seconds * 1000) / 4);
+    // Within shutdown_grace_seconds: half for FFmpeg to send what it holds, a quarter after
+    // SIGTERM, the rest for stream-end reports and the HTTP server.
+    const graceMs = streaming.shutdown_grace_seconds * 1000;
     this.manager = new RelayManager(createAuthority(config, options), {
       maxDestinationsPerStream: streaming.max_destinations_per_stream,
       supervisor: {
         ffmpegPath: streaming.ffmpeg_path,
         queueBytes: Math.max(streaming.buffer_size_kb * 1024, MIN_DESTINATION_QUEUE_BYTES),
-        stopGraceMs,
+        drainGraceMs: graceMs / 2,
+        stopGraceMs: graceMs / 4,
         ioTimeoutSeconds: 10,
         backoff: options.backoff,
         children: this.#children,

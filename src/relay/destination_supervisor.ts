@@ -23,7 +23,12 @@ export interface SupervisorOptions {
   ffmpegPath: string;
   /** Media bytes queued for this destination before it drops to the next keyframe. */
   queueBytes: number;
-  /** Time FFmpeg gets to exit after its stdin closes, and again after SIGTERM. */
+  /**
+   * Time FFmpeg gets to send what it still holds and exit after its stdin closes. Generous: a
+   * SIGTERM before then would cut off the end of the stream at the destination.
+   */
+  drainGraceMs: number;
+  /** Time FFmpeg gets to exit after SIGTERM, before SIGKILL. */
   stopGraceMs: number;
   ioTimeoutSeconds: number;
   backoff?: BackoffOptions;
@@ -207,10 +212,14 @@ export class DestinationSupervisor implements StreamSubscriber {
     const queue = this.#queue;
     if (child === undefined) return;
     queue?.close(); // the pump closes stdin once the queue is drained: FFmpeg flushes and exits
-    const grace = this.#options.stopGraceMs;
-    if (await this.#exitsWithin(child, grace)) return;
+    if (await this.#exitsWithin(child, this.#options.drainGraceMs)) return;
+    relayLog.warn("destination did not finish within {seconds} s of its input ending: SIGTERM", {
+      ...this.#context(),
+      seconds: this.#options.drainGraceMs / 1000,
+    });
     this.#signal(child, "SIGTERM");
-    if (await this.#exitsWithin(child, grace)) return;
+    if (await this.#exitsWithin(child, this.#options.stopGraceMs)) return;
+    relayLog.warn("destination ignored SIGTERM: SIGKILL", this.#context());
     this.#signal(child, "SIGKILL");
     await child.status;
   }

@@ -50,6 +50,9 @@ export class TrackLog {
   }
 }
 
+/** Details of every loss found, for the failure message. */
+export const lossReports: string[] = [];
+
 /**
  * What a sink that stayed up must hold: per track, the tail of what was sent, starting at the
  * point the destination joined and missing nothing after it. Returns packets lost (0 when whole).
@@ -67,7 +70,21 @@ export function lostPackets(sent: TrackLog, received: TrackLog | undefined, labe
     // last got.length packets sent, exactly.
     const start = all.length - got.length;
     let mismatches = 0;
-    for (let i = 0; i < got.length; i++) if (got[i] !== all[start + i]) mismatches++;
+    let first = -1;
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] !== all[start + i]) {
+        mismatches++;
+        if (first < 0) first = i;
+      }
+    }
+    if (mismatches > 0 || start < 0) {
+      lossReports.push(
+        `${label} ${track}: sent ${all.length}, received ${got.length}, ${mismatches} differ from index ${first}` +
+          ` (received[${first}] ${got[first]}, expected ${all[start + first]}; received ${
+            got.indexOf(all[start + first]!)
+          } has the expected one)`,
+      );
+    }
     lost += mismatches + Math.max(0, -start);
   }
   return lost;
