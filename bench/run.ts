@@ -7,9 +7,8 @@
 
 import { StreamHub } from "../src/media/live_stream.ts";
 import type { MediaPacket } from "../src/media/flv.ts";
-import type { OutgoingMessage } from "../src/rtmp/chunk.ts";
 import { ChunkEncoder } from "../src/rtmp/chunk.ts";
-import { ChunkStream } from "../src/rtmp/messages.ts";
+import { mediaMessage } from "../src/rtmp/messages.ts";
 import { RtmpServer } from "../src/rtmp/server.ts";
 import { fixture } from "../tests/helpers/media.ts";
 import { freePort, run, sleep, tempDir, TestProcess, waitFor } from "../tests/helpers/process.ts";
@@ -26,20 +25,6 @@ const MB = 1024 * 1024;
 function report(line: string): void {
   console.log(line);
   results.push(line);
-}
-
-function toMessage(packet: MediaPacket, streamId: number, timestampOffset = 0): OutgoingMessage {
-  return {
-    chunkStreamId: packet.type === 8
-      ? ChunkStream.Audio
-      : packet.type === 9
-      ? ChunkStream.Video
-      : ChunkStream.Data,
-    typeId: packet.type,
-    timestamp: (packet.timestamp + timestampOffset) >>> 0,
-    streamId,
-    payload: packet.payload,
-  };
 }
 
 async function publisher(
@@ -71,7 +56,7 @@ async function pacedPublish(
       const now = performance.now();
       if (due > now) await sleep(due - now);
       if (performance.now() >= until) return;
-      await client.send(toMessage(packet, streamId, loop * duration));
+      await client.send(mediaMessage(packet, streamId, (packet.timestamp + loop * duration) >>> 0));
       if (onVideoSent && packet.type === 9 && !packet.sequenceHeader) {
         onVideoSent(ts, performance.now());
       }
@@ -148,7 +133,7 @@ async function throughput(): Promise<void> {
     }
   })();
   const { client, streamId } = await publisher(relay.rtmpPort, "bench-throughput");
-  const pass = new ChunkEncoder(4096).encode(...packets.map((p) => toMessage(p, streamId)));
+  const pass = new ChunkEncoder(4096).encode(...packets.map((p) => mediaMessage(p, streamId)));
   const start = performance.now();
   const writing = (async () => {
     while (performance.now() - start < 11_000) await client.write(pass);

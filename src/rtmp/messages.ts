@@ -6,6 +6,7 @@
 
 import { type AmfObject, type AmfValue, decodeAmf0, encodeAmf0 } from "./amf0.ts";
 import { MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
+import { type MediaPacket, TagType } from "../media/flv.ts";
 
 /** Chunk stream ids we send on, by purpose (the split FFmpeg and librtmp use). */
 export const ChunkStream = {
@@ -148,4 +149,26 @@ export function statusInfo(
   description: string,
 ): AmfObject {
   return { level, code, description };
+}
+
+/**
+ * A media packet as an RTMP message on message stream `streamId`, on the chunk stream for its kind.
+ * The payload is shared, not copied. `timestamp` defaults to the packet's own.
+ */
+export function mediaMessage(
+  packet: MediaPacket,
+  streamId: number,
+  timestamp = packet.timestamp,
+): OutgoingMessage {
+  return {
+    chunkStreamId: packet.type === TagType.Audio
+      ? ChunkStream.Audio
+      : packet.type === TagType.Video
+      ? ChunkStream.Video
+      : ChunkStream.Data,
+    typeId: packet.type,
+    timestamp,
+    streamId,
+    payload: packet.payload,
+  };
 }

@@ -19,9 +19,9 @@ import {
 import { createServerHandshake, HANDSHAKE_SIZE } from "./handshake.ts";
 import {
   acknowledgement,
-  ChunkStream,
   type Command,
   command,
+  mediaMessage,
   onStatus,
   parseCommand,
   parseData,
@@ -495,11 +495,7 @@ export class RtmpSession implements StreamSubscriber {
       case "FCUnpublish":
       case "deleteStream":
       case "closeStream":
-        if (this.#role === "publisher") {
-          this.#leaveStream(`publisher sent ${cmd.name}`);
-        } else if (this.#role === "player") {
-          this.#leaveStream(`player sent ${cmd.name}`);
-        }
+        if (this.#role !== "none") this.#leaveStream(`${this.#role} sent ${cmd.name}`);
         return undefined;
       default:
         sessionLog.debug("ignoring command {command}", {
@@ -696,20 +692,6 @@ export class RtmpSession implements StreamSubscriber {
     this.#outbox.pushControl(message);
   }
 
-  #toMessage(packet: MediaPacket): OutgoingMessage {
-    return {
-      chunkStreamId: packet.type === TagType.Audio
-        ? ChunkStream.Audio
-        : packet.type === TagType.Video
-        ? ChunkStream.Video
-        : ChunkStream.Data,
-      typeId: packet.type,
-      timestamp: packet.timestamp,
-      streamId: this.#mediaStreamId,
-      payload: packet.payload,
-    };
-  }
-
   async #pump(): Promise<void> {
     // One output buffer for the life of the connection: a write completes before the next
     // batch is encoded, so reusing it saves an allocation (and its zeroing) per write.
@@ -723,7 +705,7 @@ export class RtmpSession implements StreamSubscriber {
           continue;
         }
         const messages = items.map((item) =>
-          item.kind === "control" ? item.control : this.#toMessage(item.packet)
+          item.kind === "control" ? item.control : mediaMessage(item.packet, this.#mediaStreamId)
         );
         const bytes = this.#encoder.encodeInto(scratch, messages);
         if (bytes.buffer !== scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {

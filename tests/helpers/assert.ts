@@ -32,6 +32,24 @@ export function assertMatch(actual: string, pattern: RegExp, message?: string): 
   }
 }
 
+function checkError(
+  error: unknown,
+  type: new (...args: never[]) => Error,
+  includes?: string,
+): Error {
+  if (!(error instanceof type)) {
+    throw new AssertionError(`expected ${type.name}, got ${(error as Error)?.name}: ${error}`);
+  }
+  if (includes !== undefined && !error.message.includes(includes)) {
+    throw new AssertionError(
+      `expected message to include ${JSON.stringify(includes)}, got ${
+        JSON.stringify(error.message)
+      }`,
+    );
+  }
+  return error;
+}
+
 /** Asserts `fn` throws an instance of `type` whose message contains `includes`. */
 export function assertThrows(
   fn: () => unknown,
@@ -41,21 +59,12 @@ export function assertThrows(
   try {
     fn();
   } catch (error) {
-    if (!(error instanceof type)) {
-      throw new AssertionError(`expected ${type.name}, got ${(error as Error)?.name}: ${error}`);
-    }
-    if (includes !== undefined && !error.message.includes(includes)) {
-      throw new AssertionError(
-        `expected message to include ${JSON.stringify(includes)}, got ${
-          JSON.stringify(error.message)
-        }`,
-      );
-    }
-    return error;
+    return checkError(error, type, includes);
   }
   throw new AssertionError(`expected ${type.name} to be thrown`);
 }
 
+/** Asserts the promise from `fn` rejects with an instance of `type` whose message contains `includes`. */
 export async function assertRejects(
   fn: () => Promise<unknown>,
   type: new (...args: never[]) => Error,
@@ -64,17 +73,7 @@ export async function assertRejects(
   try {
     await fn();
   } catch (error) {
-    if (!(error instanceof type)) {
-      throw new AssertionError(`expected ${type.name}, got ${(error as Error)?.name}: ${error}`);
-    }
-    if (includes !== undefined && !error.message.includes(includes)) {
-      throw new AssertionError(
-        `expected message to include ${JSON.stringify(includes)}, got ${
-          JSON.stringify(error.message)
-        }`,
-      );
-    }
-    return error;
+    return checkError(error, type, includes);
   }
   throw new AssertionError(`expected ${type.name} to be thrown`);
 }

@@ -12,8 +12,7 @@ import { readFlvTags } from "../../bench/flv_file.ts";
 import { cpuSeconds, processTree, pssBytes } from "../../bench/proc.ts";
 import type { MediaPacket } from "../../src/media/flv.ts";
 import { StreamHub } from "../../src/media/live_stream.ts";
-import type { OutgoingMessage } from "../../src/rtmp/chunk.ts";
-import { ChunkStream } from "../../src/rtmp/messages.ts";
+import { mediaMessage } from "../../src/rtmp/messages.ts";
 import { RtmpServer } from "../../src/rtmp/server.ts";
 import { assert } from "../helpers/assert.ts";
 import { fixture } from "../helpers/media.ts";
@@ -90,20 +89,6 @@ export function lostPackets(sent: TrackLog, received: TrackLog | undefined, labe
   return lost;
 }
 
-function toMessage(packet: MediaPacket, streamId: number, timestamp: number): OutgoingMessage {
-  return {
-    chunkStreamId: packet.type === 8
-      ? ChunkStream.Audio
-      : packet.type === 9
-      ? ChunkStream.Video
-      : ChunkStream.Data,
-    typeId: packet.type,
-    timestamp,
-    streamId,
-    payload: packet.payload,
-  };
-}
-
 let fixturePackets: Promise<MediaPacket[]> | undefined;
 
 /** A 3 Mbit/s 720p H.264 + AAC encoding, 20 s, replayed in a loop by publishers. */
@@ -154,7 +139,7 @@ export class PacedPublisher {
         const wait = started + timestamp / this.speed - performance.now();
         if (wait > 0) await sleep(wait);
         if (this.#stop) return;
-        await client.send(toMessage(packet, streamId, timestamp));
+        await client.send(mediaMessage(packet, streamId, timestamp));
         this.sent.add(packet);
       }
     }
