@@ -14,7 +14,7 @@ import { validateDestination } from "../control_plane/destination.ts";
 import type { LiveStream, StreamHub } from "../media/live_stream.ts";
 import type { RelayManager } from "../relay/relay_manager.ts";
 import type { RtmpServer } from "../rtmp/server.ts";
-import { redactKey } from "../redact.ts";
+import { redactKey, sanitizeUrl } from "../redact.ts";
 import { renderMetrics } from "./metrics.ts";
 import { AddDestinationBodySchema } from "./schemas.ts";
 import { tokensEqual } from "./token.ts";
@@ -40,10 +40,7 @@ function destinationsOf(deps: AppDeps, key: string) {
   return (deps.manager.relayFor(key)?.list() ?? []).map((supervisor) => ({
     id: supervisor.destination.id,
     platform: supervisor.destination.platform,
-    rtmp_url: supervisor.destination.displayUrl.slice(
-      0,
-      supervisor.destination.displayUrl.lastIndexOf("/"),
-    ),
+    rtmp_url: sanitizeUrl(supervisor.destination.rtmpUrl),
     stream_key: redactKey(supervisor.destination.streamKey),
     status: supervisor.status(),
   }));
@@ -211,7 +208,7 @@ export function createApp(deps: AppDeps): Hono {
       return c.json({
         id: destination.id,
         platform: destination.platform,
-        rtmp_url: destination.displayUrl.slice(0, destination.displayUrl.lastIndexOf("/")),
+        rtmp_url: sanitizeUrl(destination.rtmpUrl),
         stream_key: redactKey(destination.streamKey),
         status: supervisor.status(),
       }, 201);
