@@ -176,3 +176,39 @@ Deno.test("a silent publisher is dropped by the ping timeout", async () => {
   assert(performance.now() - started < 3_000, "the timeout should apply within about a second");
   assert(/ping timeout/.test(relay.logText()), "the reason is logged");
 });
+
+Deno.test("the server acknowledges received bytes once the peer's window is reached", async () => {
+  await using relay = await startTestRelay({ streams: [{ key: "ack-key-0001" }] });
+  await using client = await TestRtmpClient.connect(relay.rtmpPort);
+  await client.handshake();
+  // Window Acknowledgement Size of 4096: the server must send an Acknowledgement every 4096 bytes.
+  await client.send({
+    chunkStreamId: 2,
+    typeId: MessageType.WindowAckSize,
+    timestamp: 0,
+    streamId: 0,
+    payload: hex("00001000"),
+  });
+  const { code } = await client.publish("ack-key-0001");
+  assertEquals(code, "NetStream.Publish.Start");
+  for (let i = 0; i < 4; i++) {
+    await client.send({
+      chunkStreamId: 6,
+      typeId: MessageType.Video,
+      timestamp: i * 33,
+      streamId: 1,
+      payload: new Uint8Array(3000).fill(0x27),
+    });
+  }
+  for (;;) {
+    const message = await client.nextMessage(3_000);
+    assert(message !== null, "connection closed before an Acknowledgement");
+    if (message.typeId === MessageType.Acknowledgement) {
+      const sequence = new DataView(message.payload.buffer, message.payload.byteOffset).getUint32(
+        0,
+      );
+      assert(sequence >= 4096, `acknowledged ${sequence} bytes`);
+      break;
+    }
+  }
+});
