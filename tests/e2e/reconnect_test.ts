@@ -67,6 +67,13 @@ async function relayWithSink(dir: string, streaming: Record<string, number>, cp:
   return { nginx, relay };
 }
 
+/** The relay's one destination for KEY, once its FFmpeg has connected to the sink. */
+async function connectedDestination(relay: TestRelay) {
+  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
+  await waitFor(() => destination.state === "connected", "destination connected");
+  return destination;
+}
+
 Deno.test("a publisher killed and replaced 3 s later continues the same stream on the same destination connection", async () => {
   await using dir = await tempDir();
   const first = await fixture({ seconds: 20, gop: 30 });
@@ -77,8 +84,7 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
   await using _relay = relay;
 
   await using publisherA = ffmpegPublish(first, relay.rtmpUrl(KEY));
-  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
-  await waitFor(() => destination.state === "connected", "destination connected");
+  const destination = await connectedDestination(relay);
   const ffmpegPid = destination.status().pid;
   await sleep(3_000);
   publisherA.kill("SIGKILL"); // no FIN handling, no deleteStream
@@ -179,8 +185,7 @@ Deno.test("a publisher that does not come back ends the stream after the window"
   await using _nginx = nginx;
   await using _relay = relay;
   await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
-  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
-  await waitFor(() => destination.state === "connected", "destination connected");
+  const destination = await connectedDestination(relay);
   publisher.kill("SIGKILL");
   const left = performance.now();
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
@@ -208,8 +213,7 @@ Deno.test("a stalled publisher is taken over by a new one after publisher_idle_s
   await using _nginx = nginx;
   await using _relay = relay;
   await using stalled = ffmpegPublish(first, relay.rtmpUrl(KEY));
-  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
-  await waitFor(() => destination.state === "connected", "destination connected");
+  const destination = await connectedDestination(relay);
   await run("kill", ["-STOP", String(stalled.pid)]); // frozen: the socket stays open, nothing arrives
   await sleep(1_500);
   await using replacement = ffmpegPublish(second, relay.rtmpUrl(KEY));
@@ -231,8 +235,7 @@ Deno.test("a key revoked before the publisher comes back is refused and the stre
   await using _nginx = nginx;
   await using _relay = relay;
   await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
-  const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
-  await waitFor(() => destination.state === "connected", "destination connected");
+  await connectedDestination(relay);
   publisher.kill("SIGKILL");
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
   cp.behaviour.auth = () => ({ body: { code: 1, msg: "revoked" } });
