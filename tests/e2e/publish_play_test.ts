@@ -20,6 +20,20 @@ function waitForPlayers(relay: TestRelay, key: string, count: number) {
   );
 }
 
+/** An FFmpeg player on `key` records to `out` while FFmpeg publishes `source` as fast as it can. */
+async function playWhileFfmpegPublishes(
+  relay: TestRelay,
+  key: string,
+  source: string,
+  out: string,
+) {
+  await using player = ffmpegPlay(relay.rtmpUrl(key), out);
+  await waitForPlayers(relay, key, 1);
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(key), { realtime: false });
+  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  assertEquals((await player.wait()).code, 0, player.stderr);
+}
+
 function gstreamerPublish(
   sink: "rtmp2sink" | "rtmpsink",
   source: string,
@@ -70,11 +84,7 @@ Deno.test("FFmpeg publishes and FFmpeg plays back every packet unchanged", async
   const source = await fixture({ seconds: 4 });
   await using relay = await startTestRelay(OPEN_KEY);
   const out = `${dir.path}/played.flv`;
-  await using player = ffmpegPlay(relay.rtmpUrl("e2e-key-0001"), out);
-  await waitForPlayers(relay, "e2e-key-0001", 1);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-key-0001"), { realtime: false });
-  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
-  assertEquals((await player.wait()).code, 0, player.stderr);
+  await playWhileFfmpegPublishes(relay, "e2e-key-0001", source, out);
   assertSamePackets(await framemd5(out), await framemd5(source), "ffmpeg player");
 });
 
@@ -139,11 +149,7 @@ Deno.test("timestamps past 2^24 ms (extended timestamps) pass through unchanged"
   const source = await fixture({ seconds: 2, startSeconds: 16_800 });
   await using relay = await startTestRelay(OPEN_KEY);
   const out = `${dir.path}/ext.flv`;
-  await using player = ffmpegPlay(relay.rtmpUrl("e2e-ext-0003"), out);
-  await waitForPlayers(relay, "e2e-ext-0003", 1);
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("e2e-ext-0003"), { realtime: false });
-  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
-  assertEquals((await player.wait()).code, 0, player.stderr);
+  await playWhileFfmpegPublishes(relay, "e2e-ext-0003", source, out);
   assertSamePackets(await framemd5(out), await framemd5(source), "extended timestamps");
 });
 

@@ -83,21 +83,16 @@ Deno.test("every read endpoint matches its schema and its numbers move while the
   await waitFor(() => [...relay.service.rtmp.sessions].some((s) => s.role === "player"), "player");
   await sleep(2_500);
 
-  const first = {
+  const readEndpoints = async () => ({
     stats: StatsSchema.parse((await getJson(relay, "/stats")).body),
     streams: StreamsSchema.parse((await getJson(relay, "/api/streams")).body),
     forwarding: ForwardingSchema.parse(
       (await getJson(relay, `/api/streams/forwarding/${KEY}`)).body,
     ),
-  };
+  });
+  const first = await readEndpoints();
   await sleep(1_000);
-  const second = {
-    stats: StatsSchema.parse((await getJson(relay, "/stats")).body),
-    streams: StreamsSchema.parse((await getJson(relay, "/api/streams")).body),
-    forwarding: ForwardingSchema.parse(
-      (await getJson(relay, `/api/streams/forwarding/${KEY}`)).body,
-    ),
-  };
+  const second = await readEndpoints();
   assertEquals(first.stats.active_streams, ["api-…(19)"]);
   assert(second.stats.bytes_in > first.stats.bytes_in, "bytes_in moves");
   assert(second.stats.bytes_out > first.stats.bytes_out, "bytes_out moves");
