@@ -58,6 +58,16 @@ const StreamingSchema = z.strictObject({
   reconnect_grace_seconds: z.number().min(0).max(3600).default(10),
   /** A publisher silent this long can be replaced by a new connection for the same key. */
   publisher_idle_seconds: positiveSeconds.default(5),
+  /**
+   * Where the relay keeps what must survive a restart (the stream-end outbox, the CA bundle given
+   * to FFmpeg). systemd's `StateDirectory=` sets `STATE_DIRECTORY`, which overrides it.
+   */
+  state_dir: z.string().min(1).default("state"),
+  /**
+   * PEM file of extra certificate authorities trusted for `rtmps://` destinations, on top of the
+   * system's roots (an operator's own ingest, a test CA).
+   */
+  tls_ca_file: z.string().min(1).optional(),
 });
 
 const LoggingSchema = z.strictObject({
@@ -155,6 +165,7 @@ export const ENV_VARIABLES = [
   "LOG_LEVEL",
   "RUST_LOG",
   "API_TOKEN",
+  "STATE_DIRECTORY",
 ] as const;
 
 /** Picks a level out of a Rust `RUST_LOG` filter such as `rust_media_server=debug,tower=info`. */
@@ -177,6 +188,10 @@ function applyOverrides(
   }
   if (env.API_TOKEN !== undefined && env.API_TOKEN !== "") {
     section("http").api_token = env.API_TOKEN;
+  }
+  if (env.STATE_DIRECTORY !== undefined && env.STATE_DIRECTORY !== "") {
+    // systemd may list several directories separated by ':'; ours is the first.
+    section("streaming").state_dir = env.STATE_DIRECTORY.split(":")[0];
   }
   const level = env.LOG_LEVEL ??
     (env.RUST_LOG ? levelFromRustLog(env.RUST_LOG) ?? env.RUST_LOG : undefined);
