@@ -80,6 +80,15 @@ const StaticStreamSchema = z.strictObject({
   destinations: z.array(DestinationSchema).default([]),
 });
 
+/** The sections of `config.toml` with a fixed set of keys, by name (the config test lists them). */
+export const CONFIG_SECTIONS = {
+  control_plane: ControlPlaneSchema,
+  rtmp: RtmpSchema,
+  http: HttpSchema,
+  streaming: StreamingSchema,
+  logging: LoggingSchema,
+} as const;
+
 export const ConfigSchema = z.strictObject({
   control_plane: ControlPlaneSchema.default(ControlPlaneSchema.parse({})),
   rtmp: RtmpSchema.default(RtmpSchema.parse({})),

@@ -1,4 +1,12 @@
-import { ConfigError, levelFromRustLog, loadConfig, validateConfig } from "../src/config.ts";
+import {
+  CONFIG_SECTIONS,
+  ConfigError,
+  levelFromRustLog,
+  loadConfig,
+  parseConfigText,
+  validateConfig,
+} from "../src/config.ts";
+import { DestinationSchema } from "../src/control_plane/destination.ts";
 import { assertEquals, assertMatch, assertRejects, assertThrows } from "./helpers/assert.ts";
 import { tempDir } from "./helpers/process.ts";
 
@@ -131,4 +139,39 @@ Deno.test("levelFromRustLog() finds the level in a RUST_LOG filter", () => {
   assertEquals(levelFromRustLog("info"), "info");
   assertEquals(levelFromRustLog("rust_media_server=debug,tower=info"), "debug");
   assertEquals(levelFromRustLog("nonsense"), undefined);
+});
+
+/**
+ * The bundled `config.toml` with its commented `# key = value` and `# [section]` lines switched on:
+ * what an operator sees as the documentation of every key.
+ */
+async function documentedConfig(): Promise<Record<string, Record<string, unknown>>> {
+  const text = await Deno.readTextFile(new URL("../config.toml", import.meta.url));
+  const uncommented = text.split("\n").map((line) => {
+    const match = line.match(/^#\s*(\[\[?[a-z_.]+\]\]?\s*(#.*)?|[a-z_]+\s*=.*)$/);
+    return match ? match[1] : line;
+  }).join("\n");
+  return parseConfigText(uncommented, "config.toml") as Record<string, Record<string, unknown>>;
+}
+
+Deno.test("config.toml documents every key of src/config.ts with its default", async () => {
+  const documented = await documentedConfig();
+  const defaults = validateConfig({}, "defaults") as unknown as Record<
+    string,
+    Record<string, unknown>
+  >;
+  for (const [section, schema] of Object.entries(CONFIG_SECTIONS)) {
+    const keys = Object.keys(schema.shape).sort();
+    assertEquals(Object.keys(documented[section] ?? {}).sort(), keys, `[${section}] keys`);
+    for (const key of keys) {
+      const fallback = defaults[section]?.[key];
+      if (fallback === undefined) continue; // optional: the file shows an example
+      assertEquals(documented[section]?.[key], fallback, `[${section}] ${key} default`);
+    }
+  }
+  const streams = documented.streams as unknown as { destinations: Record<string, unknown>[] }[];
+  const example = streams[0]?.destinations[0] ?? {};
+  assertEquals(Object.keys(example).sort(), Object.keys(DestinationSchema.shape).sort());
+  // The documented values, examples included, form a valid file.
+  validateConfig(documented, "config.toml");
 });
