@@ -9,7 +9,9 @@ import { z } from "zod";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
-import type { AuthDecision, StreamAuthority } from "./stream_authority.ts";
+import type { AuthDecision, CallStats, StreamAuthority } from "./stream_authority.ts";
+
+export type { CallStats };
 
 const AuthReplySchema = z.looseObject({
   code: z.number(),
@@ -29,13 +31,6 @@ export interface ControlPlaneOptions {
   retryAttempts: number;
   /** First retry delay; doubles per attempt. */
   backoffBaseMs?: number;
-}
-
-/** Counts and time per call, for `/metrics`. */
-export interface CallStats {
-  ok: number;
-  failed: number;
-  totalSeconds: number;
 }
 
 export type CallKind = "auth" | "forwarding" | "stream_end";
@@ -79,6 +74,10 @@ export class ControlPlaneClient implements StreamAuthority {
     this.#timeoutMs = options.timeoutMs;
     this.#retryAttempts = options.retryAttempts;
     this.#backoffBaseMs = options.backoffBaseMs ?? 250;
+  }
+
+  callStats(): Readonly<Record<CallKind, Readonly<CallStats>>> {
+    return this.stats;
   }
 
   async authorize(key: string): Promise<AuthDecision> {

@@ -12,6 +12,13 @@ export type AuthDecision =
   | { allowed: true; forward: boolean }
   | { allowed: false; reason: string };
 
+/** Counts and time of one kind of call, for `/metrics`. */
+export interface CallStats {
+  ok: number;
+  failed: number;
+  totalSeconds: number;
+}
+
 export interface StreamAuthority {
   /** "control_plane" or "static", for logs and the API. */
   readonly mode: "control_plane" | "static";
@@ -26,4 +33,6 @@ export interface StreamAuthority {
   streamEnded(key: string): Promise<void>;
   /** Waits for reports still under way (shutdown). */
   flush(): Promise<void>;
+  /** Calls made so far, by kind; only sources that call out (the control plane) have it. */
+  callStats?(): Readonly<Record<string, Readonly<CallStats>>>;
 }

@@ -6,7 +6,7 @@
  */
 
 import { selectDestinations } from "../control_plane/destination.ts";
-import { type CallStats, ControlPlaneClient } from "../control_plane/http_client.ts";
+import type { CallStats } from "../control_plane/http_client.ts";
 import type { StreamAuthority } from "../control_plane/stream_authority.ts";
 import type { LiveStream, StreamHubListener } from "../media/live_stream.ts";
 import type { PublishDecision, PublishRequest } from "../rtmp/session.ts";
@@ -41,8 +41,8 @@ export class RelayManager implements StreamHubListener {
   }
 
   /** Call counts and time of the control plane, when one is configured. */
-  controlPlaneStats(): Record<string, CallStats> | undefined {
-    return this.#authority instanceof ControlPlaneClient ? this.#authority.stats : undefined;
+  controlPlaneStats(): Readonly<Record<string, Readonly<CallStats>>> | undefined {
+    return this.#authority.callStats?.();
   }
 
   /** The relay of a live stream, if it has one. */
