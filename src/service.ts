@@ -11,6 +11,7 @@ import { ControlPlaneClient } from "./control_plane/http_client.ts";
 import { StaticAuthority } from "./control_plane/static_authority.ts";
 import type { StreamAuthority } from "./control_plane/stream_authority.ts";
 import { createApp } from "./http/app.ts";
+import { createReadModel } from "./http/read_model.ts";
 import { log } from "./log.ts";
 import { StreamHub } from "./media/live_stream.ts";
 import type { BackoffOptions } from "./relay/backoff.ts";
@@ -143,11 +144,15 @@ export class RelayService implements AsyncDisposable {
       ));
     try {
       const app = createApp({
-        version: options.version,
-        startedAt: this.startedAt,
+        readModel: createReadModel({
+          version: options.version,
+          startedAt: this.startedAt,
+          hub: this.hub,
+          manager: this.manager,
+          rtmp: this.rtmp,
+        }),
         hub: this.hub,
         manager: this.manager,
-        rtmp: this.rtmp,
         http: {
           allowOrigin: http.allow_origin,
           apiToken: http.api_token,

@@ -1,7 +1,9 @@
 /**
  * The HTTP API (Hono). `createApp(deps)` builds the routes; serving them is the caller's job, so
- * tests call `app.request()` without a socket. Stream keys arrive in paths (the caller knows
- * them) but leave only redacted.
+ * tests call `app.request()` without a socket. Read endpoints render a read-model snapshot; control
+ * endpoints steer the hub and the relay manager. Stream keys arrive in paths (the caller knows
+ * them) but leave only redacted. An unexpected error becomes a 500 in `onError`, logged without
+ * the key.
  *
  * @module
  */
@@ -9,80 +11,29 @@
 import { Hono } from "hono";
 import type { Context, MiddlewareHandler } from "hono";
 import { cors } from "hono/cors";
+import { HTTPException } from "hono/http-exception";
 import type { z } from "zod";
 import { validateDestination } from "../control_plane/destination.ts";
-import type { LiveStream, StreamHub } from "../media/live_stream.ts";
+import { log } from "../log.ts";
+import type { StreamHub } from "../media/live_stream.ts";
 import type { RelayManager } from "../relay/relay_manager.ts";
-import type { RtmpServer } from "../rtmp/server.ts";
-import { redactKey, sanitizeUrl } from "../redact.ts";
+import { redactKey } from "../redact.ts";
 import { renderMetrics } from "./metrics.ts";
+import { describeDestination, type ReadModel } from "./read_model.ts";
 import { AddDestinationBodySchema } from "./schemas.ts";
 import { tokensEqual } from "./token.ts";
 
 /** What the API reads and steers; the service provides it. */
 export interface AppDeps {
-  version: string;
-  startedAt: Date;
-  hub: StreamHub;
-  manager: RelayManager;
-  rtmp: Pick<
-    RtmpServer,
-    "serving" | "sessions" | "totalConnections" | "bytesIn" | "bytesOut"
-  >;
+  /** What the read endpoints render: `/health`, `/stats`, `/metrics`, `/api/streams…`. */
+  readModel: ReadModel;
+  /** What the control endpoints steer. */
+  hub: Pick<StreamHub, "get" | "end">;
+  manager: Pick<RelayManager, "relayFor">;
   http: {
     allowOrigin: string;
     apiToken?: string;
     allowUnauthenticatedControl: boolean;
-  };
-}
-
-function destinationsOf(deps: AppDeps, key: string) {
-  return (deps.manager.relayFor(key)?.list() ?? []).map((supervisor) => ({
-    id: supervisor.destination.id,
-    platform: supervisor.destination.platform,
-    rtmp_url: sanitizeUrl(supervisor.destination.rtmpUrl),
-    stream_key: redactKey(supervisor.destination.streamKey),
-    status: supervisor.status(),
-  }));
-}
-
-function numberOrNull(value: unknown): number | null {
-  return typeof value === "number" && Number.isFinite(value) ? value : null;
-}
-
-function describeStream(deps: AppDeps, stream: LiveStream) {
-  const publisher = stream.publisher;
-  const players = [...deps.rtmp.sessions].filter((session) =>
-    session.role === "player" && session.streamKey === stream.key
-  );
-  return {
-    stream_key: redactKey(stream.key),
-    state: stream.state,
-    live_since: stream.liveSince?.toISOString() ?? null,
-    reconnects: stream.reconnects,
-    reconnect_seconds_left: stream.reconnectSecondsLeft() ?? null,
-    publisher: publisher
-      ? {
-        remote_address: publisher.remoteAddress,
-        encoder: publisher.encoder,
-        started_at: publisher.startedAt.toISOString(),
-        uptime_seconds: Math.floor((Date.now() - publisher.startedAt.getTime()) / 1000),
-        bytes_in: stream.bytesIn,
-        packets_in: stream.packetsIn,
-        bitrate_kbps: Math.round(stream.bitrate.bitsPerSecond() / 1000),
-        video_codec: stream.videoCodec ?? null,
-        audio_codec: stream.audioCodec ?? null,
-        width: numberOrNull(stream.metadata.width),
-        height: numberOrNull(stream.metadata.height),
-        fps: numberOrNull(stream.metadata.framerate ?? stream.metadata.fps),
-      }
-      : null,
-    players: players.map((session) => ({
-      remote_address: session.remoteAddress,
-      bytes_out: session.bytesOut,
-      dropped_packets: session.droppedPackets,
-    })),
-    destinations: destinationsOf(deps, stream.key),
   };
 }
 
@@ -93,6 +44,8 @@ function badRequest(c: Context, error: z.ZodError) {
     (issue.code === "unrecognized_keys" ? issue.keys.join(",") : "(body)");
   return c.json({ error: `invalid field ${field}: ${issue.message}`, field }, 400);
 }
+
+const httpLog = log("http");
 
 export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
@@ -130,50 +83,48 @@ export function createApp(deps: AppDeps): Hono {
   const notLive = (c: Context) => c.json({ error: "stream not live" }, 404);
 
   app.get("/health", (c) => {
-    const serving = deps.rtmp.serving;
+    const snapshot = deps.readModel.snapshot();
+    const serving = snapshot.rtmp.serving;
     return c.json({
       status: serving ? "ok" : "unavailable",
-      version: deps.version,
-      uptime_seconds: Math.floor((Date.now() - deps.startedAt.getTime()) / 1000),
-      active_streams: deps.hub.live().length,
+      version: snapshot.version,
+      uptime_seconds: Math.floor(snapshot.uptime_seconds),
+      active_streams: snapshot.streams.length,
       ...(serving ? {} : { reason: "RTMP listener is not serving" }),
     }, serving ? 200 : 503);
   });
 
   app.get("/stats", (c) => {
-    const memory = Deno.memoryUsage();
-    const supervisors = deps.manager.relays().flatMap((relay) => relay.list());
+    const snapshot = deps.readModel.snapshot();
+    const destinations = snapshot.streams.flatMap((stream) => stream.destinations);
     return c.json({
-      active_streams: deps.hub.live().map((stream) => redactKey(stream.key)),
-      total_streams: deps.hub.totalStreams,
-      connections: deps.rtmp.sessions.size,
-      total_connections: deps.rtmp.totalConnections,
-      bytes_in: deps.rtmp.bytesIn,
-      bytes_out: deps.rtmp.bytesOut + deps.manager.destinationBytesSent,
-      destinations: supervisors.length,
-      ffmpeg_processes: supervisors.filter((supervisor) => supervisor.status().pid !== null).length,
-      memory: {
-        rss_bytes: memory.rss,
-        heap_used_bytes: memory.heapUsed,
-        external_bytes: memory.external,
-      },
-      uptime_seconds: Math.floor((Date.now() - deps.startedAt.getTime()) / 1000),
+      active_streams: snapshot.streams.map((stream) => stream.stream_key),
+      total_streams: snapshot.total_streams,
+      connections: snapshot.rtmp.connections,
+      total_connections: snapshot.rtmp.total_connections,
+      bytes_in: snapshot.rtmp.bytes_in,
+      bytes_out: snapshot.rtmp.bytes_out + snapshot.destination_bytes_out,
+      destinations: destinations.length,
+      ffmpeg_processes: destinations.filter((destination) => destination.status.pid !== null)
+        .length,
+      memory: snapshot.memory,
+      uptime_seconds: Math.floor(snapshot.uptime_seconds),
     });
   });
 
   app.get("/metrics", (c) => {
     c.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-    return c.body(renderMetrics(deps));
+    return c.body(renderMetrics(deps.readModel.snapshot()));
   });
 
   app.get("/api/streams", (c) => {
-    return c.json({ streams: deps.hub.live().map((stream) => describeStream(deps, stream)) });
+    return c.json({ streams: deps.readModel.snapshot().streams });
   });
 
   app.get("/api/streams/forwarding/:key", (c) => {
-    const key = c.req.param("key");
-    if (!liveStream(key)) return notLive(c);
-    return c.json({ destinations: destinationsOf(deps, key) });
+    const stream = deps.readModel.stream(c.req.param("key"));
+    if (stream === undefined) return notLive(c);
+    return c.json({ destinations: stream.destinations });
   });
 
   app.delete("/api/streams/:key", control, (c) => {
@@ -204,14 +155,7 @@ export function createApp(deps: AppDeps): Hono {
       return c.json({ error: (error as Error).message, field: "rtmp_url" }, 400);
     }
     try {
-      const supervisor = relay.add(destination);
-      return c.json({
-        id: destination.id,
-        platform: destination.platform,
-        rtmp_url: sanitizeUrl(destination.rtmpUrl),
-        stream_key: redactKey(destination.streamKey),
-        status: supervisor.status(),
-      }, 201);
+      return c.json(describeDestination(relay.add(destination)), 201);
     } catch (error) {
       return c.json({ error: (error as Error).message }, 409);
     }
@@ -240,5 +184,18 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.notFound((c) => c.json({ error: "not found" }, 404));
+  app.onError((error, c) => {
+    // Hono's own replies (HTTPException) stand as they are; anything else is our bug.
+    if (error instanceof HTTPException) return error.getResponse();
+    // The path's stream key is the secret most likely to be in a message: redact it.
+    const key = c.req.param("key");
+    const reason = key ? error.message.replaceAll(key, redactKey(key)) : error.message;
+    httpLog.error("{method} {route} failed: {reason}", {
+      method: c.req.method,
+      route: c.req.routePath,
+      reason,
+    });
+    return c.json({ error: "internal error" }, 500);
+  });
   return app;
 }

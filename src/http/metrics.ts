@@ -1,12 +1,12 @@
 /**
- * `/metrics` in the Prometheus text exposition format (version 0.0.4). Stream keys appear only
- * redacted, as label values.
+ * `/metrics` in the Prometheus text exposition format (version 0.0.4), rendered from a read-model
+ * snapshot. Stream keys appear only redacted (as the snapshot has them), as label values.
  *
  * @module
  */
 
-import { redactKey } from "../redact.ts";
-import type { AppDeps } from "./app.ts";
+import type { DestinationStatus } from "../relay/destination_supervisor.ts";
+import type { Snapshot } from "./read_model.ts";
 
 function escapeLabel(value: string): string {
   return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
@@ -33,44 +33,46 @@ class MetricsText {
   }
 }
 
-export function renderMetrics(deps: AppDeps): string {
+export function renderMetrics(snapshot: Snapshot): string {
   const out = new MetricsText();
-  const live = deps.hub.live();
-  const sessions = [...deps.rtmp.sessions];
+  const { rtmp } = snapshot;
 
   out.family("neustream_up", "gauge", "1 while the RTMP listener is serving.");
-  out.sample("neustream_up", deps.rtmp.serving ? 1 : 0);
+  out.sample("neustream_up", rtmp.serving ? 1 : 0);
   out.family("neustream_uptime_seconds", "gauge", "Seconds since the relay started.");
-  out.sample("neustream_uptime_seconds", (Date.now() - deps.startedAt.getTime()) / 1000);
+  out.sample("neustream_uptime_seconds", snapshot.uptime_seconds);
   out.family("neustream_streams_active", "gauge", "Streams with a live publisher.");
-  out.sample("neustream_streams_active", live.length);
+  out.sample("neustream_streams_active", snapshot.streams.length);
   out.family("neustream_streams_total", "counter", "Streams that went live since start.");
-  out.sample("neustream_streams_total", deps.hub.totalStreams);
+  out.sample("neustream_streams_total", snapshot.total_streams);
   out.family("neustream_publishers", "gauge", "Connections publishing.");
-  out.sample("neustream_publishers", sessions.filter((s) => s.role === "publisher").length);
+  out.sample("neustream_publishers", rtmp.publishers);
   out.family("neustream_players", "gauge", "Connections playing.");
-  out.sample("neustream_players", sessions.filter((s) => s.role === "player").length);
+  out.sample("neustream_players", rtmp.players);
   out.family("neustream_connections", "gauge", "Open RTMP connections.");
-  out.sample("neustream_connections", sessions.length);
+  out.sample("neustream_connections", rtmp.connections);
   out.family("neustream_rtmp_bytes_in_total", "counter", "Bytes received over RTMP.");
-  out.sample("neustream_rtmp_bytes_in_total", deps.rtmp.bytesIn);
+  out.sample("neustream_rtmp_bytes_in_total", rtmp.bytes_in);
   out.family("neustream_rtmp_bytes_out_total", "counter", "Bytes sent over RTMP to players.");
-  out.sample("neustream_rtmp_bytes_out_total", deps.rtmp.bytesOut);
+  out.sample("neustream_rtmp_bytes_out_total", rtmp.bytes_out);
   out.family(
     "neustream_destination_bytes_out_total",
     "counter",
     "Bytes written to destination FFmpeg processes.",
   );
-  out.sample("neustream_destination_bytes_out_total", deps.manager.destinationBytesSent);
+  out.sample("neustream_destination_bytes_out_total", snapshot.destination_bytes_out);
 
-  const destinations = deps.manager.relays().flatMap((relay) =>
-    relay.list().map((supervisor) => ({ key: relay.stream.key, status: supervisor.status() }))
+  const destinations = snapshot.streams.flatMap((stream) =>
+    stream.destinations.map((destination) => ({
+      stream: stream.stream_key,
+      status: destination.status,
+    }))
   );
   const perDestination: [
     string,
     "gauge" | "counter",
     string,
-    (s: typeof destinations[number]["status"]) => number,
+    (s: DestinationStatus) => number,
   ][] = [
     [
       "neustream_destination_connected",
@@ -111,17 +113,17 @@ export function renderMetrics(deps: AppDeps): string {
   ];
   for (const [name, type, help, value] of perDestination) {
     out.family(name, type, help);
-    for (const { key, status } of destinations) {
+    for (const { stream, status } of destinations) {
       out.sample(name, value(status), {
-        stream: redactKey(key),
+        stream,
         destination: status.id,
         platform: status.platform,
       });
     }
   }
 
-  const stats = deps.manager.controlPlaneStats();
-  if (stats !== undefined) {
+  const stats = snapshot.control_plane;
+  if (stats !== null) {
     out.family(
       "neustream_control_plane_calls_total",
       "counter",

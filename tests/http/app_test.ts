@@ -3,7 +3,9 @@
  * sinks and a fake control plane). Replies are checked with the schemas the README documents.
  */
 
+import { HTTPException } from "hono/http-exception";
 import { createApp } from "../../src/http/app.ts";
+import { createReadModel, type ReadModel } from "../../src/http/read_model.ts";
 import {
   ErrorSchema,
   ForwardingSchema,
@@ -130,6 +132,10 @@ Deno.test("every read endpoint matches its schema and its numbers move while the
   assertEquals(samples.get("neustream_players"), [1]);
   assertEquals(samples.get("neustream_destination_connected"), [1]);
   assert(samples.get("neustream_destination_sent_bytes_total")![0]! > 0);
+  assert(
+    !metricsText.includes("neustream_control_plane"),
+    "no control-plane metrics in static mode",
+  );
 
   const everything = JSON.stringify([first, second]) + metricsText;
   assert(
@@ -156,11 +162,9 @@ Deno.test("a token guards everything but /health; bad bodies get 400 naming the 
   const { hub, manager, rtmp } = relay.service;
   const token = "a-very-secret-token-0001";
   const app = createApp({
-    version: "test",
-    startedAt: new Date(),
+    readModel: createReadModel({ version: "test", startedAt: new Date(), hub, manager, rtmp }),
     hub,
     manager,
-    rtmp,
     http: { allowOrigin: "*", apiToken: token, allowUnauthenticatedControl: false },
   });
   const auth = { authorization: `Bearer ${token}` };
@@ -211,6 +215,42 @@ Deno.test("a token guards everything but /health; bad bodies get 400 naming the 
   publisher.kill();
 });
 
+Deno.test("createApp() turns an unexpected error into a logged 500 without the key; HTTPException stands", async () => {
+  await using relay = await startTestRelay(); // for its captured log
+  const { hub, manager } = relay.service;
+  let failure: Error = new Error("read model broken");
+  const failing: ReadModel = {
+    snapshot: () => {
+      throw failure;
+    },
+    // An error about the stream the path names may carry its key.
+    stream: (key) => {
+      throw new Error(`read model broken while reading ${key}`);
+    },
+  };
+  const app = createApp({
+    readModel: failing,
+    hub,
+    manager,
+    http: { allowOrigin: "*", allowUnauthenticatedControl: false },
+  });
+  for (const path of ["/health", "/stats", "/metrics", `/api/streams/forwarding/${KEY}`]) {
+    const response = await app.request(path);
+    assertEquals(response.status, 500, path);
+    const text = await response.text();
+    assertEquals(JSON.parse(text), { error: "internal error" }, path);
+    assert(!text.includes(KEY), path);
+  }
+  const lines = relay.logText().split("\n").filter((line) => line.includes(" http: "));
+  assertEquals(lines.length, 4, relay.logText());
+  assertMatch(lines[3]!, /ERROR.*GET \/api\/streams\/forwarding\/:key failed: .*api-…\(19\)/);
+  assert(!relay.logText().includes(KEY), "the key is not logged");
+
+  failure = new HTTPException(503, { message: "busy" });
+  const response = await app.request("/stats");
+  assertEquals([response.status, await response.text()], [503, "busy"]);
+});
+
 Deno.test("control endpoints are refused without a token unless explicitly allowed", async () => {
   await using relay = await startTestRelay();
   const response = await fetch(relay.httpUrl("/api/streams/some-key"), { method: "DELETE" });
@@ -230,6 +270,11 @@ Deno.test("DELETE ends a stream; destinations are added, restarted and removed w
   });
   await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
   await waitFor(() => relay.service.manager.relayFor(KEY), "stream relay");
+  // The control plane's calls are counted through the authority's callStats().
+  const metrics = await (await fetch(relay.httpUrl("/metrics"))).text();
+  assertMatch(metrics, /^neustream_control_plane_calls_total\{call="auth",outcome="ok"\} 1$/m);
+  assertMatch(metrics, /^neustream_control_plane_calls_total\{call="auth",outcome="failed"\} 0$/m);
+  assertMatch(metrics, /^neustream_control_plane_call_duration_seconds_count\{call="auth"\} 1$/m);
 
   const port = freePort();
   await using sink = await startFfmpegSink(port, DEST_KEY, `${dir.path}/added.flv`);
