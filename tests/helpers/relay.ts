@@ -102,14 +102,18 @@ export interface RelayProcess extends AsyncDisposable {
   rtmpUrl(key: string): string;
 }
 
+/** Broad permissions for tests of other behaviour; tests/e2e/permissions_test.ts proves the list. */
+const BROAD_PERMISSIONS = ["--allow-net", "--allow-read", "--allow-env", "--allow-run=ffmpeg"];
+
 /**
- * Starts `main.ts` in a child Deno with the production permissions, on free ports, with
- * `configBody` (TOML without the [rtmp] and [http] sections, which this adds) written to `dir`.
+ * Starts `main.ts` in a child Deno with `permissions`, on free ports, with `configBody` (TOML
+ * without the [rtmp] and [http] sections, which this adds) written to `dir`.
  */
 export async function spawnRelay(
   dir: string,
   configBody: string,
   rtmpSettings = "",
+  permissions: string[] = BROAD_PERMISSIONS,
 ): Promise<RelayProcess> {
   const rtmpPort = freePort();
   const httpPort = freePort();
@@ -120,10 +124,7 @@ export async function spawnRelay(
   );
   const process = new TestProcess("deno", [
     "run",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env",
-    "--allow-run=ffmpeg",
+    ...permissions,
     new URL("../../main.ts", import.meta.url).pathname,
     "--config",
     configPath,
