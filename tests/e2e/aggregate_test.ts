@@ -16,11 +16,12 @@ import { startTestRelay } from "../helpers/relay.ts";
 import { aggregateMessage, TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 /**
- * Added to every sub-message timestamp (not to the aggregates'): the source's timestamps, above
- * 2^24 already, wrap past 2^32 inside the aggregates, and only the aggregate's own timestamp plus
- * each sub-message's offset from the first gives the source's timeline back.
+ * Added to every sub-message timestamp (not to the aggregates'). The source starts at 16,800 s, so
+ * one second in, the sub-messages' timestamps wrap past 2^32, their extension byte turning from
+ * 0xff to 0x00 inside an aggregate: only the aggregate's own timestamp plus each sub-message's
+ * offset from the first, read with the extension byte, gives the source's timeline back.
  */
-const SKEW = 0xfeff0000;
+const SKEW = 2 ** 32 - 16_801_000;
 
 /** The tags in groups of 1, 2, ... 7, 1, 2, ...: aggregates of many sizes and chunk splits. */
 function groups<T>(items: readonly T[]): T[][] {
