@@ -45,9 +45,14 @@ function describe(tags: readonly Tag[]): Promise<string[]> {
 
 async function player(port: number, key: string): Promise<TestRtmpClient> {
   const client = await TestRtmpClient.connect(port);
-  await client.handshake();
-  await client.play(key);
-  return client;
+  try {
+    await client.handshake();
+    await client.play(key);
+    return client;
+  } catch (error) {
+    client.close();
+    throw error;
+  }
 }
 
 /** The next `count` audio, video and data messages `client` receives, as tags. */
