@@ -8,6 +8,7 @@
  * @module
  */
 
+import { splitAggregate } from "./aggregate.ts";
 import { type AmfObject, type AmfValue, isAmfObject } from "./amf0.ts";
 import {
   ChunkDecoder,
@@ -391,6 +392,13 @@ export class RtmpSession implements StreamSubscriber {
       case MessageType.DataAmf0:
       case MessageType.DataAmf3:
         this.#onData(message);
+        return undefined;
+      case MessageType.Aggregate:
+        // Each part takes the path of an ordinary message of its type (audio, video or data only,
+        // so none waits); a malformed aggregate throws before any part is used.
+        splitAggregate(message.payload, message.timestamp, (part) => {
+          this.#handleMessage({ ...message, ...part });
+        });
         return undefined;
       case MessageType.CommandAmf0:
       case MessageType.CommandAmf3:

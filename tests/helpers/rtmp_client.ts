@@ -15,7 +15,56 @@ import {
   type RtmpMessage,
 } from "../../src/rtmp/chunk.ts";
 import { createClientC1, HANDSHAKE_SIZE } from "../../src/rtmp/handshake.ts";
-import { command, parseCommand, setChunkSize } from "../../src/rtmp/messages.ts";
+import { ChunkStream, command, parseCommand, setChunkSize } from "../../src/rtmp/messages.ts";
+
+const AGGREGATE_SUB_HEADER_LENGTH = 11;
+
+/**
+ * `packets` packed into one Aggregate message (type 22), each framed like an FLV tag with its back
+ * pointer (any type is written as given, so bad input can be made too). The aggregate carries the
+ * first packet's timestamp; each sub-message carries its own plus `skew` (mod 2^32), as a sender
+ * keeping its own timeline would, which a receiver must take back out.
+ */
+export function aggregateMessage(
+  packets: readonly { type: number; timestamp: number; payload: Uint8Array }[],
+  streamId: number,
+  skew = 0,
+): OutgoingMessage {
+  let length = 0;
+  for (const packet of packets) length += AGGREGATE_SUB_HEADER_LENGTH + packet.payload.length + 4;
+  const body = new Uint8Array(length);
+  const view = new DataView(body.buffer);
+  let offset = 0;
+  for (const packet of packets) {
+    const size = packet.payload.length;
+    const timestamp = (packet.timestamp + skew) >>> 0;
+    // Type, 24-bit size, lower 24 bits of the timestamp, its upper 8 bits, 24-bit stream id.
+    body.set([
+      packet.type,
+      size >> 16,
+      size >> 8,
+      size,
+      timestamp >> 16,
+      timestamp >> 8,
+      timestamp,
+      timestamp >>> 24,
+      streamId >> 16,
+      streamId >> 8,
+      streamId,
+    ], offset);
+    body.set(packet.payload, offset + AGGREGATE_SUB_HEADER_LENGTH);
+    offset += AGGREGATE_SUB_HEADER_LENGTH + size;
+    view.setUint32(offset, AGGREGATE_SUB_HEADER_LENGTH + size);
+    offset += 4;
+  }
+  return {
+    chunkStreamId: ChunkStream.Video,
+    typeId: MessageType.Aggregate,
+    timestamp: packets[0]?.timestamp ?? 0,
+    streamId,
+    payload: body,
+  };
+}
 
 export class TestRtmpClient implements AsyncDisposable {
   readonly conn: Deno.TcpConn;
@@ -92,6 +141,20 @@ export class TestRtmpClient implements AsyncDisposable {
       this.#decoder.push(this.#buffer.subarray(0, n), (message) => this.#inbox.push(message));
     }
     return this.#inbox.shift()!;
+  }
+
+  /** Next audio, video or data message (others are skipped), or null when the server closed. */
+  async nextMedia(timeoutMs = 5_000): Promise<RtmpMessage | null> {
+    for (;;) {
+      const message = await this.nextMessage(timeoutMs);
+      if (message === null) return null;
+      if (
+        message.typeId === MessageType.Audio || message.typeId === MessageType.Video ||
+        message.typeId === MessageType.DataAmf0
+      ) {
+        return message;
+      }
+    }
   }
 
   /** Reads until the server closes; true when it did within the timeout. */
