@@ -119,7 +119,7 @@ export function prepareTlsTrust(options: TlsTrustOptions): TlsTrust {
     Deno.renameSync(temporary, bundlePath);
   } catch (error) {
     const reason = error instanceof Deno.errors.NotCapable
-      ? "not allowed by Deno's permissions (--allow-write)"
+      ? "not allowed by Deno's permissions (it needs --allow-read and --allow-write of state_dir)"
       : (error as Error).message;
     throw new Error(
       `the rtmps CA bundle cannot be written to [streaming] state_dir ${options.stateDir}: ${reason}`,

@@ -113,7 +113,11 @@ async function refusedDestination(
   return { status, front: { ...front.stats }, sinkGotFile };
 }
 
-/** What every refusal must show: retrying with the reason, and no RTMP byte ever over TLS. */
+/**
+ * What every refusal must show: retrying with the reason, and no RTMP byte ever over TLS. (GnuTLS
+ * completes the handshake, then FFmpeg checks the certificate and closes: the front sees sessions
+ * that end before their first application byte, the RTMP C0/C1 that would precede the key.)
+ */
 function assertNeverReceived(
   result: Awaited<ReturnType<typeof refusedDestination>>,
   expected: RegExp,
