@@ -16,6 +16,7 @@ import { log } from "./log.ts";
 import { StreamHub } from "./media/live_stream.ts";
 import type { BackoffOptions } from "./relay/backoff.ts";
 import { RelayManager } from "./relay/relay_manager.ts";
+import { prepareTlsTrust, type TlsTrust } from "./relay/tls_trust.ts";
 import { RtmpServer } from "./rtmp/server.ts";
 
 const serviceLog = log("service");
@@ -88,6 +89,25 @@ function bindOrExplain<T>(what: "RTMP" | "HTTP", host: string, port: number, bin
   }
 }
 
+function tlsTrustOptions(config: Config) {
+  return { caFile: config.streaming.tls_ca_file, stateDir: config.streaming.state_dir };
+}
+
+function logTlsTrust(trust: TlsTrust): void {
+  if (trust.caFile === undefined) return; // FFmpeg's system trust, nothing of ours to report
+  if (trust.systemBundle === undefined) {
+    serviceLog.warn(
+      "no system CA bundle found: rtmps destinations trust only the {count} certificate(s) of [streaming] tls_ca_file",
+      { count: trust.extraCertificates, bundle: trust.caFile },
+    );
+    return;
+  }
+  serviceLog.info(
+    "rtmps destinations trust the system roots and {count} certificate(s) of [streaming] tls_ca_file",
+    { count: trust.extraCertificates, system: trust.systemBundle, bundle: trust.caFile },
+  );
+}
+
 export class RelayService implements AsyncDisposable {
   readonly config: Config;
   readonly hub: StreamHub;
@@ -97,12 +117,15 @@ export class RelayService implements AsyncDisposable {
   readonly startedAt = new Date();
   /** Every FFmpeg child alive, for the last-resort kill. */
   readonly #children = new Set<Deno.ChildProcess>();
+  /** What `rtmps://` destinations trust; every supervisor reads it when it starts an FFmpeg. */
+  readonly #tls: { caFile: string | undefined } = { caFile: undefined };
   #current: Config;
   #stopping: Promise<void> | undefined;
 
-  private constructor(config: Config, options: ServiceOptions) {
+  private constructor(config: Config, options: ServiceOptions, trust: TlsTrust) {
     this.config = config;
     this.#current = config;
+    this.#tls.caFile = trust.caFile;
     const { rtmp, streaming, http } = config;
     this.hub = new StreamHub({
       gopCache: rtmp.gop_cache,
@@ -121,6 +144,7 @@ export class RelayService implements AsyncDisposable {
         drainGraceMs: graceMs / 2,
         stopGraceMs: graceMs / 4,
         ioTimeoutSeconds: 10,
+        tls: this.#tls,
         backoff: options.backoff,
         children: this.#children,
       },
@@ -183,7 +207,9 @@ export class RelayService implements AsyncDisposable {
   /** Starts the relay. Throws (one clear message) when a port is taken or FFmpeg is missing. */
   static async start(config: Config, options: ServiceOptions): Promise<RelayService> {
     if (needsFfmpeg(config)) await checkFfmpeg(config.streaming.ffmpeg_path);
-    return new RelayService(config, options);
+    const trust = prepareTlsTrust(tlsTrustOptions(config));
+    logTlsTrust(trust);
+    return new RelayService(config, options, trust);
   }
 
   get rtmpPort(): number {
@@ -206,6 +232,7 @@ export class RelayService implements AsyncDisposable {
   reload(config: Config): void {
     const authority = this.manager.authority;
     if (authority instanceof StaticAuthority) authority.update(config.streams);
+    this.#reloadTlsTrust(config);
     const needsRestart = ["rtmp", "http", "control_plane"].filter((section) =>
       JSON.stringify(config[section as keyof Config]) !==
         JSON.stringify(this.#current[section as keyof Config])
@@ -215,6 +242,19 @@ export class RelayService implements AsyncDisposable {
       streams: config.streams.length,
       ...(needsRestart.length > 0 ? { needs_restart: needsRestart.join(",") } : {}),
     });
+  }
+
+  /** Rebuilds the rtmps trust (the operator may have changed the CA file); keeps the old on error. */
+  #reloadTlsTrust(config: Config): void {
+    try {
+      const trust = prepareTlsTrust(tlsTrustOptions(config));
+      this.#tls.caFile = trust.caFile;
+      logTlsTrust(trust);
+    } catch (error) {
+      serviceLog.error("rtmps trust not reloaded, keeping the previous one: {reason}", {
+        reason: (error as Error).message,
+      });
+    }
   }
 
   /**

@@ -18,6 +18,7 @@ import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { buildFfmpegArgs } from "./ffmpeg_args.ts";
+import { classifyFfmpegError } from "./ffmpeg_errors.ts";
 
 export interface SupervisorOptions {
   ffmpegPath: string;
@@ -31,6 +32,8 @@ export interface SupervisorOptions {
   /** Time FFmpeg gets to exit after SIGTERM, before SIGKILL. */
   stopGraceMs: number;
   ioTimeoutSeconds: number;
+  /** Trust for `rtmps://`, read at each FFmpeg start (a reload may replace `caFile`). */
+  tls?: { readonly caFile: string | undefined };
   backoff?: BackoffOptions;
   /**
    * Every FFmpeg running, across all streams, including those being stopped: the last-resort
@@ -147,6 +150,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       child = new Deno.Command(this.#options.ffmpegPath, {
         args: buildFfmpegArgs(this.destination, {
           ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
+          caFile: this.#options.tls?.caFile,
         }),
         stdin: "piped",
         stdout: "null",
@@ -187,9 +191,10 @@ export class DestinationSupervisor implements StreamSubscriber {
     if (this.#terminated) return;
     this.#errorCount++;
     const reason = recentLines.findLast((line) => ERROR_WORDS.test(line)) ?? recentLines.at(-1);
-    this.#lastError = `ffmpeg exited with ${
-      status.signal ? `signal ${status.signal}` : `code ${status.code}`
-    }${reason ? `: ${reason}` : ""}`;
+    this.#lastError = classifyFfmpegError(recentLines) ??
+      `ffmpeg exited with ${status.signal ? `signal ${status.signal}` : `code ${status.code}`}${
+        reason ? `: ${reason}` : ""
+      }`;
   }
 
   /** Stops for good: stdin closed, then SIGTERM, then SIGKILL; resolves once FFmpeg is reaped. */

@@ -11,6 +11,21 @@ import type { Destination } from "../control_plane/destination.ts";
 export interface FfmpegArgsOptions {
   /** Seconds FFmpeg waits on a stalled destination socket before giving up (and being restarted). */
   ioTimeoutSeconds: number;
+  /**
+   * `-ca_file` for `rtmps://`: the bundle of system roots and the operator's CAs. Undefined: the
+   * system roots alone (FFmpeg's default trust store).
+   */
+  caFile?: string;
+}
+
+/**
+ * Options of FFmpeg's tls protocol for an `rtmps://` output; the rtmp protocol hands its options
+ * to the tls connection it opens. FFmpeg's default is `tls_verify=0`, which would give the stream
+ * key to whoever answers for the host; with 1 it checks the chain and the host name.
+ */
+function tlsArgs(url: string, caFile: string | undefined): string[] {
+  if (!url.startsWith("rtmps://")) return [];
+  return ["-tls_verify", "1", ...(caFile === undefined ? [] : ["-ca_file", caFile])];
 }
 
 export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOptions): string[] {
@@ -42,6 +57,7 @@ export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOpt
     String(Math.round(options.ioTimeoutSeconds * 1_000_000)),
     "-flvflags",
     "no_duration_filesize",
+    ...tlsArgs(url, options.caFile),
     "-f",
     "flv",
     url,
