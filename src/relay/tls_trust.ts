@@ -11,14 +11,11 @@
 import { X509Certificate } from "node:crypto";
 
 /**
- * Where distributions keep the system roots as one PEM file (the file GnuTLS's system trust reads
- * on Debian comes first).
+ * Where the system roots are kept as one PEM file: the file GnuTLS's system trust reads on Debian
+ * and Ubuntu (also Alpine and Arch), our hosts. Only this directory is in the relay's read
+ * permissions (src/permissions.ts), so another distribution's path would be refused, not found.
  */
-export const SYSTEM_CA_BUNDLES: readonly string[] = [
-  "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine, Arch
-  "/etc/pki/tls/certs/ca-bundle.crt", // Fedora, RHEL
-  "/etc/ssl/ca-bundle.pem", // openSUSE
-];
+export const SYSTEM_CA_BUNDLES: readonly string[] = ["/etc/ssl/certs/ca-certificates.crt"];
 
 export const CA_BUNDLE_NAME = "rtmps-ca-bundle.pem";
 
