@@ -10,9 +10,10 @@
  */
 
 import type { AmfObject } from "./amf0.ts";
-import { ChunkDecoder, ChunkEncoder, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
+import { ChunkDecoder, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
 import { createServerHandshake, HANDSHAKE_SIZE } from "./handshake.ts";
-import { mediaMessage, pingRequest } from "./messages.ts";
+import { pingRequest } from "./messages.ts";
+import { MessageWriter } from "./message_writer.ts";
 import { type ConversationRole, ServerConversation, type Step } from "./server_conversation.ts";
 import type { MediaPacket } from "../media/flv.ts";
 import type { LiveStream, StreamHub, StreamSubscriber } from "../media/live_stream.ts";
@@ -53,9 +54,6 @@ export interface SessionDeps {
 }
 
 const READ_BUFFER_SIZE = 256 * 1024;
-/** Output buffer sizes per connection: it grows to the largest batch, up to the cap. */
-const SCRATCH_INITIAL_SIZE = 64 * 1024;
-const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
 /** How long a closing connection may take to flush its last messages. */
 const FLUSH_TIMEOUT_MS = 2_000;
 
@@ -80,15 +78,14 @@ export class RtmpSession implements StreamSubscriber {
   readonly #conn: Deno.TcpConn;
   readonly #deps: SessionDeps;
   readonly #decoder: ChunkDecoder;
-  readonly #encoder = new ChunkEncoder();
   readonly #conversation: ServerConversation;
   readonly #outbox: MediaQueue<OutgoingMessage>;
+  readonly #writer: MessageWriter;
   #pumpDone: Promise<void> = Promise.resolve();
   #closed = false;
   /** The stream published or played, once the hub gave it to this connection. */
   #stream: LiveStream | undefined;
   #bytesIn = 0;
-  #bytesOut = 0;
   #lastReceivedAt = performance.now();
   #lastPingAt = performance.now();
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
@@ -109,6 +106,7 @@ export class RtmpSession implements StreamSubscriber {
         drop_episodes: stats.dropEpisodes,
       });
     });
+    this.#writer = new MessageWriter(conn, this.#outbox, () => this.#conversation.mediaStreamId);
   }
 
   get role(): ConversationRole {
@@ -128,7 +126,7 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   get bytesOut(): number {
-    return this.#bytesOut;
+    return this.#writer.bytesOut;
   }
 
   get droppedPackets(): number {
@@ -225,7 +223,7 @@ export class RtmpSession implements StreamSubscriber {
       ...this.#logContext(),
       reason: this.#closeReason,
       bytes_in: this.#bytesIn,
-      bytes_out: this.#bytesOut,
+      bytes_out: this.bytesOut,
     });
   }
 
@@ -278,7 +276,7 @@ export class RtmpSession implements StreamSubscriber {
     const buffer = new Uint8Array(1 + 2 * HANDSHAKE_SIZE);
     const filled = await this.#readExactly(buffer, 0, 1 + HANDSHAKE_SIZE);
     const response = createServerHandshake(buffer.subarray(0, 1 + HANDSHAKE_SIZE));
-    await this.#writeAll(response);
+    await this.#writer.writeAll(response);
     await this.#readExactly(buffer, filled, buffer.length);
   }
 
@@ -462,40 +460,13 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   async #pump(): Promise<void> {
-    // One output buffer for the life of the connection: a write completes before the next
-    // batch is encoded, so reusing it saves an allocation (and its zeroing) per write.
-    let scratch: Uint8Array = new Uint8Array(SCRATCH_INITIAL_SIZE);
     try {
-      for (;;) {
-        await this.#outbox.wait();
-        const items = this.#outbox.takeAll();
-        if (items.length === 0) {
-          if (this.#outbox.closed) return;
-          continue;
-        }
-        const streamId = this.#conversation.mediaStreamId;
-        const messages = items.map((item) =>
-          item.kind === "control" ? item.control : mediaMessage(item.packet, streamId)
-        );
-        const bytes = this.#encoder.encodeInto(scratch, messages);
-        if (bytes.buffer !== scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
-          scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
-        }
-        await this.#writeAll(bytes);
-      }
+      await this.#writer.run();
     } catch (error) {
       if (!this.#closed) {
         this.#closeReason ||= `write failed: ${(error as Error).message}`;
         this.#abort(this.#closeReason);
       }
     }
-  }
-
-  async #writeAll(bytes: Uint8Array): Promise<void> {
-    let written = 0;
-    while (written < bytes.length) {
-      written += await this.#conn.write(bytes.subarray(written));
-    }
-    this.#bytesOut += bytes.length;
   }
 }
