@@ -268,8 +268,8 @@ export class ServerConversation {
   }
 
   /**
-   * Where every incoming audio and video message becomes media: one place, so that messages
-   * carrying several (Aggregate) can be split and fed through it.
+   * Where every incoming audio and video message becomes media, only from a publisher. The parts
+   * of an Aggregate message, split by the caller, come through here as ordinary messages.
    */
   #onMedia(message: RtmpMessage): Step {
     if (this.#role !== "publisher") return { replies: NO_REPLIES };

@@ -197,7 +197,7 @@ export class RtmpSession implements StreamSubscriber {
     }
   }
 
-  /** Resolves once the queued messages are written, or after `FLUSH_TIMEOUT_MS` if the peer stalls. */
+  /** Resolves once what is queued is written, or after `FLUSH_TIMEOUT_MS` if the peer stalls. */
   async #flushed(): Promise<void> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
@@ -333,7 +333,8 @@ export class RtmpSession implements StreamSubscriber {
 
   /**
    * Every message from the client enters here, in order; returns a promise only when the answer
-   * must wait (authorisation), and the next message is not read until it settles.
+   * must wait (authorisation), and the next message is not read until it settles. A message
+   * that carries several (Aggregate) is to be split here, each part fed in the same way.
    */
   #receive(message: RtmpMessage): Promise<void> | undefined {
     return this.#act(this.#conversation.receive(message));
