@@ -1,5 +1,7 @@
 /**
- * Builders and parsers for RTMP protocol control, user control and command messages. Pure.
+ * Builders and parsers for RTMP protocol control, user control and command messages, for either
+ * end of a connection: the server conversation (`server_conversation.ts`) answers with them, and a
+ * client sends the same commands and reads the same replies. Pure.
  *
  * @module
  */
@@ -64,6 +66,25 @@ export function userControl(event: number, value: number): OutgoingMessage {
   view.setUint16(0, event);
   view.setUint32(2, value >>> 0);
   return control(MessageType.UserControl, payload);
+}
+
+/** Stream Begin: message stream `streamId` is ready (0 for the connection itself). */
+export function streamBegin(streamId: number): OutgoingMessage {
+  return userControl(UserControlEvent.StreamBegin, streamId);
+}
+
+/** Stream EOF: no more media on message stream `streamId`. */
+export function streamEof(streamId: number): OutgoingMessage {
+  return userControl(UserControlEvent.StreamEof, streamId);
+}
+
+/** Ping request carrying `timestamp`, which the peer echoes in its ping response. */
+export function pingRequest(timestamp: number): OutgoingMessage {
+  return userControl(UserControlEvent.PingRequest, timestamp);
+}
+
+export function pingResponse(timestamp: number): OutgoingMessage {
+  return userControl(UserControlEvent.PingResponse, timestamp);
 }
 
 /** A parsed User Control message. */
@@ -138,17 +159,37 @@ export function command(
   };
 }
 
+/**
+ * `_result` answering transaction `transactionId` on message stream 0. Peers match
+ * replies by transaction id: one with an id they did not send is dropped and the caller hangs.
+ */
+export function commandResult(
+  transactionId: number,
+  commandObject: AmfValue,
+  ...args: AmfValue[]
+): OutgoingMessage {
+  return command(0, "_result", transactionId, commandObject, ...args);
+}
+
 /** `onStatus` on a message stream, the way NetStream events reach a client. */
 export function onStatus(streamId: number, info: AmfObject): OutgoingMessage {
   return command(streamId, "onStatus", 0, null, info);
 }
 
-export function statusInfo(
-  level: "status" | "error" | "warning",
+export type StatusLevel = "status" | "error" | "warning";
+
+export function statusInfo(level: StatusLevel, code: string, description: string): AmfObject {
+  return { level, code, description };
+}
+
+/** `onStatus` with a fresh info object: `netStatus(1, "status", "NetStream.Play.Start", "…")`. */
+export function netStatus(
+  streamId: number,
+  level: StatusLevel,
   code: string,
   description: string,
-): AmfObject {
-  return { level, code, description };
+): OutgoingMessage {
+  return onStatus(streamId, statusInfo(level, code, description));
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
- * One RTMP connection: handshake, then the chunk stream, then the command state machine that OBS,
- * FFmpeg, GStreamer and librtmp clients drive (connect, createStream, publish or play, media,
- * deleteStream). A publisher feeds a `LiveStream`; a player reads one through a bounded queue.
+ * One RTMP connection on its socket: the handshake, then bytes through the chunk decoder into the
+ * command conversation (`server_conversation.ts`) and its replies back out; the timers (connect
+ * timeout, pings); and the hub and authorisation calls the conversation's intents lead to. A
+ * publisher feeds a `LiveStream`; a player reads one through a bounded queue.
  *
  * Any protocol error closes this connection with one log line; nothing leaks to other sessions.
  *
@@ -9,33 +10,13 @@
  */
 
 import { splitAggregate } from "./aggregate.ts";
-import { type AmfObject, type AmfValue, isAmfObject } from "./amf0.ts";
-import {
-  ChunkDecoder,
-  ChunkEncoder,
-  MessageType,
-  type OutgoingMessage,
-  type RtmpMessage,
-} from "./chunk.ts";
+import type { AmfObject } from "./amf0.ts";
+import { ChunkDecoder, MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
 import { createServerHandshake, HANDSHAKE_SIZE } from "./handshake.ts";
-import {
-  acknowledgement,
-  type Command,
-  command,
-  mediaMessage,
-  onStatus,
-  parseCommand,
-  parseData,
-  parseU32,
-  parseUserControl,
-  setChunkSize,
-  setPeerBandwidth,
-  statusInfo,
-  userControl,
-  UserControlEvent,
-  windowAckSize,
-} from "./messages.ts";
-import { createMediaPacket, type MediaPacket, stripSetDataFrame, TagType } from "../media/flv.ts";
+import { pingRequest } from "./messages.ts";
+import { MessageWriter } from "./message_writer.ts";
+import { type ConversationRole, ServerConversation, type Step } from "./server_conversation.ts";
+import type { MediaPacket } from "../media/flv.ts";
 import type { LiveStream, StreamHub, StreamSubscriber } from "../media/live_stream.ts";
 import { MediaQueue } from "../media/media_queue.ts";
 import { log } from "../log.ts";
@@ -73,22 +54,11 @@ export interface SessionDeps {
   authorize: PublishAuthorizer;
 }
 
-/** Window we ask peers to acknowledge, and the bandwidth we announce (both as nginx-rtmp does). */
-const WINDOW_ACK_SIZE = 5_000_000;
 const READ_BUFFER_SIZE = 256 * 1024;
-/** Output buffer sizes per connection: it grows to the largest batch, up to the cap. */
-const SCRATCH_INITIAL_SIZE = 64 * 1024;
-const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
-/** Message streams one connection may create; real clients create one. */
-const MAX_MESSAGE_STREAMS = 8;
-/** Largest onMetaData relayed; encoders send a few hundred bytes. */
-const MAX_METADATA_BYTES = 64 * 1024;
 /** How long a closing connection may take to flush its last messages. */
 const FLUSH_TIMEOUT_MS = 2_000;
 
 const sessionLog = log("rtmp");
-
-type Role = "none" | "publisher" | "player";
 
 /** Closes a session on purpose, with a reason for the log line. */
 class SessionClosed extends Error {
@@ -102,12 +72,6 @@ function remoteAddressOf(conn: Deno.Conn): string {
     : `${address.hostname}:${address.port}`;
 }
 
-/** `live/key?x=y` and `live?x=y` both name app `live`. */
-function stripQuery(name: string): string {
-  const at = name.indexOf("?");
-  return at === -1 ? name : name.slice(0, at);
-}
-
 export class RtmpSession implements StreamSubscriber {
   readonly id: number;
   readonly remoteAddress: string;
@@ -115,23 +79,14 @@ export class RtmpSession implements StreamSubscriber {
   readonly #conn: Deno.TcpConn;
   readonly #deps: SessionDeps;
   readonly #decoder: ChunkDecoder;
-  readonly #encoder = new ChunkEncoder();
+  readonly #conversation: ServerConversation;
   readonly #outbox: MediaQueue<OutgoingMessage>;
+  readonly #writer: MessageWriter;
   #pumpDone: Promise<void> = Promise.resolve();
   #closed = false;
-  #connected = false;
-  #role: Role = "none";
+  /** The stream published or played, once the hub gave it to this connection. */
   #stream: LiveStream | undefined;
-  /** Message stream id the publish or play runs on. */
-  #mediaStreamId = 0;
-  #createdStreams = new Set<number>();
-  #nextStreamId = 1;
-  #encoderName = "";
-  #app = "";
   #bytesIn = 0;
-  #bytesOut = 0;
-  #lastAckSent = 0;
-  #peerWindow = 0;
   #lastReceivedAt = performance.now();
   #lastPingAt = performance.now();
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
@@ -144,6 +99,7 @@ export class RtmpSession implements StreamSubscriber {
     this.#deps = deps;
     this.remoteAddress = remoteAddressOf(conn);
     this.#decoder = new ChunkDecoder({ maxMessageSize: deps.options.maxMessageSize });
+    this.#conversation = new ServerConversation(deps.options);
     this.#outbox = new MediaQueue<OutgoingMessage>(deps.options.playerQueueBytes, (stats) => {
       sessionLog.warn("player too slow, dropping until the next keyframe", {
         ...this.#logContext(),
@@ -151,10 +107,11 @@ export class RtmpSession implements StreamSubscriber {
         drop_episodes: stats.dropEpisodes,
       });
     });
+    this.#writer = new MessageWriter(conn, this.#outbox, () => this.#conversation.mediaStreamId);
   }
 
-  get role(): Role {
-    return this.#role;
+  get role(): ConversationRole {
+    return this.#conversation.role;
   }
 
   get streamKey(): string | undefined {
@@ -162,7 +119,7 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   get encoderName(): string {
-    return this.#encoderName;
+    return this.#conversation.encoder;
   }
 
   get bytesIn(): number {
@@ -170,7 +127,7 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   get bytesOut(): number {
-    return this.#bytesOut;
+    return this.#writer.bytesOut;
   }
 
   get droppedPackets(): number {
@@ -217,7 +174,7 @@ export class RtmpSession implements StreamSubscriber {
    */
   close(reason: string): void {
     const stream = this.#stream;
-    if (this.#role === "publisher" && stream !== undefined && !this.#closed) {
+    if (this.role === "publisher" && stream !== undefined && !this.#closed) {
       this.#deps.hub.end(stream, reason); // detaches us: status sent, then closed after flush
       return;
     }
@@ -230,6 +187,10 @@ export class RtmpSession implements StreamSubscriber {
     sessionLog.info("closing connection: {reason}", { ...this.#logContext(), reason });
     this.#closed = true;
     this.#outbox.close();
+    this.#closeSocket();
+  }
+
+  #closeSocket(): void {
     try {
       this.#conn.close();
     } catch (error) {
@@ -237,53 +198,47 @@ export class RtmpSession implements StreamSubscriber {
     }
   }
 
+  /** Resolves once what is queued is written, or after `FLUSH_TIMEOUT_MS` if the peer stalls. */
+  async #flushed(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#pumpDone,
+      new Promise<void>((resolve) => timer = setTimeout(resolve, FLUSH_TIMEOUT_MS)),
+    ]);
+    clearTimeout(timer);
+  }
+
   async #shutdown(): Promise<void> {
     clearTimeout(this.#handshakeTimer);
     clearInterval(this.#pingTimer);
-    this.#leaveStream(this.#closeReason || "connection closed");
+    this.#leaveStream(this.#conversation.leave(), this.#closeReason || "connection closed");
     if (!this.#closed) {
       // Let queued replies (an error status, an end of stream) reach the peer, briefly.
       this.#closed = true;
       this.#outbox.close();
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#pumpDone,
-        new Promise<void>((resolve) => timer = setTimeout(resolve, FLUSH_TIMEOUT_MS)),
-      ]);
-      clearTimeout(timer);
-      try {
-        this.#conn.close();
-      } catch (error) {
-        if (!(error instanceof Deno.errors.BadResource)) throw error;
-      }
+      await this.#flushed();
+      this.#closeSocket();
     }
     await this.#pumpDone;
     sessionLog.debug("connection ended: {reason}", {
       ...this.#logContext(),
       reason: this.#closeReason,
       bytes_in: this.#bytesIn,
-      bytes_out: this.#bytesOut,
+      bytes_out: this.bytesOut,
     });
   }
 
-  #leaveStream(reason: string): void {
+  /** This connection stops publishing or playing (`role` is what it did). */
+  #leaveStream(role: ConversationRole, reason: string): void {
     const stream = this.#stream;
     if (stream === undefined) return;
-    const role = this.#role;
-    this.#role = "none";
-    this.#stream = undefined;
     if (role === "publisher") {
-      sessionLog.info("publisher left: {reason}", {
-        session: this.id,
-        remote: this.remoteAddress,
-        stream: redactKey(stream.key),
-        reason,
-        bytes_in: this.#bytesIn,
-      });
-      this.#deps.hub.publisherLeft(stream, reason);
-    } else if (role === "player") {
-      this.#deps.hub.unsubscribe(stream, this);
+      const bytes_in = this.#bytesIn;
+      sessionLog.info("publisher left: {reason}", { ...this.#logContext(), reason, bytes_in });
     }
+    this.#stream = undefined;
+    if (role === "publisher") this.#deps.hub.publisherLeft(stream, reason);
+    else if (role === "player") this.#deps.hub.unsubscribe(stream, this);
   }
 
   /**
@@ -291,12 +246,9 @@ export class RtmpSession implements StreamSubscriber {
    * key): tell the encoder and close, without touching the stream again.
    */
   #detachPublisher(reason: string): void {
-    if (this.#role !== "publisher") return;
-    this.#role = "none";
+    if (this.role !== "publisher") return;
     this.#stream = undefined;
-    this.#send(
-      onStatus(this.#mediaStreamId, statusInfo("status", "NetStream.Unpublish.Success", reason)),
-    );
+    this.#sendAll(this.#conversation.unpublished(reason));
     this.#closeAfterFlush(reason);
   }
 
@@ -325,19 +277,17 @@ export class RtmpSession implements StreamSubscriber {
     const buffer = new Uint8Array(1 + 2 * HANDSHAKE_SIZE);
     const filled = await this.#readExactly(buffer, 0, 1 + HANDSHAKE_SIZE);
     const response = createServerHandshake(buffer.subarray(0, 1 + HANDSHAKE_SIZE));
-    await this.#writeAll(response);
+    await this.#writer.writeAll(response);
     await this.#readExactly(buffer, filled, buffer.length);
   }
 
   async #readLoop(): Promise<void> {
     const pending: RtmpMessage[] = [];
-    const collect = (message: RtmpMessage) => {
-      pending.push(message);
-    };
+    const collect = (message: RtmpMessage) => void pending.push(message);
     const buffer = new Uint8Array(READ_BUFFER_SIZE);
     while (!this.#closed) {
       for (const message of pending.splice(0)) {
-        const waiting = this.#handleMessage(message);
+        const waiting = this.#receive(message);
         if (waiting) await waiting;
         if (this.#closed) return;
       }
@@ -360,10 +310,8 @@ export class RtmpSession implements StreamSubscriber {
   #noteReceived(count: number): void {
     this.#bytesIn += count;
     this.#lastReceivedAt = performance.now();
-    if (this.#peerWindow > 0 && this.#bytesIn - this.#lastAckSent >= this.#peerWindow) {
-      this.#lastAckSent = this.#bytesIn;
-      this.#send(acknowledgement(this.#bytesIn));
-    }
+    const ack = this.#conversation.acknowledgementFor(this.#bytesIn);
+    if (ack) this.#sendAll([ack]);
   }
 
   #startPingTimer(): void {
@@ -377,217 +325,82 @@ export class RtmpSession implements StreamSubscriber {
       }
       if (now - this.#lastPingAt >= pingIntervalMs) {
         this.#lastPingAt = now;
-        this.#send(userControl(UserControlEvent.PingRequest, Math.floor(now) >>> 0));
+        this.#sendAll([pingRequest(Math.floor(now) >>> 0)]);
       }
     }, tick);
   }
 
-  /** Handles one message; returns a promise only when the handler must wait (authorisation). */
-  #handleMessage(message: RtmpMessage): Promise<void> | undefined {
-    switch (message.typeId) {
-      case MessageType.Audio:
-      case MessageType.Video:
-        this.#onMedia(message);
-        return undefined;
-      case MessageType.DataAmf0:
-      case MessageType.DataAmf3:
-        this.#onData(message);
-        return undefined;
-      case MessageType.Aggregate:
-        // Each part takes the path of an ordinary message of its type (audio, video or data only,
-        // so none waits); a malformed aggregate throws before any part is used.
-        splitAggregate(message.payload, message.timestamp, (part) => {
-          this.#handleMessage({ ...message, ...part });
-        });
-        return undefined;
-      case MessageType.CommandAmf0:
-      case MessageType.CommandAmf3:
-        return this.#onCommand(parseCommand(message), message);
-      case MessageType.UserControl: {
-        const event = parseUserControl(message.payload);
-        if (event.event === UserControlEvent.PingRequest) {
-          this.#send(userControl(UserControlEvent.PingResponse, event.value));
-        }
-        return undefined;
-      }
-      case MessageType.WindowAckSize: {
-        const size = parseU32(message.payload, "Window Acknowledgement Size");
-        if (size === 0) throw new RangeError("Window Acknowledgement Size of 0");
-        this.#peerWindow = size;
-        return undefined;
-      }
-      case MessageType.SetChunkSize:
-      case MessageType.Abort:
-      case MessageType.Acknowledgement:
-      case MessageType.SetPeerBandwidth:
-        return undefined; // applied by the decoder, or nothing to do
-      default:
-        sessionLog.debug("ignoring message type {type}", {
-          ...this.#logContext(),
-          type: message.typeId,
-        });
-        return undefined;
+  // ---- The conversation ----
+
+  /**
+   * Every message from the client enters here, in order; returns a promise only when the answer
+   * must wait (authorisation), and the next message is not read until it settles. An
+   * Aggregate message is split here, each part fed in the same way.
+   */
+  #receive(message: RtmpMessage): Promise<void> | undefined {
+    if (message.typeId === MessageType.Aggregate) {
+      // Each part takes the path of an ordinary message of its type (audio, video or data only,
+      // so none waits); a malformed aggregate throws before any part is used.
+      splitAggregate(message.payload, message.timestamp, (part) => {
+        void this.#receive({ ...message, ...part });
+      });
+      return undefined;
     }
+    return this.#act(this.#conversation.receive(message));
   }
 
-  #onMedia(message: RtmpMessage): void {
+  /** Sends a step's replies, then does what its intent asks. */
+  #act(step: Step): Promise<void> | undefined {
+    this.#sendAll(step.replies);
+    const intent = step.intent;
+    switch (intent?.kind) {
+      case "connected":
+        clearTimeout(this.#handshakeTimer);
+        break;
+      case "media":
+        this.#onMedia(intent.packet, intent.metadata);
+        break;
+      case "publishRequested":
+        return this.#onPublish(intent.key);
+      case "playRequested":
+        this.#onPlay(intent.key);
+        break;
+      case "left":
+        this.#leaveStream(intent.role, intent.reason);
+        break;
+      case "ignored":
+        sessionLog[intent.level](intent.message, { ...this.#logContext(), ...intent.fields });
+        break;
+      case "close":
+        throw new SessionClosed(intent.reason);
+      case "protocolError":
+        throw intent.error;
+    }
+    return undefined;
+  }
+
+  /** Audio, video and metadata from the publisher, one packet at a time, into the stream. */
+  #onMedia(packet: MediaPacket, metadata: AmfObject | undefined): void {
     const stream = this.#stream;
-    if (this.#role !== "publisher" || stream === undefined || stream.state !== "live") return;
-    const type = message.typeId === MessageType.Audio ? TagType.Audio : TagType.Video;
-    const packet = createMediaPacket(type, message.timestamp, message.payload);
+    if (stream?.state !== "live") return;
+    if (metadata) stream.metadata = { ...metadata };
     stream.write(packet);
   }
 
-  #onData(message: RtmpMessage): void {
-    const stream = this.#stream;
-    if (this.#role !== "publisher" || stream === undefined || stream.state !== "live") return;
-    let body = message.payload;
-    if (message.typeId === MessageType.DataAmf3 && body[0] === 0) body = body.subarray(1);
-    const stripped = stripSetDataFrame(body);
-    let values: AmfValue[];
-    try {
-      values = parseData({ ...message, typeId: MessageType.DataAmf0, payload: stripped });
-    } catch (error) {
-      sessionLog.warn("ignoring malformed data message: {reason}", {
-        ...this.#logContext(),
-        reason: (error as Error).message,
-      });
-      return;
-    }
-    if (values[0] !== "onMetaData") return; // cue points and the like are not relayed
-    if (stripped.length > MAX_METADATA_BYTES) {
-      // Kept in the GOP cache and replayed to every reader: a huge one is abuse, not metadata.
-      sessionLog.warn("metadata of {size} bytes ignored (limit {limit})", {
-        ...this.#logContext(),
-        size: stripped.length,
-        limit: MAX_METADATA_BYTES,
-      });
-      return;
-    }
-    const metadata = values[1];
-    if (isAmfObject(metadata)) stream.metadata = { ...metadata };
-    stream.write(createMediaPacket(TagType.Script, message.timestamp, stripped));
-  }
-
-  // ---- Commands ----
-
-  #onCommand(cmd: Command, message: RtmpMessage): Promise<void> | undefined {
-    switch (cmd.name) {
-      case "connect":
-        this.#onConnect(cmd);
-        return undefined;
-      case "createStream":
-        this.#requireConnected(cmd);
-        if (this.#createdStreams.size >= MAX_MESSAGE_STREAMS) {
-          throw new RangeError(`more than ${MAX_MESSAGE_STREAMS} createStream calls`);
-        }
-        {
-          const streamId = this.#nextStreamId++;
-          this.#createdStreams.add(streamId);
-          this.#send(command(0, "_result", cmd.transactionId, null, streamId));
-        }
-        return undefined;
-      case "releaseStream":
-      case "FCPublish":
-      case "getStreamLength":
-        this.#requireConnected(cmd);
-        if (cmd.transactionId > 0) {
-          this.#send(command(0, "_result", cmd.transactionId, null));
-        }
-        return undefined;
-      case "publish":
-        return this.#onPublish(cmd, message);
-      case "play":
-        this.#onPlay(cmd, message);
-        return undefined;
-      case "FCUnpublish":
-      case "deleteStream":
-      case "closeStream":
-        if (this.#role !== "none") this.#leaveStream(`${this.#role} sent ${cmd.name}`);
-        return undefined;
-      default:
-        sessionLog.debug("ignoring command {command}", {
-          ...this.#logContext(),
-          command: cmd.name,
-        });
-        return undefined;
-    }
-  }
-
-  #requireConnected(cmd: Command): void {
-    if (!this.#connected) throw new SyntaxError(`${cmd.name} before connect`);
-  }
-
-  #onConnect(cmd: Command): void {
-    if (this.#connected) throw new SyntaxError("second connect on one connection");
-    const info: AmfObject = isAmfObject(cmd.commandObject) ? cmd.commandObject : {};
-    const app = typeof info.app === "string" ? stripQuery(info.app).replace(/\/+$/, "") : "";
-    const objectEncoding = typeof info.objectEncoding === "number" ? info.objectEncoding : 0;
-    this.#encoderName = typeof info.flashVer === "string" ? info.flashVer.slice(0, 64) : "";
-    clearTimeout(this.#handshakeTimer);
-    if (app !== this.#deps.options.app) {
-      this.#send(
-        command(
-          0,
-          "_error",
-          cmd.transactionId,
-          null,
-          {
-            ...statusInfo("error", "NetConnection.Connect.Rejected", `unknown application`),
-            objectEncoding,
-          },
-        ),
-      );
-      throw new SessionClosed(`connect to unknown application ${JSON.stringify(app.slice(0, 64))}`);
-    }
-    this.#app = app;
-    this.#connected = true;
-    this.#send(windowAckSize(WINDOW_ACK_SIZE));
-    this.#send(setPeerBandwidth(WINDOW_ACK_SIZE, 2));
-    this.#send(userControl(UserControlEvent.StreamBegin, 0));
-    this.#send(setChunkSize(this.#deps.options.chunkSize));
-    this.#send(
-      command(0, "_result", cmd.transactionId, { fmsVer: "FMS/3,0,1,123", capabilities: 31 }, {
-        ...statusInfo("status", "NetConnection.Connect.Success", "Connection succeeded."),
-        objectEncoding,
-      }),
-    );
-  }
-
-  #mediaStreamFor(cmd: Command, message: RtmpMessage): number {
-    this.#requireConnected(cmd);
-    if (!this.#createdStreams.has(message.streamId)) {
-      throw new SyntaxError(
-        `${cmd.name} on message stream ${message.streamId} before createStream`,
-      );
-    }
-    if (this.#role !== "none") {
-      throw new SyntaxError(`${cmd.name} while already a ${this.#role}`);
-    }
-    return message.streamId;
-  }
-
-  async #onPublish(cmd: Command, message: RtmpMessage): Promise<void> {
-    const streamId = this.#mediaStreamFor(cmd, message);
-    const name = typeof cmd.args[0] === "string" ? cmd.args[0] : "";
-    const key = stripQuery(name);
-    if (key === "" || key.length > 512) {
-      this.#refusePublish(streamId, "NetStream.Publish.BadName", "invalid stream key");
-      return;
-    }
+  /** Claim the key, authorise it, then accept: in that order, so a refused key never goes live. */
+  async #onPublish(key: string): Promise<void> {
     const hub = this.#deps.hub;
     const claim = hub.claim(key);
     const context = { ...this.#logContext(), stream: redactKey(key) };
     if ("refused" in claim) {
       sessionLog.warn("publish refused: {reason}", { ...context, reason: claim.refused });
-      this.#refusePublish(streamId, "NetStream.Publish.BadName", claim.refused);
-      return;
+      return this.#act(this.#conversation.refusePublish(claim.refused));
     }
     let decision: PublishDecision;
     try {
       decision = await this.#deps.authorize({
         key,
-        app: this.#app,
+        app: this.#conversation.app,
         remoteAddress: this.remoteAddress,
         sessionId: this.id,
       });
@@ -601,23 +414,14 @@ export class RtmpSession implements StreamSubscriber {
     if (!decision.allowed) {
       hub.refuse(claim, decision.reason);
       sessionLog.warn("publish refused: {reason}", { ...context, reason: decision.reason });
-      this.#refusePublish(streamId, "NetStream.Publish.BadName", "publish not authorised");
-      return;
+      return this.#act(this.#conversation.refusePublish("publish not authorised"));
     }
-    this.#role = "publisher";
     this.#stream = claim.stream;
-    this.#mediaStreamId = streamId;
-    this.#send(userControl(UserControlEvent.StreamBegin, streamId));
-    this.#send(
-      onStatus(
-        streamId,
-        statusInfo("status", "NetStream.Publish.Start", `${redactKey(key)} is now published.`),
-      ),
-    );
+    this.#sendAll(this.#conversation.acceptPublish());
     hub.accept(claim, {
       sessionId: this.id,
       remoteAddress: this.remoteAddress,
-      encoder: this.#encoderName,
+      encoder: this.encoderName,
       startedAt: new Date(),
       detach: (reason) => this.#detachPublisher(reason),
     });
@@ -626,36 +430,13 @@ export class RtmpSession implements StreamSubscriber {
       : claim.kind === "resume"
       ? "publisher reconnected: the stream continues"
       : "stalled publisher replaced: the stream continues";
-    sessionLog.info(what, { ...context, encoder: this.#encoderName });
+    sessionLog.info(what, { ...context, encoder: this.encoderName });
   }
 
-  /** Tells the client no, then closes: librtmp clients hang on a refusal if the socket stays open. */
-  #refusePublish(streamId: number, code: string, description: string): void {
-    this.#send(onStatus(streamId, statusInfo("error", code, description)));
-    throw new SessionClosed(`publish refused: ${description}`);
-  }
-
-  #onPlay(cmd: Command, message: RtmpMessage): void {
-    const streamId = this.#mediaStreamFor(cmd, message);
-    const name = typeof cmd.args[0] === "string" ? cmd.args[0] : "";
-    const key = stripQuery(name);
-    if (key === "") {
-      this.#send(
-        onStatus(streamId, statusInfo("error", "NetStream.Play.StreamNotFound", "no stream name")),
-      );
-      throw new SessionClosed("play without a stream name");
-    }
+  #onPlay(key: string): void {
     const stream = this.#deps.hub.open(key);
-    this.#role = "player";
     this.#stream = stream;
-    this.#mediaStreamId = streamId;
-    this.#send(userControl(UserControlEvent.StreamBegin, streamId));
-    this.#send(
-      onStatus(streamId, statusInfo("status", "NetStream.Play.Reset", "Playing and resetting.")),
-    );
-    this.#send(
-      onStatus(streamId, statusInfo("status", "NetStream.Play.Start", "Started playing.")),
-    );
+    this.#sendAll(this.#conversation.acceptPlay());
     stream.subscribe(this);
     sessionLog.info("player started", { ...this.#logContext(), live: stream.state === "live" });
   }
@@ -667,14 +448,9 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   onEnd(reason: string): void {
-    if (this.#role !== "player") return;
-    const streamId = this.#mediaStreamId;
+    if (this.role !== "player") return;
     this.#stream = undefined;
-    this.#role = "none";
-    this.#send(
-      onStatus(streamId, statusInfo("status", "NetStream.Play.UnpublishNotify", reason)),
-    );
-    this.#send(userControl(UserControlEvent.StreamEof, streamId));
+    this.#sendAll(this.#conversation.playEnded(reason));
     // Players exit on the notification; close so that none is left waiting.
     this.#closeAfterFlush(`stream ended: ${reason}`);
   }
@@ -684,56 +460,23 @@ export class RtmpSession implements StreamSubscriber {
     if (this.#closed) return;
     this.#closeReason ||= reason;
     this.#outbox.close();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    void Promise.race([
-      this.#pumpDone,
-      new Promise<void>((resolve) => timer = setTimeout(resolve, FLUSH_TIMEOUT_MS)),
-    ]).then(() => {
-      clearTimeout(timer);
-      this.#abort(reason);
-    });
+    void this.#flushed().then(() => this.#abort(reason));
   }
 
   // ---- Writing ----
 
-  #send(message: OutgoingMessage): void {
-    this.#outbox.pushControl(message);
+  #sendAll(messages: readonly OutgoingMessage[]): void {
+    for (const message of messages) this.#outbox.pushControl(message);
   }
 
   async #pump(): Promise<void> {
-    // One output buffer for the life of the connection: a write completes before the next
-    // batch is encoded, so reusing it saves an allocation (and its zeroing) per write.
-    let scratch: Uint8Array = new Uint8Array(SCRATCH_INITIAL_SIZE);
     try {
-      for (;;) {
-        await this.#outbox.wait();
-        const items = this.#outbox.takeAll();
-        if (items.length === 0) {
-          if (this.#outbox.closed) return;
-          continue;
-        }
-        const messages = items.map((item) =>
-          item.kind === "control" ? item.control : mediaMessage(item.packet, this.#mediaStreamId)
-        );
-        const bytes = this.#encoder.encodeInto(scratch, messages);
-        if (bytes.buffer !== scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
-          scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
-        }
-        await this.#writeAll(bytes);
-      }
+      await this.#writer.run();
     } catch (error) {
       if (!this.#closed) {
         this.#closeReason ||= `write failed: ${(error as Error).message}`;
         this.#abort(this.#closeReason);
       }
     }
-  }
-
-  async #writeAll(bytes: Uint8Array): Promise<void> {
-    let written = 0;
-    while (written < bytes.length) {
-      written += await this.#conn.write(bytes.subarray(written));
-    }
-    this.#bytesOut += bytes.length;
   }
 }

@@ -23,7 +23,7 @@ function message(overrides: Partial<OutgoingMessage> & { payload: Uint8Array }):
   return { chunkStreamId: 4, typeId: MessageType.Audio, timestamp: 0, streamId: 1, ...overrides };
 }
 
-Deno.test("readChunk() decodes the four header types from byte fixtures", () => {
+Deno.test("ChunkDecoder.push() decodes the four header types from byte fixtures", () => {
   const bytes = hex(`
     04 000064 000002 08 01000000 aabb
     44 000010 000003 09 ccddee
@@ -39,7 +39,7 @@ Deno.test("readChunk() decodes the four header types from byte fixtures", () => 
   ]);
 });
 
-Deno.test("readChunk() applies a type-3 start with the last delta, as the specification says", () => {
+Deno.test("ChunkDecoder.push() applies a type-3 start with the last delta, as the specification says", () => {
   // Type 0 at 1000 (length 1), then type 3 starting a new message: delta = 1000 again.
   const bytes = hex("04 0003e8 000001 08 01000000 aa c4 bb");
   const got = decodeAll(bytes).map((m) => [m.timestamp, [...m.payload]]);
@@ -49,7 +49,7 @@ Deno.test("readChunk() applies a type-3 start with the last delta, as the specif
   assertEquals(decodeAll(deltas).map((m) => m.timestamp), [0, 20, 40]);
 });
 
-Deno.test("readChunk() reassembles a message split over chunks and over reads", () => {
+Deno.test("ChunkDecoder.push() reassembles a message split over chunks and over reads", () => {
   const payload = new Uint8Array(1000).map((_, i) => i & 0xff);
   const encoder = new ChunkEncoder(128);
   const bytes = encoder.encode(message({ payload, typeId: MessageType.Video, timestamp: 40 }));
@@ -61,7 +61,7 @@ Deno.test("readChunk() reassembles a message split over chunks and over reads", 
   }
 });
 
-Deno.test("readChunk() handles extended timestamp, repeated or omitted on type-3 chunks", () => {
+Deno.test("ChunkDecoder.push() handles extended timestamp, repeated or omitted on type-3 chunks", () => {
   // 200 bytes at chunk size 128: type 0 with 0xFFFFFF, extended 0x01000000, then a type 3 chunk.
   const body = new Uint8Array(200).fill(7);
   const head = hex("04 ffffff 0000c8 09 01000000 01000000");
@@ -89,7 +89,7 @@ Deno.test("readChunk() handles extended timestamp, repeated or omitted on type-3
   }
 });
 
-Deno.test("ChunkEncoder writes extended timestamps on every chunk and round-trips", () => {
+Deno.test("ChunkEncoder.encode() writes extended timestamps on every chunk and round-trips", () => {
   const encoder = new ChunkEncoder(128);
   const payload = new Uint8Array(300).fill(1);
   const messages = [
@@ -107,7 +107,7 @@ Deno.test("ChunkEncoder writes extended timestamps on every chunk and round-trip
   assertEquals([...bytes.subarray(16 + 128, 16 + 128 + 5)], [0xc4, 1, 0, 0, 0]);
 });
 
-Deno.test("ChunkEncoder encodes 1-, 2- and 3-byte chunk stream ids", () => {
+Deno.test("ChunkEncoder.encode() writes 1-, 2- and 3-byte chunk stream ids", () => {
   const encoder = new ChunkEncoder();
   for (const id of [2, 63, 64, 319, 320, 65599]) {
     const bytes = encoder.encode(
@@ -118,7 +118,7 @@ Deno.test("ChunkEncoder encodes 1-, 2- and 3-byte chunk stream ids", () => {
   }
 });
 
-Deno.test("readChunk() applies Set Chunk Size and Abort where they arrive", () => {
+Deno.test("ChunkDecoder.push() applies Set Chunk Size and Abort where they arrive", () => {
   const encoder = new ChunkEncoder(128);
   const setSize = {
     chunkStreamId: 2,
@@ -145,7 +145,7 @@ Deno.test("readChunk() applies Set Chunk Size and Abort where they arrive", () =
   assertEquals([...aborted[1]!.payload], [0xee]);
 });
 
-Deno.test("readChunk() rejects hostile chunk streams with SyntaxError or RangeError", () => {
+Deno.test("ChunkDecoder.push() rejects hostile chunk streams with SyntaxError or RangeError", () => {
   const cases: [string, Uint8Array, new (...args: never[]) => Error, string][] = [
     ["type 3 with no earlier header", hex("c4 00"), SyntaxError, "no earlier header"],
     [
@@ -193,7 +193,7 @@ Deno.test("readChunk() rejects hostile chunk streams with SyntaxError or RangeEr
   }
 });
 
-Deno.test("readChunk() caps chunk streams per connection", () => {
+Deno.test("ChunkDecoder.push() caps chunk streams per connection", () => {
   const decoder = new ChunkDecoder({ maxChunkStreams: 8 });
   const parts: number[] = [];
   for (let id = 3; id < 20; id++) parts.push(id, 0, 0, 0, 0, 0, 0, 8, 1, 0, 0, 0);
@@ -204,7 +204,7 @@ Deno.test("readChunk() caps chunk streams per connection", () => {
   );
 });
 
-Deno.test("readChunk() allocates only as the bytes of a large declared message arrive", () => {
+Deno.test("ChunkDecoder.push() allocates only as the bytes of a large declared message arrive", () => {
   const decoder = new ChunkDecoder({ maxMessageSize: 16 * 1024 * 1024 });
   decodeAll(hex("04 000000 ffffff 09 01000000 00 00 00 00"), decoder);
   // 16 MiB declared, 4 bytes sent: the decoder holds far less than the declared length.

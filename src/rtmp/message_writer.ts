@@ -1,0 +1,71 @@
+/**
+ * The write side of an RTMP connection, for either end of it: takes what is queued (control
+ * messages, and media packets for the connection's message stream), encodes each batch with the
+ * connection's `ChunkEncoder` and writes it in one call.
+ *
+ * @module
+ */
+
+import { ChunkEncoder, type OutgoingMessage } from "./chunk.ts";
+import { mediaMessage } from "./messages.ts";
+import type { MediaQueue } from "../media/media_queue.ts";
+
+/** Output buffer sizes per connection: it grows to the largest batch, up to the cap. */
+const SCRATCH_INITIAL_SIZE = 64 * 1024;
+const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
+
+export class MessageWriter {
+  readonly #conn: Deno.Conn;
+  readonly #queue: MediaQueue<OutgoingMessage>;
+  readonly #mediaStreamId: () => number;
+  readonly #encoder = new ChunkEncoder();
+  #bytesOut = 0;
+
+  /** `mediaStreamId` says which message stream queued media goes out on when it is written. */
+  constructor(conn: Deno.Conn, queue: MediaQueue<OutgoingMessage>, mediaStreamId: () => number) {
+    this.#conn = conn;
+    this.#queue = queue;
+    this.#mediaStreamId = mediaStreamId;
+  }
+
+  /** Every byte written, handshake included. */
+  get bytesOut(): number {
+    return this.#bytesOut;
+  }
+
+  /**
+   * Writes batches as they are queued until the queue is closed and drained. Rejects when a write
+   * fails; the caller closes the connection.
+   */
+  async run(): Promise<void> {
+    // One output buffer for the life of the connection: a write completes before the next
+    // batch is encoded, so reusing it saves an allocation (and its zeroing) per write.
+    let scratch: Uint8Array = new Uint8Array(SCRATCH_INITIAL_SIZE);
+    for (;;) {
+      await this.#queue.wait();
+      const items = this.#queue.takeAll();
+      if (items.length === 0) {
+        if (this.#queue.closed) return;
+        continue;
+      }
+      const streamId = this.#mediaStreamId();
+      const messages = items.map((item) =>
+        item.kind === "control" ? item.control : mediaMessage(item.packet, streamId)
+      );
+      const bytes = this.#encoder.encodeInto(scratch, messages);
+      if (bytes.buffer !== scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
+        scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
+      }
+      await this.writeAll(bytes);
+    }
+  }
+
+  /** Writes raw bytes (the handshake, before any chunk stream). */
+  async writeAll(bytes: Uint8Array): Promise<void> {
+    let written = 0;
+    while (written < bytes.length) {
+      written += await this.#conn.write(bytes.subarray(written));
+    }
+    this.#bytesOut += bytes.length;
+  }
+}
