@@ -1,13 +1,21 @@
 /**
  * Encoder reconnects: the stream and its destinations outlive the publisher's connection for the
  * grace window, a returning (or replacing) publisher continues the same stream on the same
- * destination connections, and timestamps stay monotonic across the join.
+ * destination connections, and timestamps stay monotonic across the join. A publisher that comes
+ * back with another stream (a track added, another resolution) is what players and destinations
+ * get from then on.
  */
 
 import { StreamsSchema } from "../../src/http/schemas.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
-import { fixture, framemd5, type PacketDigest } from "../helpers/media.ts";
+import {
+  assertContiguousRun,
+  assertSamePackets,
+  fixture,
+  framemd5,
+  type PacketDigest,
+} from "../helpers/media.ts";
 import {
   ffmpegProcessesWith,
   run,
@@ -18,7 +26,7 @@ import {
 } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile } from "../helpers/sinks.ts";
-import { ffmpegPublish } from "../helpers/peers.ts";
+import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
 
 const KEY = "reconnect-key-0001";
 
@@ -67,6 +75,30 @@ async function relayWithSink(dir: string, streaming: Record<string, number>, cp:
   return { nginx, relay };
 }
 
+/** Width and height of every decoded video frame of `file`, as "640x360". */
+async function frameSizesOf(file: string): Promise<string[]> {
+  const text = await run("ffprobe", [
+    "-v",
+    "error",
+    "-select_streams",
+    "v",
+    "-show_entries",
+    "frame=width,height",
+    "-of",
+    "csv=p=0:s=x",
+    file,
+  ]);
+  // A frame carrying side data (the new sequence header) gets an extra empty field: "640x360x".
+  return text.split("\n").flatMap((line) => line.match(/^\d+x\d+/)?.[0] ?? []);
+}
+
+/** Decodes all of `file`; returns FFmpeg's complaints (empty when every frame decodes cleanly). */
+async function decodeErrorsOf(file: string): Promise<string> {
+  const decode = new TestProcess("ffmpeg", ["-v", "error", "-i", file, "-f", "null", "-"]);
+  const status = await decode.wait();
+  return status.code === 0 ? decode.stderr.trim() : `exit ${status.code}: ${decode.stderr}`;
+}
+
 /** The relay's one destination for KEY, once its FFmpeg has connected to the sink. */
 async function connectedDestination(relay: TestRelay) {
   const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
@@ -74,10 +106,10 @@ async function connectedDestination(relay: TestRelay) {
   return destination;
 }
 
-Deno.test("a publisher killed and replaced 3 s later continues the same stream on the same destination connection", async () => {
+Deno.test("a publisher killed and replaced 3 s later at another resolution continues the same stream on the same destination connection", async () => {
   await using dir = await tempDir();
   const first = await fixture({ seconds: 20, gop: 30 });
-  const second = await fixture({ seconds: 4, gop: 30, size: "352x288" });
+  const second = await fixture({ seconds: 5, gop: 30, size: "640x360" });
   await using cp = new FakeControlPlane();
   const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 5 }, cp);
   await using _nginx = nginx;
@@ -97,15 +129,29 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
   await using publisherB = ffmpegPublish(second, relay.rtmpUrl(KEY));
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "live", "live again");
   assertEquals((await streamsOf(relay))[0]!.reconnects, 1);
+  // A player joining once the new stream has begun gets the new resolution only.
+  await waitFor(
+    () => relay.logText().includes("video sequence header changed (avc1)"),
+    "the new stream's first frame",
+  );
+  const played = `${dir.path}/played.flv`;
+  await using player = ffmpegPlay(relay.rtmpUrl(KEY), played);
+  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
   assertEquals(destination.status().pid, ffmpegPid, "the same FFmpeg carries on");
   assertEquals(destination.status().restarts, 0);
-  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
   assertEquals(cp.streamEnds, [], "no stream-end while the stream continues");
 
   // The second publisher left cleanly: after the window the stream really ends, once.
   await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 15_000);
   assertEquals(cp.streamEnds, [KEY]);
   assertEquals(cp.authCalls, [KEY, KEY], "the control plane was asked again on reconnect");
+  assertEquals((await player.wait()).code, 0, player.stderr);
+  const sentB = await framemd5(second);
+  assertContiguousRun(await framemd5(played), sentB, "player joining after the change");
+  const playedSizes = await frameSizesOf(played);
+  assert(playedSizes.length > 30, `the player decoded ${playedSizes.length} frames`);
+  assertEquals([...new Set(playedSizes)], ["640x360"], "the player sees the new resolution only");
+  assertEquals(await decodeErrorsOf(played), "", "the player's stream decodes cleanly");
 
   const recordings = await nginx.recordings();
   assertEquals(recordings.length, 1, `one recording per destination, got ${recordings.join(", ")}`);
@@ -118,7 +164,7 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
 
   // Packets, per stream: a run of the first publisher's from its start, then all of the second's.
   const got = await framemd5(recording);
-  const [sentA, sentB] = [await framemd5(first), await framemd5(second)];
+  const sentA = await framemd5(first);
   const key = (p: PacketDigest) => `${p.stream}:${p.size}:${p.hash}`;
   const splits = new Map<number, number>();
   for (const stream of [0, 1]) {
@@ -140,6 +186,14 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
     assertEquals(mine.slice(split), fromB, `stream ${stream}: all of the second publisher`);
     splits.set(stream, split);
   }
+  // FFmpeg carried the new sequence header into the same connection: the recording decodes
+  // cleanly, the old resolution up to the join and the new one after it.
+  assertEquals(await decodeErrorsOf(recording), "", "the recording decodes cleanly");
+  const sizes = await frameSizesOf(recording);
+  const videoFromB = sentB.filter((p) => p.stream === 0).length;
+  assertEquals(sizes.length, splits.get(0)! + videoFromB, "every recorded frame decodes");
+  assertEquals([...new Set(sizes.slice(0, splits.get(0)))], ["320x240"], "before the join");
+  assertEquals([...new Set(sizes.slice(splits.get(0)))], ["640x360"], "after the join");
 
   // Timestamps never go backwards, and the join leaves a gap equal to the time that passed.
   const dts = { video: await dtsOf(recording, "v"), audio: await dtsOf(recording, "a") };
@@ -249,5 +303,75 @@ Deno.test("a key revoked before the publisher comes back is refused and the stre
   assertMatch(
     relay.logText(),
     /publish refused on reconnect: control plane refused the key \(code 1: revoked\)/,
+  );
+});
+
+Deno.test("an audio-only publisher replaced within the window by audio and video: the destination restarts on the new stream, a player joining gets both", async () => {
+  await using dir = await tempDir();
+  const withVideo = await fixture({ seconds: 20, gop: 30 });
+  const audioOnly = `${dir.path}/audio_only.flv`;
+  await run("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "error",
+    "-i",
+    withVideo,
+    "-map",
+    "0:a",
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    audioOnly,
+  ]);
+  const second = await fixture({ seconds: 6, gop: 30 });
+  await using cp = new FakeControlPlane();
+  const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 4 }, cp);
+  await using _nginx = nginx;
+  await using _relay = relay;
+
+  await using publisherA = ffmpegPublish(audioOnly, relay.rtmpUrl(KEY));
+  const destination = await connectedDestination(relay);
+  const firstPid = destination.status().pid;
+  // About a second of audio through the first FFmpeg (AAC at 44.1 kHz: 43 packets a second).
+  await waitFor(() => destination.status().packets_sent > 45, "audio at the destination");
+  publisherA.kill("SIGKILL");
+  await publisherA.wait();
+  await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
+
+  await using publisherB = ffmpegPublish(second, relay.rtmpUrl(KEY));
+  await waitFor(
+    () => destination.status().restarts === 1 && destination.state === "connected",
+    "the destination restarted on the new stream",
+  );
+  assert(destination.status().pid !== firstPid, "a new FFmpeg carries the new stream");
+  assertEquals(destination.status().error_count, 0, "a restart on purpose is not an error");
+  const played = `${dir.path}/played.flv`;
+  await using player = ffmpegPlay(relay.rtmpUrl(KEY), played); // maps 0:v and 0:a: both must exist
+  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
+  assertEquals((await player.wait(20_000)).code, 0, player.stderr);
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 15_000);
+  assertMatch(relay.logText(), /the returning publisher changed the stream: video added \(avc1\)/);
+
+  const sentA = await framemd5(audioOnly);
+  const sentB = await framemd5(second);
+  assertContiguousRun(await framemd5(played), sentB, "player joining after the change");
+
+  // Two publishes at the sink: the first FFmpeg's (audio only, from the start, cut at the
+  // change) and the second's, which is all of the new stream, video included, packet for packet.
+  const recordings = await nginx.recordings();
+  assertEquals(recordings.length, 2, `one recording per FFmpeg, got ${recordings.join(", ")}`);
+  const [before, after] = recordings.map((name) => `${nginx.dir}/rec/${name}`) as [string, string];
+  await settledFile(before);
+  await settledFile(after);
+  const [start] = assertContiguousRun(await framemd5(before), sentA, "before the change", {
+    allowTruncatedEnd: true,
+  });
+  assertEquals(start, 0, "the first recording starts with the first publisher's first packet");
+  assertSamePackets(await framemd5(after), sentB, "after the change");
+  assertEquals(
+    (await frameSizesOf(after)).length,
+    sentB.filter((packet) => packet.stream === 0).length,
+    "every video frame of the new stream decodes from the recording",
   );
 });
