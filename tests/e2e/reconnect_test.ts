@@ -118,6 +118,9 @@ Deno.test("a publisher killed and replaced 3 s later at another resolution conti
   await using publisherA = ffmpegPublish(first, relay.rtmpUrl(KEY));
   const destination = await connectedDestination(relay);
   const ffmpegPid = destination.status().pid;
+  const watched = `${dir.path}/watched.flv`;
+  await using watching = ffmpegPlay(relay.rtmpUrl(KEY), watched); // a player across the join
+  await waitFor(() => relay.service.hub.get(KEY)!.subscriberCount === 2, "the player");
   await sleep(3_000);
   publisherA.kill("SIGKILL"); // no FIN handling, no deleteStream
   await publisherA.wait();
@@ -152,6 +155,11 @@ Deno.test("a publisher killed and replaced 3 s later at another resolution conti
   assert(playedSizes.length > 30, `the player decoded ${playedSizes.length} frames`);
   assertEquals([...new Set(playedSizes)], ["640x360"], "the player sees the new resolution only");
   assertEquals(await decodeErrorsOf(played), "", "the player's stream decodes cleanly");
+  // The player watching across the join got the new sequence header in the stream.
+  assertEquals((await watching.wait()).code, 0, watching.stderr);
+  const watchedSizes = await frameSizesOf(watched);
+  assertEquals([...new Set(watchedSizes)], ["320x240", "640x360"], "old, then new resolution");
+  assertEquals(await decodeErrorsOf(watched), "", "the watching player's stream decodes cleanly");
 
   const recordings = await nginx.recordings();
   assertEquals(recordings.length, 1, `one recording per destination, got ${recordings.join(", ")}`);
