@@ -371,11 +371,11 @@ async function publishChangedStream(dir: string, first: string, second: string) 
   assertEquals(recordings.length, 2, `one recording per FFmpeg, got ${recordings.join(", ")}`);
   for (const recording of recordings) await settledFile(recording);
   const [before, after] = recordings as [string, string];
-  // The first FFmpeg got the first publisher's stream from its start, cut at the change.
-  const [start] = assertContiguousRun(await framemd5(before), await framemd5(first), "before", {
+  // The first FFmpeg got an unbroken run of the first publisher's stream, cut at the change (an
+  // audio-only stream has no keyframe to start a late joiner from, so it may not be the start).
+  assertContiguousRun(await framemd5(before), await framemd5(first), "before", {
     allowTruncatedEnd: true,
   });
-  assertEquals(start, 0, "the first recording starts with the first publisher's first packet");
   return { played: await played, after, log: relay.logText() };
 }
 
