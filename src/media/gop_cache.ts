@@ -6,6 +6,7 @@
  */
 
 import { type MediaPacket, TagType } from "./flv.ts";
+import { sameBytes } from "./stream_configuration.ts";
 
 export class GopCache {
   readonly maxBytes: number;
@@ -47,6 +48,12 @@ export class GopCache {
       return;
     }
     if (packet.sequenceHeader) {
+      const previous = packet.type === TagType.Video
+        ? this.#videoSequenceHeader
+        : this.#audioSequenceHeader;
+      // Frames encoded under another configuration cannot be decoded with this one: a reader
+      // joining now waits for the next keyframe instead.
+      if (previous !== undefined && !sameBytes(previous.payload, packet.payload)) this.#drop();
       if (packet.type === TagType.Video) this.#videoSequenceHeader = packet;
       else this.#audioSequenceHeader = packet;
       return;
@@ -59,9 +66,7 @@ export class GopCache {
     if (!this.#collecting) return;
     if (this.#frameBytes + packet.payload.length > this.maxBytes) {
       // Too long a group to hold: forget it, a reader waits for the next keyframe instead.
-      this.#frames = [];
-      this.#frameBytes = 0;
-      this.#collecting = false;
+      this.#drop();
       return;
     }
     this.#frames.push(packet);
@@ -86,6 +91,11 @@ export class GopCache {
     this.#metadata = undefined;
     this.#videoSequenceHeader = undefined;
     this.#audioSequenceHeader = undefined;
+    this.#drop();
+  }
+
+  /** Forgets the frames held, until the next keyframe. */
+  #drop(): void {
     this.#frames = [];
     this.#frameBytes = 0;
     this.#collecting = false;

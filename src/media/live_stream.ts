@@ -9,12 +9,29 @@
  * rebased to continue where the old ones stopped, so subscribers never see a break in the stream
  * other than the real time that passed.
  *
+ * The returning encoder may open with another configuration (a track added or removed, another
+ * codec, a new sequence header). Its opening headers are held until its first frame shows what it
+ * sends; when that differs, readers are told before the new headers reach them
+ * (`onConfigurationChange`), and the GOP cache forgets the old configuration, so a reader joining
+ * afterwards gets the new stream only.
+ *
  * @module
  */
 
 import { inspectAudio, inspectVideo, type MediaPacket, TagType } from "./flv.ts";
 import { GopCache } from "./gop_cache.ts";
 import { RateMeter } from "./rate_meter.ts";
+import {
+  compareConfigurations,
+  type ConfigurationChange,
+  openingConfiguration,
+  type StreamConfiguration,
+  withPacket,
+} from "./stream_configuration.ts";
+import { log } from "../log.ts";
+import { redactKey } from "../redact.ts";
+
+const mediaLog = log("media");
 
 /** A reader of a live stream. Its methods are called synchronously and must not block. */
 export interface StreamSubscriber {
@@ -22,6 +39,12 @@ export interface StreamSubscriber {
   onPacket(packet: MediaPacket): void;
   /** The stream ended (the publisher left for good or was stopped). Already unsubscribed. */
   onEnd(reason: string): void;
+  /**
+   * A returning publisher sends another configuration: called before its first packet (its new
+   * metadata and sequence headers come next, through `onPacket`). A reader that cannot follow
+   * the change in place starts over from here.
+   */
+  onConfigurationChange?(change: ConfigurationChange): void;
 }
 
 /** Who publishes a stream. `detach` ends that connection's hold on the stream, not the stream. */
@@ -30,6 +53,8 @@ export interface PublisherInfo {
   readonly remoteAddress: string;
   readonly encoder: string;
   readonly startedAt: Date;
+  /** Whether the authority asked for this publish to be relayed to its destinations. */
+  readonly forward?: boolean;
   /** Tells the connection it no longer publishes (it closes); the hub decides what the stream does. */
   detach(reason: string): void;
 }
@@ -46,6 +71,8 @@ interface SubscriberState {
 }
 
 const TIMESTAMP_MODULUS = 2 ** 32;
+/** Opening headers held on a resume before deciding anyway (an encoder sending nothing else). */
+const MAX_OPENING_HEADERS = 8;
 
 export class LiveStream {
   readonly key: string;
@@ -65,6 +92,10 @@ export class LiveStream {
   #lastTimestamp = 0;
   #lastWriteAt = 0;
   #reconnectDeadline: number | undefined;
+  /** Tracks, codecs and sequence headers of what readers have been sent. */
+  #configuration: StreamConfiguration = {};
+  /** After a resume: the new publisher's headers, held until its first frame (see `write`). */
+  #opening: MediaPacket[] | undefined;
   bytesIn = 0;
   packetsIn = 0;
   reconnects = 0;
@@ -95,6 +126,11 @@ export class LiveStream {
   /** When the live period began (the first publisher), across reconnects. */
   get liveSince(): Date | undefined {
     return this.#liveSince;
+  }
+
+  /** What the stream carries now (tracks, codecs, sequence headers). */
+  get configuration(): StreamConfiguration {
+    return this.#configuration;
   }
 
   /** Milliseconds since the publisher last sent media (or went live). */
@@ -136,6 +172,7 @@ export class LiveStream {
     this.#publisher = publisher;
     this.#reconnectDeadline = undefined;
     this.#lastWriteAt = now;
+    this.#opening = [];
     this.reconnects++;
   }
 
@@ -157,6 +194,52 @@ export class LiveStream {
     this.bytesIn += packet.payload.length;
     this.packetsIn++;
     this.bitrate.add(packet.payload.length);
+    const opening = this.#opening;
+    if (opening !== undefined) {
+      // A returning publisher: its headers alone do not say whether a track went away, its
+      // first frame (after every header, as OBS and FFmpeg send them) does.
+      const header = packet.sequenceHeader || packet.type === TagType.Script;
+      if (header && opening.length < MAX_OPENING_HEADERS) {
+        opening.push(packet);
+        return;
+      }
+      this.#opening = undefined;
+      this.#adoptOpening(opening, packet);
+      for (const held of opening) this.#deliver(held);
+    }
+    this.#deliver(packet);
+  }
+
+  /**
+   * Compares what the returning publisher opens with to what readers have: on a difference, the
+   * old headers and frames leave the GOP cache and every reader is told, before any new packet.
+   */
+  #adoptOpening(opening: MediaPacket[], first: MediaPacket): void {
+    const sentMetadata = opening.some((packet) => packet.type === TagType.Script);
+    const after = openingConfiguration(sentMetadata ? this.metadata : undefined, [
+      ...opening,
+      first,
+    ]);
+    const change = compareConfigurations(this.#configuration, after);
+    if (change === undefined) return;
+    this.#configuration = after;
+    this.gop.clear();
+    this.#sawVideo = after.video !== undefined;
+    this.videoCodec = after.video?.codec;
+    this.audioCodec = after.audio?.codec;
+    if (!sentMetadata) this.metadata = {};
+    mediaLog.info("the returning publisher changed the stream: {change}", {
+      stream: redactKey(this.key),
+      change: change.description,
+    });
+    for (const subscriber of [...this.#subscribers.keys()]) {
+      subscriber.onConfigurationChange?.(change);
+    }
+  }
+
+  /** Passes one packet to the GOP cache and every subscriber. */
+  #deliver(packet: MediaPacket): void {
+    this.#configuration = withPacket(this.#configuration, packet);
     if (packet.type === TagType.Video) this.#sawVideo = true;
     if (packet.sequenceHeader) {
       // Codec names for status reports, read once per configuration change.
@@ -204,6 +287,8 @@ export class LiveStream {
     this.#timestampOffset = 0;
     this.#resumeAt = undefined;
     this.#lastTimestamp = 0;
+    this.#configuration = {};
+    this.#opening = undefined;
     this.gop.clear();
     this.#sawVideo = false;
     this.bytesIn = 0;
@@ -220,6 +305,11 @@ export class LiveStream {
 export interface StreamHubListener {
   /** A live period began (not called when a publisher resumes within the window). */
   onLive?(stream: LiveStream): void;
+  /**
+   * A new connection continues the live period (a reconnect within the window, or a takeover);
+   * `stream.publisher` is the new one, with its own authorisation.
+   */
+  onResumed?(stream: LiveStream): void;
   /** A live period ended: the publisher left for good, or the stream was stopped. */
   onEnded?(stream: LiveStream, reason: string): void;
 }
@@ -252,6 +342,11 @@ export class StreamHub {
 
   constructor(options: StreamHubOptions) {
     this.#options = { reconnectGraceMs: 0, publisherIdleMs: 5_000, ...options };
+  }
+
+  /** What the hub holds, for leak checks: streams (idle ones with players included), timers. */
+  get diagnostics(): { streams: number; reconnectTimers: number } {
+    return { streams: this.#streams.size, reconnectTimers: this.#reconnectTimers.size };
   }
 
   addListener(listener: StreamHubListener): void {
@@ -307,6 +402,7 @@ export class StreamHub {
     this.#clearReconnectTimer(stream);
     stream.publisher?.detach("taken over by a new connection for the same key");
     stream.resume(publisher);
+    for (const listener of this.#listeners) listener.onResumed?.(stream);
   }
 
   /** Gives a claim back untouched (the publisher's connection closed while it was authorised). */

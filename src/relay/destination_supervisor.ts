@@ -12,11 +12,13 @@
 import type { Destination } from "../control_plane/destination.ts";
 import { encodeFlvTags, flvFileHeader, type MediaPacket } from "../media/flv.ts";
 import type { LiveStream, StreamSubscriber } from "../media/live_stream.ts";
+import type { ConfigurationChange } from "../media/stream_configuration.ts";
 import { MediaQueue } from "../media/media_queue.ts";
 import { RateMeter } from "../media/rate_meter.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
+import { copyFollows } from "./copy_compatibility.ts";
 import { buildFfmpegArgs } from "./ffmpeg_args.ts";
 import { classifyFfmpegError } from "./ffmpeg_errors.ts";
 
@@ -80,6 +82,10 @@ export class DestinationSupervisor implements StreamSubscriber {
   #terminated = false;
   #child: Deno.ChildProcess | undefined;
   #queue: MediaQueue<Uint8Array> | undefined;
+  /** After a change FFmpeg cannot follow: the new stream from its start, for the next FFmpeg. */
+  #nextQueue: MediaQueue<Uint8Array> | undefined;
+  /** The running FFmpeg was ended on purpose to start the next one at once (not a failure). */
+  #restartRequested = false;
   #done: Promise<void> = Promise.resolve();
   #wakeBackoff: (() => void) | undefined;
   #bytesSent = 0;
@@ -121,6 +127,10 @@ export class DestinationSupervisor implements StreamSubscriber {
       const started = performance.now();
       await this.runOnce();
       if (this.#terminated) break;
+      if (this.#restartRequested) {
+        this.#restarts++;
+        continue;
+      }
       const delay = this.#backoff.next(performance.now() - started);
       this.#state = "retrying";
       relayLog.warn("destination down, retrying in {seconds} s: {reason}", {
@@ -143,6 +153,7 @@ export class DestinationSupervisor implements StreamSubscriber {
 
   /** One FFmpeg run, from spawn to reaped exit. Records why it ended; never throws. */
   async runOnce(): Promise<void> {
+    this.#restartRequested = false;
     this.#state = "starting";
     this.#connectedAt = null;
     let child: Deno.ChildProcess;
@@ -164,31 +175,27 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#child = child;
     this.#options.children?.add(child);
     this.#startedAt = new Date();
-    const queue = new MediaQueue<Uint8Array>(this.#options.queueBytes, (stats) => {
-      relayLog.warn("destination too slow, dropping until the next keyframe", {
-        ...this.#context(),
-        queued_bytes: stats.queuedBytes,
-        episode: stats.dropEpisodes,
-      });
-    });
-    queue.pushControl(flvFileHeader());
+    const queue = this.#nextQueue ?? this.#newQueue();
+    const handedOver = queue === this.#nextQueue;
+    this.#nextQueue = undefined;
     this.#queue = queue;
-    // Joining replays metadata, sequence headers and the GOP: FFmpeg starts on a keyframe.
-    this.#stream.subscribe(this);
+    // Joining replays metadata, sequence headers and the GOP: FFmpeg starts on a keyframe. A
+    // queue handed over by a restart already holds the new stream from its first header.
+    if (!handedOver) this.#stream.subscribe(this);
     relayLog.info("destination starting", { ...this.#context(), pid: child.pid });
     const recentLines: string[] = [];
     const stderrDone = this.#readStderr(child.stderr, recentLines);
     const pumpDone = this.#pump(child.stdin, queue);
     const status = await child.status;
     this.#options.children?.delete(child);
-    this.#stream.unsubscribe(this);
+    if (this.#nextQueue === undefined) this.#stream.unsubscribe(this);
     queue.close();
     this.#droppedBefore += queue.droppedPackets;
     this.#queue = undefined;
     this.#child = undefined;
     await Promise.all([pumpDone, stderrDone]);
     this.#connectedAt = null;
-    if (this.#terminated) return;
+    if (this.#terminated || this.#restartRequested) return;
     this.#errorCount++;
     const reason = recentLines.findLast((line) => ERROR_WORDS.test(line)) ?? recentLines.at(-1);
     this.#lastError = classifyFfmpegError(recentLines) ??
@@ -200,6 +207,11 @@ export class DestinationSupervisor implements StreamSubscriber {
   /** Stops for good: stdin closed, then SIGTERM, then SIGKILL; resolves once FFmpeg is reaped. */
   async stop(): Promise<void> {
     this.#terminated = true;
+    if (this.#nextQueue !== undefined) {
+      this.#nextQueue.close();
+      this.#nextQueue = undefined;
+      this.#stream.unsubscribe(this);
+    }
     this.#wakeBackoff?.();
     await this.#stopChild();
     await this.#done;
@@ -333,7 +345,42 @@ export class DestinationSupervisor implements StreamSubscriber {
   // ---- StreamSubscriber ----
 
   onPacket(packet: MediaPacket): void {
-    this.#queue?.pushMedia(packet);
+    (this.#nextQueue ?? this.#queue)?.pushMedia(packet);
+  }
+
+  /**
+   * A change FFmpeg cannot carry (a track added or removed, another codec): the running FFmpeg
+   * gets everything before this point and ends cleanly, the next one starts at once with the new
+   * stream from its first header, so nothing of either stream is lost or mixed.
+   */
+  onConfigurationChange(change: ConfigurationChange): void {
+    if (this.#terminated || copyFollows(change)) return;
+    relayLog.info("stream changed ({change}): restarting FFmpeg on the new stream", {
+      ...this.#context(),
+      change: change.description,
+    });
+    this.#nextQueue?.close();
+    this.#nextQueue = this.#newQueue();
+    this.#restartRequested = true;
+    this.#wakeBackoff?.();
+    this.#stopChild().catch((error: Error) => {
+      relayLog.error("stopping FFmpeg for a restart failed: {reason}", {
+        ...this.#context(),
+        reason: error.message,
+      });
+    });
+  }
+
+  #newQueue(): MediaQueue<Uint8Array> {
+    const queue = new MediaQueue<Uint8Array>(this.#options.queueBytes, (stats) => {
+      relayLog.warn("destination too slow, dropping until the next keyframe", {
+        ...this.#context(),
+        queued_bytes: stats.queuedBytes,
+        episode: stats.dropEpisodes,
+      });
+    });
+    queue.pushControl(flvFileHeader());
+    return queue;
   }
 
   onEnd(_reason: string): void {

@@ -1,6 +1,10 @@
 /**
  * Ties stream lifecycles to the relay: asks the authority before a publish, starts the stream's
- * destinations when it goes live, stops them and reports the end when it stops.
+ * destinations when it goes live, stops them and reports the end when it stops. A publisher that
+ * resumes a stream brings its own authorisation: its `forward` starts or stops the destinations.
+ *
+ * The authorisation's answer travels with the publisher (`PublisherInfo.forward`), not in a table
+ * here: nothing is kept per connection, so nothing outlives one.
  *
  * @module
  */
@@ -26,8 +30,6 @@ export class RelayManager implements StreamHubListener {
   #authority: StreamAuthority;
   readonly #options: RelayManagerOptions;
   readonly #relays = new Map<string, StreamRelay>();
-  /** Whether to forward, per publishing session, from authorisation until the stream is live. */
-  readonly #forward = new Map<number, boolean>();
   readonly #background = new Set<Promise<void>>();
   #endedRelayBytes = 0;
 
@@ -54,6 +56,11 @@ export class RelayManager implements StreamHubListener {
     return [...this.#relays.values()];
   }
 
+  /** What the manager holds, for leak checks: relays of live streams, work under way. */
+  get diagnostics(): { relays: number; backgroundWork: number } {
+    return { relays: this.#relays.size, backgroundWork: this.#background.size };
+  }
+
   /** Bytes written to FFmpeg for every destination since start. */
   get destinationBytesSent(): number {
     let total = this.#endedRelayBytes;
@@ -65,21 +72,44 @@ export class RelayManager implements StreamHubListener {
   authorize = async (request: PublishRequest): Promise<PublishDecision> => {
     const decision = await this.#authority.authorize(request.key);
     if (!decision.allowed) return decision;
-    this.#forward.set(request.sessionId, decision.forward);
-    return { allowed: true };
+    return { allowed: true, forward: decision.forward };
   };
 
   onLive(stream: LiveStream): void {
-    const sessionId = stream.publisher?.sessionId ?? -1;
-    const forward = this.#forward.get(sessionId) ?? false;
-    this.#forward.delete(sessionId);
     const relay = new StreamRelay(
       stream,
       this.#options.supervisor,
       this.#options.maxDestinationsPerStream,
     );
     this.#relays.set(stream.key, relay);
-    if (forward) this.#track(this.#startDestinations(relay));
+    this.#applyForwarding(relay, stream.publisher?.forward ?? false);
+  }
+
+  /**
+   * The resuming publisher's own answer decides: `forward: false` stops the destinations (players
+   * keep watching), `forward: true` on a stream that was not forwarded starts them, and the same
+   * answer as before leaves them running untouched, so the platforms see no break.
+   */
+  onResumed(stream: LiveStream): void {
+    const relay = this.#relays.get(stream.key);
+    if (relay?.stream !== stream) return;
+    this.#applyForwarding(relay, stream.publisher?.forward ?? false);
+  }
+
+  #applyForwarding(relay: StreamRelay, forward: boolean): void {
+    if (forward === relay.forwarding) return;
+    const epoch = relay.setForwarding(forward);
+    if (forward) {
+      this.#track(this.#startDestinations(relay, epoch));
+      return;
+    }
+    if (relay.size > 0) {
+      managerLog.info("publisher not to be forwarded: stopping {count} destination(s)", {
+        stream: redactKey(relay.stream.key),
+        count: relay.size,
+      });
+    }
+    this.#track(relay.removeAll());
   }
 
   onEnded(stream: LiveStream, reason: string): void {
@@ -96,7 +126,7 @@ export class RelayManager implements StreamHubListener {
     this.#track(this.#authority.streamEnded(stream.key));
   }
 
-  async #startDestinations(relay: StreamRelay): Promise<void> {
+  async #startDestinations(relay: StreamRelay, epoch: number): Promise<void> {
     const key = relay.stream.key;
     const context = { stream: redactKey(key) };
     let fetched;
@@ -109,7 +139,8 @@ export class RelayManager implements StreamHubListener {
       });
       return;
     }
-    if (this.#relays.get(key) !== relay) return; // the stream ended while we asked
+    // The stream ended, or a resumed publisher said otherwise, while we asked.
+    if (this.#relays.get(key) !== relay || relay.forwardingEpoch !== epoch) return;
     for (const problem of fetched.malformed) {
       managerLog.warn("destination skipped: {reason}", { ...context, reason: problem });
     }
@@ -121,11 +152,22 @@ export class RelayManager implements StreamHubListener {
         reason: rejected.reason,
       });
     }
-    for (const destination of selection.accepted) relay.add(destination);
-    managerLog.info("relaying to {count} destination(s)", {
-      ...context,
-      count: selection.accepted.length,
-    });
+    let started = 0;
+    for (const destination of selection.accepted) {
+      try {
+        relay.add(destination);
+        started++;
+      } catch (error) {
+        // Already added through the API meanwhile, or the stream is full.
+        if (!(error instanceof RangeError)) throw error;
+        managerLog.warn("destination skipped: {reason}", {
+          ...context,
+          destination: destination.id,
+          reason: error.message,
+        });
+      }
+    }
+    managerLog.info("relaying to {count} destination(s)", { ...context, count: started });
   }
 
   #track(work: Promise<void>): void {

@@ -14,6 +14,9 @@ export class StreamRelay {
   readonly #maxDestinations: number;
   readonly #supervisors = new Map<string, DestinationSupervisor>();
   #stopped = false;
+  #forwarding = false;
+  /** Counts forwarding decisions, so that an answer to an older one is recognised as stale. */
+  #forwardingEpoch = 0;
   /** Bytes sent by destinations already removed. */
   #removedBytes = 0;
 
@@ -25,6 +28,21 @@ export class StreamRelay {
 
   get size(): number {
     return this.#supervisors.size;
+  }
+
+  /** Whether the current publisher's authorisation asked for the destinations. */
+  get forwarding(): boolean {
+    return this.#forwarding;
+  }
+
+  get forwardingEpoch(): number {
+    return this.#forwardingEpoch;
+  }
+
+  /** Records a new forwarding decision; returns its epoch. */
+  setForwarding(forward: boolean): number {
+    this.#forwarding = forward;
+    return ++this.#forwardingEpoch;
   }
 
   /** Bytes written to every FFmpeg of this stream, removed destinations included. */
@@ -69,12 +87,17 @@ export class StreamRelay {
     return true;
   }
 
-  /** Stops every destination and waits until each FFmpeg is reaped. */
-  async stop(): Promise<void> {
-    this.#stopped = true;
+  /** Stops every destination and waits until each FFmpeg is reaped; more may be added later. */
+  async removeAll(): Promise<void> {
     const supervisors = this.list();
     this.#supervisors.clear();
     await Promise.all(supervisors.map((supervisor) => supervisor.stop()));
     for (const supervisor of supervisors) this.#removedBytes += supervisor.status().bytes_sent;
+  }
+
+  /** Stops every destination for good and waits until each FFmpeg is reaped. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.removeAll();
   }
 }

@@ -43,7 +43,10 @@ export interface PublishRequest {
   sessionId: number;
 }
 
-export type PublishDecision = { allowed: true } | { allowed: false; reason: string };
+/** `forward`: whether the stream goes to its destinations (carried to the hub with the publisher). */
+export type PublishDecision =
+  | { allowed: true; forward?: boolean }
+  | { allowed: false; reason: string };
 
 /** Decides whether a key may publish. Must settle within its own timeout. */
 export type PublishAuthorizer = (request: PublishRequest) => Promise<PublishDecision>;
@@ -423,6 +426,7 @@ export class RtmpSession implements StreamSubscriber {
       remoteAddress: this.remoteAddress,
       encoder: this.encoderName,
       startedAt: new Date(),
+      forward: decision.forward ?? false,
       detach: (reason) => this.#detachPublisher(reason),
     });
     const what = claim.kind === "new"

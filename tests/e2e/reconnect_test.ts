@@ -1,13 +1,21 @@
 /**
  * Encoder reconnects: the stream and its destinations outlive the publisher's connection for the
  * grace window, a returning (or replacing) publisher continues the same stream on the same
- * destination connections, and timestamps stay monotonic across the join.
+ * destination connections, and timestamps stay monotonic across the join. A publisher that comes
+ * back with another stream (a track added, another resolution) is what players and destinations
+ * get from then on.
  */
 
 import { StreamsSchema } from "../../src/http/schemas.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
-import { fixture, framemd5, type PacketDigest } from "../helpers/media.ts";
+import {
+  assertContiguousRun,
+  assertSamePackets,
+  fixture,
+  framemd5,
+  type PacketDigest,
+} from "../helpers/media.ts";
 import {
   ffmpegProcessesWith,
   run,
@@ -18,7 +26,7 @@ import {
 } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile } from "../helpers/sinks.ts";
-import { ffmpegPublish } from "../helpers/peers.ts";
+import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
 
 const KEY = "reconnect-key-0001";
 
@@ -67,6 +75,30 @@ async function relayWithSink(dir: string, streaming: Record<string, number>, cp:
   return { nginx, relay };
 }
 
+/** Width and height of every decoded video frame of `file`, as "640x360". */
+async function frameSizesOf(file: string): Promise<string[]> {
+  const text = await run("ffprobe", [
+    "-v",
+    "error",
+    "-select_streams",
+    "v",
+    "-show_entries",
+    "frame=width,height",
+    "-of",
+    "csv=p=0:s=x",
+    file,
+  ]);
+  // A frame carrying side data (the new sequence header) gets an extra empty field: "640x360x".
+  return text.split("\n").flatMap((line) => line.match(/^\d+x\d+/)?.[0] ?? []);
+}
+
+/** Decodes all of `file`; returns FFmpeg's complaints (empty when every frame decodes cleanly). */
+async function decodeErrorsOf(file: string): Promise<string> {
+  const decode = new TestProcess("ffmpeg", ["-v", "error", "-i", file, "-f", "null", "-"]);
+  const status = await decode.wait();
+  return status.code === 0 ? decode.stderr.trim() : `exit ${status.code}: ${decode.stderr}`;
+}
+
 /** The relay's one destination for KEY, once its FFmpeg has connected to the sink. */
 async function connectedDestination(relay: TestRelay) {
   const destination = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("yt"), "relay");
@@ -74,10 +106,10 @@ async function connectedDestination(relay: TestRelay) {
   return destination;
 }
 
-Deno.test("a publisher killed and replaced 3 s later continues the same stream on the same destination connection", async () => {
+Deno.test("a publisher killed and replaced 3 s later at another resolution continues the same stream on the same destination connection", async () => {
   await using dir = await tempDir();
   const first = await fixture({ seconds: 20, gop: 30 });
-  const second = await fixture({ seconds: 4, gop: 30, size: "352x288" });
+  const second = await fixture({ seconds: 5, gop: 30, size: "640x360" });
   await using cp = new FakeControlPlane();
   const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 5 }, cp);
   await using _nginx = nginx;
@@ -86,6 +118,9 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
   await using publisherA = ffmpegPublish(first, relay.rtmpUrl(KEY));
   const destination = await connectedDestination(relay);
   const ffmpegPid = destination.status().pid;
+  const watched = `${dir.path}/watched.flv`;
+  await using watching = ffmpegPlay(relay.rtmpUrl(KEY), watched); // a player across the join
+  await waitFor(() => relay.service.hub.get(KEY)!.subscriberCount === 2, "the player");
   await sleep(3_000);
   publisherA.kill("SIGKILL"); // no FIN handling, no deleteStream
   await publisherA.wait();
@@ -97,15 +132,34 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
   await using publisherB = ffmpegPublish(second, relay.rtmpUrl(KEY));
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "live", "live again");
   assertEquals((await streamsOf(relay))[0]!.reconnects, 1);
+  // A player joining once the new stream has begun gets the new resolution only.
+  await waitFor(
+    () => relay.logText().includes("video sequence header changed (avc1)"),
+    "the new stream's first frame",
+  );
+  const played = `${dir.path}/played.flv`;
+  await using player = ffmpegPlay(relay.rtmpUrl(KEY), played);
+  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
   assertEquals(destination.status().pid, ffmpegPid, "the same FFmpeg carries on");
   assertEquals(destination.status().restarts, 0);
-  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
   assertEquals(cp.streamEnds, [], "no stream-end while the stream continues");
 
   // The second publisher left cleanly: after the window the stream really ends, once.
   await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 15_000);
   assertEquals(cp.streamEnds, [KEY]);
   assertEquals(cp.authCalls, [KEY, KEY], "the control plane was asked again on reconnect");
+  assertEquals((await player.wait()).code, 0, player.stderr);
+  const sentB = await framemd5(second);
+  assertContiguousRun(await framemd5(played), sentB, "player joining after the change");
+  const playedSizes = await frameSizesOf(played);
+  assert(playedSizes.length > 30, `the player decoded ${playedSizes.length} frames`);
+  assertEquals([...new Set(playedSizes)], ["640x360"], "the player sees the new resolution only");
+  assertEquals(await decodeErrorsOf(played), "", "the player's stream decodes cleanly");
+  // The player watching across the join got the new sequence header in the stream.
+  assertEquals((await watching.wait()).code, 0, watching.stderr);
+  const watchedSizes = await frameSizesOf(watched);
+  assertEquals([...new Set(watchedSizes)], ["320x240", "640x360"], "old, then new resolution");
+  assertEquals(await decodeErrorsOf(watched), "", "the watching player's stream decodes cleanly");
 
   const recordings = await nginx.recordings();
   assertEquals(recordings.length, 1, `one recording per destination, got ${recordings.join(", ")}`);
@@ -118,7 +172,7 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
 
   // Packets, per stream: a run of the first publisher's from its start, then all of the second's.
   const got = await framemd5(recording);
-  const [sentA, sentB] = [await framemd5(first), await framemd5(second)];
+  const sentA = await framemd5(first);
   const key = (p: PacketDigest) => `${p.stream}:${p.size}:${p.hash}`;
   const splits = new Map<number, number>();
   for (const stream of [0, 1]) {
@@ -140,6 +194,14 @@ Deno.test("a publisher killed and replaced 3 s later continues the same stream o
     assertEquals(mine.slice(split), fromB, `stream ${stream}: all of the second publisher`);
     splits.set(stream, split);
   }
+  // FFmpeg carried the new sequence header into the same connection: the recording decodes
+  // cleanly, the old resolution up to the join and the new one after it.
+  assertEquals(await decodeErrorsOf(recording), "", "the recording decodes cleanly");
+  const sizes = await frameSizesOf(recording);
+  const videoFromB = sentB.filter((p) => p.stream === 0).length;
+  assertEquals(sizes.length, splits.get(0)! + videoFromB, "every recorded frame decodes");
+  assertEquals([...new Set(sizes.slice(0, splits.get(0)))], ["320x240"], "before the join");
+  assertEquals([...new Set(sizes.slice(splits.get(0)))], ["640x360"], "after the join");
 
   // Timestamps never go backwards, and the join leaves a gap equal to the time that passed.
   const dts = { video: await dtsOf(recording, "v"), audio: await dtsOf(recording, "a") };
@@ -250,4 +312,98 @@ Deno.test("a key revoked before the publisher comes back is refused and the stre
     relay.logText(),
     /publish refused on reconnect: control plane refused the key \(code 1: revoked\)/,
   );
+});
+
+/** The audio of `source` alone, as an encoder set to send no video would publish it. */
+async function audioOnlyCopy(source: string, dir: string): Promise<string> {
+  const out = `${dir}/audio_only.flv`;
+  await run("ffmpeg", [
+    "-hide_banner",
+    "-loglevel",
+    "error",
+    "-i",
+    source,
+    "-map",
+    "0:a",
+    "-c",
+    "copy",
+    "-f",
+    "flv",
+    out,
+  ]);
+  return out;
+}
+
+/**
+ * Publishes `first`, kills it after a second at the destination, publishes `second` within the
+ * window, and once the destination has restarted on it, plays the stream (as a player joining
+ * after the change). Checks what is common to every change FFmpeg cannot follow and returns what
+ * the player got and the sink's two recordings (before the change, after it).
+ */
+async function publishChangedStream(dir: string, first: string, second: string) {
+  await using cp = new FakeControlPlane();
+  const { nginx, relay } = await relayWithSink(dir, { reconnect_grace_seconds: 4 }, cp);
+  await using _nginx = nginx;
+  await using _relay = relay;
+
+  await using publisherA = ffmpegPublish(first, relay.rtmpUrl(KEY));
+  const destination = await connectedDestination(relay);
+  const firstPid = destination.status().pid;
+  await waitFor(() => destination.status().packets_sent > 60, "a second at the destination");
+  publisherA.kill("SIGKILL");
+  await publisherA.wait();
+  await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
+
+  await using publisherB = ffmpegPublish(second, relay.rtmpUrl(KEY));
+  await waitFor(
+    () => destination.status().restarts === 1 && destination.state === "connected",
+    "the destination restarted on the new stream",
+  );
+  assert(destination.status().pid !== firstPid, "a new FFmpeg carries the new stream");
+  assertEquals(destination.status().error_count, 0, "a restart on purpose is not an error");
+  const subscribers = relay.service.hub.get(KEY)!.subscriberCount;
+  const played = framemd5(relay.rtmpUrl(KEY)); // a player, to the end of the stream
+  await waitFor(() => relay.service.hub.get(KEY)!.subscriberCount > subscribers, "the player");
+  assertEquals((await publisherB.wait()).code, 0, publisherB.stderr);
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 15_000);
+
+  const recordings = (await nginx.recordings()).map((name) => `${nginx.dir}/rec/${name}`);
+  assertEquals(recordings.length, 2, `one recording per FFmpeg, got ${recordings.join(", ")}`);
+  for (const recording of recordings) await settledFile(recording);
+  const [before, after] = recordings as [string, string];
+  // The first FFmpeg got an unbroken run of the first publisher's stream, cut at the change (an
+  // audio-only stream has no keyframe to start a late joiner from, so it may not be the start).
+  assertContiguousRun(await framemd5(before), await framemd5(first), "before", {
+    allowTruncatedEnd: true,
+  });
+  return { played: await played, after, log: relay.logText() };
+}
+
+Deno.test("an audio-only publisher replaced within the window by audio and video: the destination restarts on the new stream, a player joining gets both", async () => {
+  await using dir = await tempDir();
+  const audioOnly = await audioOnlyCopy(await fixture({ seconds: 20, gop: 30 }), dir.path);
+  const second = await fixture({ seconds: 6, gop: 30 });
+  const { played, after, log } = await publishChangedStream(dir.path, audioOnly, second);
+  assertMatch(log, /the returning publisher changed the stream: video added \(avc1\)/);
+  const sent = await framemd5(second);
+  assertContiguousRun(played, sent, "player joining after the change");
+  // All of the new stream, video included, packet for packet, and every frame decodes.
+  assertSamePackets(await framemd5(after), sent, "after the change");
+  assertEquals(
+    (await frameSizesOf(after)).length,
+    sent.filter((packet) => packet.stream === 0).length,
+    "every video frame of the new stream decodes from the recording",
+  );
+});
+
+Deno.test("audio and video replaced within the window by audio only: no stale video reaches players or the destination", async () => {
+  await using dir = await tempDir();
+  const first = await fixture({ seconds: 20, gop: 30 });
+  const audioOnly = await audioOnlyCopy(await fixture({ seconds: 6, gop: 30 }), dir.path);
+  const { played, after, log } = await publishChangedStream(dir.path, first, audioOnly);
+  assertMatch(log, /the returning publisher changed the stream: video removed \(avc1\)/);
+  const sent = await framemd5(audioOnly);
+  assertContiguousRun(played, sent, "player joining after the change");
+  assertEquals(new Set(played.map((packet) => packet.stream)).size, 1, "audio only");
+  assertSamePackets(await framemd5(after), sent, "after the change");
 });

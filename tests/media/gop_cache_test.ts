@@ -58,3 +58,18 @@ Deno.test("GopCache ignores frames before the first keyframe", () => {
   cache.push(audio(5));
   assertEquals(cache.snapshot(), []);
 });
+
+Deno.test("GopCache forgets its frames when the codec configuration changes", () => {
+  const cache = new GopCache(1_000_000);
+  for (const packet of [avcConfig, aacConfig, video(0, true), audio(10), video(33, false)]) {
+    cache.push(packet);
+  }
+  cache.push(createMediaPacket(TagType.Video, 40, hex("17 00 000000 01")));
+  assertEquals(cache.snapshot().length, 5, "the same sequence header again keeps the group");
+  const resized = createMediaPacket(TagType.Video, 50, hex("17 00 000000 02"));
+  cache.push(resized);
+  cache.push(video(66, false)); // still encoded against the old header: not a start point
+  assertEquals(cache.snapshot(), [resized, aacConfig], "frames of the old configuration are gone");
+  cache.push(video(99, true));
+  assertEquals(cache.snapshot().map((p) => p.timestamp), [50, 0, 99]);
+});

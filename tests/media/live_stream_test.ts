@@ -1,5 +1,6 @@
 import { createMediaPacket, type MediaPacket, TagType } from "../../src/media/flv.ts";
 import { type PublisherInfo, StreamHub } from "../../src/media/live_stream.ts";
+import { hex } from "../helpers/bytes.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { sleep } from "../helpers/process.ts";
 
@@ -71,5 +72,90 @@ Deno.test("LiveStream rebases a returning publisher's timestamps after the real 
   assert(gap >= 190 && gap < 400, `gap ${gap} ms should be the ~200 ms that passed`);
   assertEquals(times[4]! - times[3]!, 33, "spacing within the new publisher is kept");
   assertEquals(claim.stream.reconnects, 1);
+  hub.endAll("test over");
+});
+
+const avcConfig = (level: number) =>
+  createMediaPacket(TagType.Video, 0, new Uint8Array([0x17, 0, 0, 0, 0, 1, level]));
+const aacConfig = createMediaPacket(TagType.Audio, 0, hex("af 00 1210"));
+const aac = (ts: number) => createMediaPacket(TagType.Audio, ts, hex("af 01 21"));
+
+/** A hub with one live stream whose publisher has left; `resume` brings a new one. */
+function droppedStream(opening: MediaPacket[]) {
+  const hub = new StreamHub({
+    gopCache: true,
+    gopCacheMaxBytes: 1 << 20,
+    reconnectGraceMs: 60_000,
+  });
+  const claim = hub.claim("k");
+  assert(!("refused" in claim));
+  hub.accept(claim, publisher(1, []));
+  for (const packet of opening) claim.stream.write(packet);
+  hub.publisherLeft(claim.stream, "gone");
+  return {
+    hub,
+    stream: claim.stream,
+    resume() {
+      const again = hub.claim("k");
+      assert(!("refused" in again) && again.kind === "resume");
+      hub.accept(again, publisher(2, []));
+    },
+  };
+}
+
+/** A reader noting its packets ("V0", "A66"...) and changes ("change: ..."). */
+function recorder() {
+  const seen: string[] = [];
+  return {
+    seen,
+    onPacket: (p: MediaPacket) =>
+      seen.push(
+        `${p.type === TagType.Video ? "V" : p.type === TagType.Audio ? "A" : "S"}${
+          p.sequenceHeader ? "h" : ""
+        }`,
+      ),
+    onEnd: () => {},
+    onConfigurationChange: (change: { description: string }) =>
+      seen.push(`change: ${change.description}`),
+  };
+}
+
+Deno.test("LiveStream tells readers of a returning publisher's new layout before its headers", () => {
+  const { hub, stream, resume } = droppedStream([avcConfig(1), aacConfig, video(0, true), aac(10)]);
+  const reader = recorder();
+  stream.subscribe(reader);
+  reader.seen.length = 0;
+  resume();
+  stream.write(aacConfig); // held: headers alone do not say that the video went away
+  assertEquals(reader.seen, []);
+  stream.write(aac(0));
+  assertEquals(reader.seen, ["change: video removed (avc1)", "Ah", "A"]);
+  assertEquals(stream.configuration.video, undefined);
+  // A reader joining now gets no stale video header or frames, and starts on audio at once.
+  const joiner = recorder();
+  stream.subscribe(joiner);
+  stream.write(aac(23));
+  assertEquals(joiner.seen, ["Ah", "A"]);
+  hub.endAll("test over");
+});
+
+Deno.test("LiveStream reports a new sequence header on resume and keeps an unchanged stream as is", () => {
+  const { hub, stream, resume } = droppedStream([avcConfig(1), aacConfig, video(0, true)]);
+  const reader = recorder();
+  stream.subscribe(reader);
+  reader.seen.length = 0;
+  resume();
+  for (const packet of [avcConfig(1), aacConfig, video(0, true)]) stream.write(packet);
+  assertEquals(reader.seen, ["Vh", "Ah", "V"], "the same stream again: nothing to tell");
+  hub.publisherLeft(stream, "gone again");
+  resume();
+  for (const packet of [avcConfig(2), aacConfig, video(0, true)]) stream.write(packet);
+  assertEquals(reader.seen.slice(3), [
+    "change: video sequence header changed (avc1)",
+    "Vh",
+    "Ah",
+    "V",
+  ]);
+  assertEquals(stream.gop.snapshot().map((p) => p.payload.at(-1)), [2, 0x10, 0]);
   hub.endAll("test over");
 });
