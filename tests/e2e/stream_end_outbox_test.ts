@@ -62,8 +62,9 @@ Deno.test("stream-ends that fail during an outage are delivered once, in order, 
   assertMatch(firstLogs, /stream end could not be reported: control plane unreachable/);
   assertMatch(firstLogs, /3 stream-end report\(s\) not delivered, kept for the next start/);
 
-  // A new relay on the same state directory, the control plane still down.
-  await using second = await startTestRelay(config);
+  // A new relay on the same state directory, the control plane still down. Its first retry comes
+  // late, so that the publish below finds the reports still waiting when the control plane is back.
+  await using second = await startTestRelay(config, { controlPlaneBackoffMs: 10_000 });
   assertEquals(clientOf(second).pendingStreamEnds, 3);
   assertMatch(second.logText(), /3 report\(s\) from an earlier run wait for delivery/);
   cp.start(); // the outage ends
