@@ -173,14 +173,19 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /**
    * Queues the report (on disk before anything is sent) and resolves once it is delivered, or once
-   * the control plane is found down: it then waits in the outbox and goes out when it answers.
+   * the control plane is found down, or after the timeout (a long queue ahead of it, a slow control
+   * plane): it then waits in the outbox and goes out when its turn comes. Bounded, so that a stop
+   * never waits on a backlog.
    */
   async streamEnded(key: string): Promise<void> {
     const added = this.#outbox.add(key);
     this.#deliver();
     const entry = await added;
     if (entry === undefined) return; // the outbox said why
-    await this.#until(() => !this.#outbox.holds(entry.seq) || this.#stalled || this.#closed);
+    await this.#until(
+      () => !this.#outbox.holds(entry.seq) || this.#stalled || this.#closed,
+      this.#timeoutMs,
+    );
   }
 
   /**
