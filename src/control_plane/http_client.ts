@@ -234,13 +234,19 @@ export class ControlPlaneClient implements StreamAuthority {
   /** Starts the delivery loop if there is work and it is not running. */
   #deliver(): void {
     if (this.#delivering !== undefined || this.#closed || this.#outbox.size === 0) return;
-    this.#delivering = this.#deliverAll().catch((error) => {
-      cpLog.error("stream-end delivery stopped: {reason}", { reason: (error as Error).message });
-    }).finally(() => {
-      this.#delivering = undefined;
-      this.#notify();
-      this.#deliver(); // a report queued while the loop was finishing
-    });
+    this.#delivering = this.#deliverAll().then(
+      () => {
+        this.#delivering = undefined;
+        this.#notify();
+        this.#deliver(); // a report queued while the loop was finishing
+      },
+      (error) => {
+        // A bug, not an outage: no restart in a loop. The reports stay on disk for the next start.
+        this.#delivering = undefined;
+        this.#notify();
+        cpLog.error("stream-end delivery stopped: {reason}", { reason: (error as Error).message });
+      },
+    );
   }
 
   /**

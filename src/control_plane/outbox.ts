@@ -244,7 +244,8 @@ export class StreamEndOutbox {
   }
 
   #write(operation: () => Promise<void>): Promise<void> {
-    if (this.path === undefined) return Promise.resolve();
+    // Closed: the file is left as it was (a report still in it is sent again by the next start).
+    if (this.path === undefined || this.#closed) return Promise.resolve();
     this.#writes = this.#writes.then(async () => {
       try {
         await operation();
