@@ -74,10 +74,12 @@ function delay(ms: number): Promise<void> {
  * between the end of a stream and the last failed retry (a crash, `kill -9`, a deploy during an
  * outage), and would let a report that failed overtake or fall behind one that is still being
  * retried. With every report queued first, one delivery loop sends them strictly oldest first, one
- * at a time, and each is taken off the file only after a 2xx: nothing is lost, nothing reordered,
- * and nothing sent twice, except if the relay dies in the instant between the control plane's 2xx
- * and the sync of the acknowledgement (a repeated stream-end of a stream already ended changes
- * nothing at the control plane, and it still arrives before that key's next publish, below).
+ * at a time, and each is taken off the file only after a 2xx (the outbox writes in the order the
+ * queue changed, so an acknowledgement never reaches the disk before its report, and the loop moves
+ * on only once the previous write is done): nothing is lost, nothing reordered, and nothing sent
+ * twice, except if the relay dies in the instant between the control plane's 2xx and the sync of
+ * the acknowledgement (a repeated stream-end of a stream already ended changes nothing at the
+ * control plane, and it still arrives before that key's next publish, below).
  */
 export class ControlPlaneClient implements StreamAuthority {
   readonly mode = "control_plane";
@@ -178,10 +180,9 @@ export class ControlPlaneClient implements StreamAuthority {
    * never waits on a backlog.
    */
   async streamEnded(key: string): Promise<void> {
-    const added = this.#outbox.add(key);
-    this.#deliver();
-    const entry = await added;
+    const entry = await this.#outbox.add(key);
     if (entry === undefined) return; // the outbox said why
+    this.#deliver();
     await this.#until(
       () => !this.#outbox.holds(entry.seq) || this.#stalled || this.#closed,
       this.#timeoutMs,
