@@ -8,6 +8,7 @@
 
 import type { Config } from "./config.ts";
 import { ControlPlaneClient } from "./control_plane/http_client.ts";
+import { openOutbox, type StreamEndOutbox } from "./control_plane/outbox.ts";
 import { StaticAuthority } from "./control_plane/static_authority.ts";
 import type { StreamAuthority } from "./control_plane/stream_authority.ts";
 import { createApp } from "./http/app.ts";
@@ -59,7 +60,11 @@ export async function checkFfmpeg(path: string): Promise<void> {
   }
 }
 
-function createAuthority(config: Config, options: ServiceOptions): StreamAuthority {
+function createAuthority(
+  config: Config,
+  options: ServiceOptions,
+  outbox: StreamEndOutbox | undefined,
+): StreamAuthority {
   const url = config.control_plane.url;
   if (url === undefined) return new StaticAuthority(config.streams);
   return new ControlPlaneClient({
@@ -67,6 +72,7 @@ function createAuthority(config: Config, options: ServiceOptions): StreamAuthori
     timeoutMs: config.control_plane.timeout_seconds * 1000,
     retryAttempts: config.control_plane.retry_attempts,
     backoffBaseMs: options.controlPlaneBackoffMs,
+    outbox,
   });
 }
 
@@ -122,7 +128,12 @@ export class RelayService implements AsyncDisposable {
   #current: Config;
   #stopping: Promise<void> | undefined;
 
-  private constructor(config: Config, options: ServiceOptions, trust: TlsTrust) {
+  private constructor(
+    config: Config,
+    options: ServiceOptions,
+    trust: TlsTrust,
+    outbox: StreamEndOutbox | undefined,
+  ) {
     this.config = config;
     this.#current = config;
     this.#tls.caFile = trust.caFile;
@@ -136,7 +147,7 @@ export class RelayService implements AsyncDisposable {
     // Within shutdown_grace_seconds: half for FFmpeg to send what it holds, a quarter after
     // SIGTERM, the rest for stream-end reports and the HTTP server.
     const graceMs = streaming.shutdown_grace_seconds * 1000;
-    this.manager = new RelayManager(createAuthority(config, options), {
+    this.manager = new RelayManager(createAuthority(config, options, outbox), {
       maxDestinationsPerStream: streaming.max_destinations_per_stream,
       supervisor: {
         ffmpegPath: streaming.ffmpeg_path,
@@ -209,7 +220,16 @@ export class RelayService implements AsyncDisposable {
     if (needsFfmpeg(config)) await checkFfmpeg(config.streaming.ffmpeg_path);
     const trust = prepareTlsTrust(tlsTrustOptions(config));
     logTlsTrust(trust);
-    return new RelayService(config, options, trust);
+    // Stream-end reports an earlier run could not deliver are in here (control-plane mode only).
+    const outbox = config.control_plane.url === undefined
+      ? undefined
+      : await openOutbox(config.streaming.state_dir);
+    try {
+      return new RelayService(config, options, trust, outbox);
+    } catch (error) {
+      await outbox?.close();
+      throw error;
+    }
   }
 
   get rtmpPort(): number {

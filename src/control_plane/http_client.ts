@@ -9,6 +9,7 @@ import { z } from "zod";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
+import { type OutboxEntry, StreamEndOutbox } from "./outbox.ts";
 import type { AuthDecision, CallStats, StreamAuthority } from "./stream_authority.ts";
 
 export type { CallStats };
@@ -31,6 +32,13 @@ export interface ControlPlaneOptions {
   retryAttempts: number;
   /** First retry delay; doubles per attempt. */
   backoffBaseMs?: number;
+  /** Longest wait between two stream-end attempts while the control plane is down (30 s). */
+  maxRetryDelayMs?: number;
+  /**
+   * Where stream-end reports wait until the control plane takes them (see `openOutbox`); in memory
+   * only when not given.
+   */
+  outbox?: StreamEndOutbox;
 }
 
 export type CallKind = "auth" | "forwarding" | "stream_end";
@@ -55,14 +63,36 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 }
 
+/**
+ * Stream-end reports: every one is written to the outbox (and synced) before its first attempt, not
+ * only the ones that failed. Writing only failures would lose a report whenever the relay stops
+ * between the end of a stream and the last failed retry (a crash, `kill -9`, a deploy during an
+ * outage), and would let a report that failed overtake or fall behind one that is still being
+ * retried. With every report queued first, one delivery loop sends them strictly oldest first, one
+ * at a time, and each is taken off the file only after a 2xx (the outbox writes in the order the
+ * queue changed, so an acknowledgement never reaches the disk before its report, and the loop moves
+ * on only once the previous write is done): nothing is lost, nothing reordered, and nothing sent
+ * twice, except if the relay dies in the instant between the control plane's 2xx and the sync of
+ * the acknowledgement (a repeated stream-end of a stream already ended changes nothing at the
+ * control plane, and it still arrives before that key's next publish, below).
+ */
 export class ControlPlaneClient implements StreamAuthority {
   readonly mode = "control_plane";
   readonly #base: string;
   readonly #timeoutMs: number;
   readonly #retryAttempts: number;
   readonly #backoffBaseMs: number;
-  /** Per key, the stream-end report still under way: a new publish of that key waits for it. */
-  readonly #pendingEnds = new Map<string, Promise<void>>();
+  readonly #maxRetryDelayMs: number;
+  readonly #outbox: StreamEndOutbox;
+  /** The delivery loop, while it runs (one at most: that is what keeps the order). */
+  #delivering: Promise<void> | undefined;
+  /** The last stream-end attempt failed and the loop waits to retry: the control plane is down. */
+  #stalled = false;
+  /** Cuts the loop's wait short (the control plane answered another call, or we stop). */
+  #wake: (() => void) | undefined;
+  #closed = false;
+  /** Resolved and replaced whenever the outbox shrinks or the loop stalls or stops. */
+  #changed = Promise.withResolvers<void>();
   readonly stats: Record<CallKind, CallStats> = {
     auth: { ok: 0, failed: 0, totalSeconds: 0 },
     forwarding: { ok: 0, failed: 0, totalSeconds: 0 },
@@ -74,6 +104,15 @@ export class ControlPlaneClient implements StreamAuthority {
     this.#timeoutMs = options.timeoutMs;
     this.#retryAttempts = options.retryAttempts;
     this.#backoffBaseMs = options.backoffBaseMs ?? 250;
+    this.#maxRetryDelayMs = options.maxRetryDelayMs ?? 30_000;
+    this.#outbox = options.outbox ?? StreamEndOutbox.inMemory();
+    // Reports an earlier run could not deliver go out first.
+    this.#deliver();
+  }
+
+  /** Stream-end reports not yet taken by the control plane, oldest first. */
+  get pendingStreamEnds(): number {
+    return this.#outbox.size;
   }
 
   callStats(): Readonly<Record<CallKind, Readonly<CallStats>>> {
@@ -82,15 +121,11 @@ export class ControlPlaneClient implements StreamAuthority {
 
   async authorize(key: string): Promise<AuthDecision> {
     const deadline = performance.now() + this.#timeoutMs;
-    const pendingEnd = this.#pendingEnds.get(key);
-    if (pendingEnd) {
+    if (this.#outbox.has(key)) {
       // Keep the order the control plane sees: the old stream's end before the new one's start.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        pendingEnd,
-        new Promise<void>((resolve) => timer = setTimeout(resolve, this.#timeoutMs / 2)),
-      ]);
-      clearTimeout(timer);
+      // Bounded, so that a control plane that refuses only stream-ends cannot block publishing.
+      this.#wake?.();
+      await this.#until(() => !this.#outbox.has(key), this.#timeoutMs / 2);
     }
     try {
       const reply = await this.#call(
@@ -137,29 +172,156 @@ export class ControlPlaneClient implements StreamAuthority {
     return { records, malformed };
   }
 
-  streamEnded(key: string): Promise<void> {
-    const previous = this.#pendingEnds.get(key) ?? Promise.resolve();
-    const report = previous.then(() => this.#reportEnd(key));
-    this.#pendingEnds.set(key, report);
-    void report.then(() => {
-      if (this.#pendingEnds.get(key) === report) this.#pendingEnds.delete(key);
-    });
-    return report;
+  /**
+   * Queues the report (on disk before anything is sent) and resolves once it is delivered, or once
+   * the control plane is found down, or after the timeout (a long queue ahead of it, a slow control
+   * plane): it then waits in the outbox and goes out when its turn comes. Bounded, so that a stop
+   * never waits on a backlog.
+   */
+  async streamEnded(key: string): Promise<void> {
+    const entry = await this.#outbox.add(key);
+    if (entry === undefined) return; // the outbox said why
+    this.#deliver();
+    await this.#until(
+      () => !this.#outbox.holds(entry.seq) || this.#stalled || this.#closed,
+      this.#timeoutMs,
+    );
   }
 
+  /**
+   * Graceful stop: delivers what the control plane takes within half the timeout, lets an attempt
+   * under way finish (its answer decides whether the report is done), and leaves the rest in the
+   * outbox for the next start.
+   */
   async flush(): Promise<void> {
-    await Promise.all(this.#pendingEnds.values());
+    await this.#until(() => this.#outbox.size === 0 || this.#stalled, this.#timeoutMs / 2);
+    this.#closed = true;
+    this.#wake?.();
+    this.#notify();
+    await this.#delivering;
+    if (this.#outbox.size > 0) {
+      cpLog.warn("{count} stream-end report(s) not delivered, kept for the next start", {
+        count: this.#outbox.size,
+        outbox: this.#outbox.path ?? "(memory only: lost)",
+      });
+    }
+    await this.#outbox.close();
   }
 
-  async #reportEnd(key: string): Promise<void> {
+  #notify(): void {
+    this.#changed.resolve();
+    this.#changed = Promise.withResolvers<void>();
+  }
+
+  /** Waits until `done()` holds or `ms` passed; true if it holds. */
+  async #until(done: () => boolean, ms = Infinity): Promise<boolean> {
+    const deadline = performance.now() + ms;
+    while (!done()) {
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#changed.promise,
+        ...(Number.isFinite(left)
+          ? [new Promise((resolve) => timer = setTimeout(resolve, left))]
+          : []),
+      ]);
+      clearTimeout(timer);
+    }
+    return true;
+  }
+
+  /** Starts the delivery loop if there is work and it is not running. */
+  #deliver(): void {
+    if (this.#delivering !== undefined || this.#closed || this.#outbox.size === 0) return;
+    this.#delivering = this.#deliverAll().then(
+      () => {
+        this.#delivering = undefined;
+        this.#notify();
+        this.#deliver(); // a report queued while the loop was finishing
+      },
+      (error) => {
+        // A bug, not an outage: no restart in a loop. The reports stay on disk for the next start.
+        this.#delivering = undefined;
+        this.#notify();
+        cpLog.error("stream-end delivery stopped: {reason}", { reason: (error as Error).message });
+      },
+    );
+  }
+
+  /**
+   * Sends the reports oldest first, one at a time. While the control plane is down the oldest is
+   * retried with backoff doubling up to `maxRetryDelayMs` (one request at a time, so at most one
+   * every few seconds during a long outage), the ones behind it wait.
+   */
+  async #deliverAll(): Promise<void> {
+    let failures = 0;
+    for (let entry = this.#outbox.peek(); entry && !this.#closed; entry = this.#outbox.peek()) {
+      const outcome = await this.#reportEnd(entry, failures);
+      if (outcome === "retry") {
+        failures++;
+        this.#stalled = true;
+        this.#notify();
+        const wait = Math.min(this.#backoffBaseMs * 2 ** (failures - 1), this.#maxRetryDelayMs);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, wait);
+          this.#wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.#wake = undefined;
+        continue;
+      }
+      failures = 0;
+      this.#stalled = false;
+      await this.#outbox.remove(entry.seq);
+      this.#notify();
+    }
+  }
+
+  /** One attempt to report `entry`: done (taken, or refused for good) or to be retried. */
+  async #reportEnd(entry: OutboxEntry, failures: number): Promise<"done" | "retry"> {
+    const context = { stream: redactKey(entry.name), ended_at: entry.endedAt };
+    const started = performance.now();
+    const stats = this.stats.stream_end;
     try {
-      await this.#call("stream_end", "POST", "/api/auth/stream-end", { name: key }, z.unknown());
-      cpLog.info("stream end reported", { stream: redactKey(key) });
-    } catch (error) {
-      cpLog.error("stream end could not be reported: {reason}", {
-        stream: redactKey(key),
-        reason: (error as Error).message,
+      await this.#attempt(
+        "POST",
+        "/api/auth/stream-end",
+        { name: entry.name },
+        z.unknown(),
+        this.#timeoutMs,
+      );
+      stats.ok++;
+      cpLog.info("stream end reported", {
+        ...context,
+        ...(failures > 0 ? { after_failures: failures } : {}),
       });
+      return "done";
+    } catch (error) {
+      if (!(error instanceof CallFailure)) throw error;
+      stats.failed++;
+      if (!error.retryable) {
+        // The control plane answered and said no (4xx): asking again would get the same answer and
+        // hold up every report behind this one.
+        cpLog.error("stream end refused by the control plane, dropped: {reason}", {
+          ...context,
+          reason: error.message,
+        });
+        return "done";
+      }
+      // One line when an outage starts, then quietly (debug) until it ends.
+      const fields = { ...context, reason: error.message, waiting: this.#outbox.size };
+      if (failures === 0) {
+        cpLog.error(
+          "stream end could not be reported: {reason}; {waiting} report(s) wait in the outbox, retrying",
+          fields,
+        );
+      } else cpLog.debug("stream end still not reported: {reason}", fields);
+      return "retry";
+    } finally {
+      stats.totalSeconds += (performance.now() - started) / 1000;
     }
   }
 
@@ -196,6 +358,8 @@ export class ControlPlaneClient implements StreamAuthority {
             Math.min(remaining, this.#timeoutMs),
           );
           stats.ok++;
+          // It answers again: a stream-end waiting for its next retry need not wait any longer.
+          this.#wake?.();
           return result;
         } catch (error) {
           if (!(error instanceof CallFailure)) throw error;

@@ -4,12 +4,17 @@
  */
 
 import { ControlPlaneClient } from "../../src/control_plane/http_client.ts";
+import { StreamEndOutbox } from "../../src/control_plane/outbox.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
-import { freePort } from "../helpers/process.ts";
+import { freePort, tempDir, waitFor } from "../helpers/process.ts";
 
-const client = (url: string, timeoutMs = 1_000, retryAttempts = 2) =>
-  new ControlPlaneClient({ url, timeoutMs, retryAttempts, backoffBaseMs: 20 });
+const client = (
+  url: string,
+  timeoutMs = 1_000,
+  retryAttempts = 2,
+  outbox?: StreamEndOutbox,
+) => new ControlPlaneClient({ url, timeoutMs, retryAttempts, backoffBaseMs: 20, outbox });
 
 Deno.test("authorize() accepts code 0 and passes data.forward on", async () => {
   await using cp = new FakeControlPlane({
@@ -105,6 +110,7 @@ Deno.test("streamEnded() retries until the control plane takes it, in order per 
   await using cp = new FakeControlPlane({ streamEnd: () => (failures-- > 0 ? 503 : 200) });
   const cp1 = client(cp.url, 1_000, 3);
   await cp1.streamEnded("key-6");
+  await waitFor(() => cp.streamEnds.length === 1, "the stream-end taken");
   assertEquals(cp.streamEnds, ["key-6"]);
   assertEquals(cp.streamEndAttempts.length, 3);
   // A new publish of the same key waits for the end of the old one to be delivered first.
@@ -112,6 +118,68 @@ Deno.test("streamEnded() retries until the control plane takes it, in order per 
   const end = cp1.streamEnded("key-7");
   const auth = cp1.authorize("key-7");
   await Promise.all([end, auth]);
-  assertEquals(cp.authCalls, ["key-7"]);
+  assertEquals(cp.calls.slice(-2), ["stream-end key-7", "auth key-7"]);
   assertEquals(cp.streamEnds, ["key-6", "key-7"]);
+  await cp1.flush();
+});
+
+Deno.test("streamEnded() keeps reports through an outage and a restart, then delivers each once, in order", async () => {
+  await using dir = await tempDir();
+  await using cp = new FakeControlPlane();
+  await cp.stop();
+  const before = client(cp.url, 500, 2, await StreamEndOutbox.open(dir.path));
+  const keys = ["outage-end-1", "outage-end-2", "outage-end-1", "outage-end-3"];
+  // Each resolves once the control plane is found down: the report waits in the outbox.
+  for (const key of keys) await before.streamEnded(key);
+  assertEquals(before.pendingStreamEnds, 4);
+  await before.flush(); // graceful stop: nothing delivered, everything kept
+  assert(before.stats.stream_end.failed >= 1);
+
+  const after = client(cp.url, 500, 2, await StreamEndOutbox.open(dir.path));
+  assertEquals(after.pendingStreamEnds, 4);
+  cp.start();
+  await waitFor(() => after.pendingStreamEnds === 0, "the outbox to drain", 10_000);
+  assertEquals(cp.streamEnds, keys);
+  assertEquals(cp.streamEndAttempts, keys, "each sent once");
+  await after.flush();
+  const reopened = await StreamEndOutbox.open(dir.path);
+  assertEquals(reopened.size, 0, "nothing left to send again");
+  await reopened.close();
+});
+
+Deno.test("authorize() waits for the key's stream-end, but no longer than half the timeout", async () => {
+  await using cp = new FakeControlPlane({ streamEnd: () => 503 });
+  const timeoutMs = 1_000;
+  const cp1 = client(cp.url, timeoutMs, 2);
+  await cp1.streamEnded("stuck-end-1");
+  const started = performance.now();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const decision = await Promise.race([
+    cp1.authorize("stuck-end-1"),
+    new Promise<never>((_, reject) =>
+      timer = setTimeout(() => reject(new Error("authorize() waited for ever")), timeoutMs * 5)
+    ),
+  ]).finally(() => clearTimeout(timer));
+  assertEquals(decision, { allowed: true, forward: true });
+  const waited = performance.now() - started;
+  assert(waited >= timeoutMs / 2 - 20 && waited < timeoutMs * 2, `waited ${Math.round(waited)} ms`);
+  // Another key does not wait at all.
+  const other = performance.now();
+  await cp1.authorize("other-key-1");
+  assert(performance.now() - other < timeoutMs / 2, "another key is not held up");
+  assertEquals(cp1.pendingStreamEnds, 1, "still queued, still retried");
+  await cp1.flush();
+});
+
+Deno.test("streamEnded() drops a report the control plane refuses for good (4xx) and goes on", async () => {
+  await using cp = new FakeControlPlane({
+    streamEnd: (name) => (name === "gone-key-1" ? 404 : 200),
+  });
+  const cp1 = client(cp.url);
+  const ends = [cp1.streamEnded("gone-key-1"), cp1.streamEnded("next-key-1")];
+  await Promise.all(ends);
+  assertEquals(cp.streamEndAttempts, ["gone-key-1", "next-key-1"]);
+  assertEquals(cp.streamEnds, ["next-key-1"]);
+  assertEquals(cp1.pendingStreamEnds, 0);
+  await cp1.flush();
 });

@@ -16,15 +16,19 @@ export interface FakeControlPlaneBehaviour {
 }
 
 export class FakeControlPlane implements AsyncDisposable {
-  readonly server: Deno.HttpServer<Deno.NetAddr>;
   readonly authCalls: string[] = [];
   readonly forwardingCalls: string[] = [];
   /** Names whose stream-end was accepted (2xx), in order. */
   readonly streamEnds: string[] = [];
   readonly streamEndAttempts: string[] = [];
+  /** Every call taken, in arrival order: `auth <name>`, `forwarding <key>`, `stream-end <name>`. */
+  readonly calls: string[] = [];
   behaviour: FakeControlPlaneBehaviour;
   /** Delayed answers still waiting; released at shutdown so the server can close. */
   #delays = new Map<ReturnType<typeof setTimeout>, () => void>();
+  readonly #app = new Hono();
+  readonly #port: number;
+  #server: Deno.HttpServer<Deno.NetAddr> | undefined;
 
   constructor(behaviour: Partial<FakeControlPlaneBehaviour> = {}, port = 0) {
     this.behaviour = {
@@ -33,10 +37,11 @@ export class FakeControlPlane implements AsyncDisposable {
       streamEnd: () => 200,
       ...behaviour,
     };
-    const app = new Hono();
+    const app = this.#app;
     app.post("/api/auth/stream", async (c) => {
       const { name } = await c.req.json<{ name: string }>();
       this.authCalls.push(name);
+      this.calls.push(`auth ${name}`);
       const answer = this.behaviour.auth(name);
       if (answer.delayMs) {
         await new Promise<void>((resolve) => {
@@ -53,6 +58,7 @@ export class FakeControlPlane implements AsyncDisposable {
     app.get("/api/streams/forwarding/:key", (c) => {
       const key = c.req.param("key");
       this.forwardingCalls.push(key);
+      this.calls.push(`forwarding ${key}`);
       const answer = this.behaviour.forwarding(key);
       return c.json(answer.body ?? {}, (answer.status ?? 200) as 200);
     });
@@ -60,21 +66,45 @@ export class FakeControlPlane implements AsyncDisposable {
       const { name } = await c.req.json<{ name: string }>();
       this.streamEndAttempts.push(name);
       const status = this.behaviour.streamEnd(name);
-      if (status >= 200 && status < 300) this.streamEnds.push(name);
+      if (status >= 200 && status < 300) {
+        this.streamEnds.push(name);
+        this.calls.push(`stream-end ${name}`);
+      }
       return c.json({ code: status < 300 ? 0 : 1 }, status as 200);
     });
-    this.server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, app.fetch);
+    this.#server = this.#listen(port);
+    this.#port = this.#server.addr.port;
+  }
+
+  #listen(port: number): Deno.HttpServer<Deno.NetAddr> {
+    return Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, this.#app.fetch);
+  }
+
+  get server(): Deno.HttpServer<Deno.NetAddr> {
+    if (this.#server === undefined) throw new Error("the fake control plane is stopped");
+    return this.#server;
   }
 
   get url(): string {
-    return `http://127.0.0.1:${this.server.addr.port}`;
+    return `http://127.0.0.1:${this.#port}`;
   }
 
-  async [Symbol.asyncDispose](): Promise<void> {
+  /** An outage: the port stops answering (connections refused) until `start()`. */
+  async stop(): Promise<void> {
     for (const [timer, release] of this.#delays) {
       clearTimeout(timer);
       release();
     }
-    await this.server.shutdown();
+    await this.#server?.shutdown();
+    this.#server = undefined;
+  }
+
+  /** Back after `stop()`, on the same address, with the same records and behaviour. */
+  start(): void {
+    this.#server ??= this.#listen(this.#port);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
   }
 }
