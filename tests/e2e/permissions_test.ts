@@ -11,6 +11,10 @@ import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
 import { ffmpegProcessesWith, freePort, tempDir, waitFor } from "../helpers/process.ts";
 import { spawnRelay } from "../helpers/relay.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { makeTestPki } from "../helpers/tls.ts";
+import { OUTBOX_FILE_NAME } from "../../src/control_plane/outbox.ts";
+import { CA_BUNDLE_NAME } from "../../src/relay/tls_trust.ts";
 import { NginxSink, startFfmpegSink } from "../helpers/sinks.ts";
 import { compileArgs, compilePaths, OUTPUT } from "../../scripts/compile.ts";
 import {
@@ -23,10 +27,6 @@ import {
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MAIN = `${ROOT}main.ts`;
 const read = (path: string) => Deno.readTextFile(`${ROOT}${path}`);
-
-function staticStream(key: string, url: string, streamKey: string): string {
-  return `[[streams]]\nkey = "${key}"\n[[streams.destinations]]\nid = "out"\nrtmp_url = "${url}"\nstream_key = "${streamKey}"\n`;
-}
 
 Deno.test("permissionFlags() is what compile.ts bakes in, deno task start/dev grant and the unit provides", async () => {
   const installed = permissionFlags(INSTALLED_PATHS);
@@ -60,7 +60,7 @@ Deno.test("permissionFlags() is what compile.ts bakes in, deno task start/dev gr
   );
 });
 
-Deno.test("main.ts under exactly the compiled permission list relays every packet and stops on SIGTERM", async () => {
+Deno.test("main.ts under exactly the compiled permission list relays every packet, keeps its state and stops on SIGTERM", async () => {
   await using dir = await tempDir();
   // Same shape as the executable's list; only the directories are the test's own.
   const paths: PermissionPaths = {
@@ -70,20 +70,38 @@ Deno.test("main.ts under exactly the compiled permission list relays every packe
   };
   await Deno.mkdir(paths.configDir);
   await Deno.mkdir(paths.stateDir, { mode: 0o700 });
+  // Every grant in use: an operator's CA file in the config directory (read, and the CA bundle
+  // written to the state directory), and a control plane that refuses stream-ends, so that they
+  // wait in the outbox on disk.
+  const pki = await makeTestPki(`${dir.path}/pki`);
+  await Deno.copyFile(pki.caFile, `${paths.configDir}/ca.pem`);
   const short = await fixture({ seconds: 4, gop: 30 });
   const long = await fixture({ seconds: 30 });
   const donePort = freePort();
   await using doneSink = await startFfmpegSink(donePort, "perm-done-out", `${dir.path}/done.flv`);
   await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  const targets: Record<string, [string, string]> = {
+    "perm-done-key": [`rtmp://127.0.0.1:${donePort}/live`, "perm-done-out"],
+    "perm-live-key": [nginx.baseUrl, "perm-live-out"],
+  };
+  await using controlPlane = new FakeControlPlane({
+    forwarding: (key) => ({
+      body: {
+        destinations: [{ id: "out", rtmp_url: targets[key]![0], stream_key: targets[key]![1] }],
+      },
+    }),
+    streamEnd: () => 503,
+  });
   await using relay = await spawnRelay(
     paths.configDir,
-    `[streaming]\nstate_dir = "${paths.stateDir}"\nreconnect_grace_seconds = 0\n` +
-      `shutdown_grace_seconds = 8\n` +
-      staticStream("perm-done-key", `rtmp://127.0.0.1:${donePort}/live`, "perm-done-out") +
-      staticStream("perm-live-key", nginx.baseUrl, "perm-live-out"),
+    `[control_plane]\nurl = "${controlPlane.url}"\ntimeout_seconds = 2\nretry_attempts = 0\n` +
+      `[streaming]\nstate_dir = "${paths.stateDir}"\nreconnect_grace_seconds = 0\n` +
+      `shutdown_grace_seconds = 8\ntls_ca_file = "${paths.configDir}/ca.pem"\n`,
     "",
     permissionFlags(paths),
   );
+  const bundle = await Deno.readTextFile(`${paths.stateDir}/${CA_BUNDLE_NAME}`);
+  assert(bundle.includes((await Deno.readTextFile(pki.caFile)).trim()), "CA bundle written");
 
   // A whole broadcast through the relay's FFmpeg, compared packet by packet.
   await using publisher = ffmpegPublish(short, relay.rtmpUrl("perm-done-key"));
@@ -104,9 +122,14 @@ Deno.test("main.ts under exactly the compiled permission list relays every packe
   assertEquals(await ffmpegProcessesWith(liveMarker), []);
   assertEquals(await ffmpegProcessesWith(`127.0.0.1:${donePort}/live/perm-done-out`), []);
   assert(
-    !/NotCapable|Requires \w+ access/.test(relay.process.stderr),
+    !/NotCapable|Requires \w+ access|outbox unavailable/.test(relay.process.stderr),
     `a permission was missing:\n${relay.process.stderr}`,
   );
+  // Both stream-ends were refused, so both wait on disk for the next start.
+  const outbox = await Deno.readTextFile(`${paths.stateDir}/${OUTBOX_FILE_NAME}`);
+  for (const key of Object.keys(targets)) {
+    assert(outbox.includes(JSON.stringify(key)), `${key}'s stream-end is in the outbox`);
+  }
   await live.wait(5_000);
 });
 

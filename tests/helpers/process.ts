@@ -27,10 +27,15 @@ export class TestProcess implements AsyncDisposable {
   readonly #reading: Promise<void>;
   #exited = false;
 
-  constructor(command: string, args: string[], options: { stdin?: "piped" | "null" } = {}) {
+  constructor(
+    command: string,
+    args: string[],
+    options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+  ) {
     this.name = `${command} ${args.join(" ")}`.slice(0, 200);
     this.child = new Deno.Command(command, {
       args,
+      env: options.env,
       stdin: options.stdin ?? "null",
       stdout: "piped",
       stderr: "piped",

@@ -31,10 +31,13 @@ function merge(
 export class TestRelay implements AsyncDisposable {
   readonly service: RelayService;
   readonly logs: LogRecord[];
+  /** A `state_dir` of the test's own, removed with the relay; undefined when the test chose one. */
+  readonly #stateDir: string | undefined;
 
-  constructor(service: RelayService, logs: LogRecord[]) {
+  constructor(service: RelayService, logs: LogRecord[], stateDir?: string) {
     this.service = service;
     this.logs = logs;
+    this.#stateDir = stateDir;
   }
 
   get rtmpPort(): number {
@@ -56,6 +59,7 @@ export class TestRelay implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.service.shutdown("test finished");
+    if (this.#stateDir) await Deno.remove(this.#stateDir, { recursive: true });
   }
 }
 
@@ -65,6 +69,12 @@ export async function startTestRelay(
   options: Partial<ServiceOptions> = {},
 ): Promise<TestRelay> {
   const logs: LogRecord[] = [];
+  // Each relay gets a state directory of its own (the stream-end outbox lives there), unless the
+  // test names one to share it between relays.
+  const ownStateDir = (overrides.streaming as Record<string, unknown> | undefined)?.state_dir ===
+      undefined
+    ? await Deno.makeTempDir({ prefix: "neustream-state-" })
+    : undefined;
   const config = validateConfig(
     merge({
       rtmp: { port: 0, bind: "127.0.0.1" },
@@ -72,7 +82,11 @@ export async function startTestRelay(
       logging: { level: "debug" },
       // Tests of other behaviour expect a stream to end when its publisher leaves; the reconnect
       // tests set their own window.
-      streaming: { shutdown_grace_seconds: 8, reconnect_grace_seconds: 0 },
+      streaming: {
+        shutdown_grace_seconds: 8,
+        reconnect_grace_seconds: 0,
+        ...(ownStateDir ? { state_dir: ownStateDir } : {}),
+      },
     }, overrides),
     "test config",
   );
@@ -90,7 +104,7 @@ export async function startTestRelay(
     controlPlaneBackoffMs: 50,
     ...options,
   });
-  return new TestRelay(service, logs);
+  return new TestRelay(service, logs, ownStateDir);
 }
 
 /** The relay run as users run it (`deno run main.ts`), for signals and `kill -9`. */
@@ -102,18 +116,30 @@ export interface RelayProcess extends AsyncDisposable {
   rtmpUrl(key: string): string;
 }
 
-/** Broad permissions for tests of other behaviour; tests/e2e/permissions_test.ts proves the list. */
-const BROAD_PERMISSIONS = ["--allow-net", "--allow-read", "--allow-env", "--allow-run=ffmpeg"];
+/**
+ * Broad permissions for tests of other behaviour, with `dir/state` as the state directory (through
+ * STATE_DIRECTORY, as systemd sets it); tests/e2e/permissions_test.ts proves the real list.
+ */
+function broadPermissions(dir: string): string[] {
+  return [
+    "--allow-net",
+    "--allow-read",
+    `--allow-write=${dir}`,
+    "--allow-env",
+    "--allow-run=ffmpeg",
+  ];
+}
 
 /**
- * Starts `main.ts` in a child Deno with `permissions`, on free ports, with `configBody` (TOML
- * without the [rtmp] and [http] sections, which this adds) written to `dir`.
+ * Starts `main.ts` in a child Deno with `permissions` (broad ones by default, see above), on free
+ * ports, with `configBody` (TOML without the [rtmp] and [http] sections, which this adds) written
+ * to `dir`.
  */
 export async function spawnRelay(
   dir: string,
   configBody: string,
   rtmpSettings = "",
-  permissions: string[] = BROAD_PERMISSIONS,
+  permissions?: string[],
 ): Promise<RelayProcess> {
   const rtmpPort = freePort();
   const httpPort = freePort();
@@ -124,11 +150,11 @@ export async function spawnRelay(
   );
   const process = new TestProcess("deno", [
     "run",
-    ...permissions,
+    ...(permissions ?? broadPermissions(dir)),
     new URL("../../main.ts", import.meta.url).pathname,
     "--config",
     configPath,
-  ]);
+  ], permissions ? {} : { env: { STATE_DIRECTORY: `${dir}/state` } });
   await waitFor(
     async () => {
       if (process.exited) throw new Error(`relay exited:\n${process.stderr}`);
