@@ -124,3 +124,19 @@ export function prepareTlsTrust(options: TlsTrustOptions): TlsTrust {
   }
   return { caFile: bundlePath, systemBundle: system?.path, extraCertificates: extra.length };
 }
+
+/**
+ * What the native engine hands `Deno.connectTls` as `caCerts`: the system roots followed by the
+ * operator's `tls_ca_file`, one PEM certificate each. Deno adds `caCerts` to its own default
+ * store (Mozilla's roots bundled in Deno, unless `DENO_TLS_CA_STORE=system`), so passing the
+ * system bundle makes "system roots plus tls_ca_file" true whichever store Deno starts from,
+ * including CAs an operator added with update-ca-certificates. Throws as `prepareTlsTrust` does.
+ */
+export function trustedCertificates(
+  options: { caFile: string | undefined; systemBundles?: readonly string[] },
+): string[] {
+  const system = readSystemBundle(options.systemBundles ?? SYSTEM_CA_BUNDLES);
+  const roots = system?.text.match(PEM_CERTIFICATE) ?? [];
+  const extra = options.caFile === undefined ? [] : readOperatorCertificates(options.caFile);
+  return [...roots, ...extra];
+}

@@ -16,13 +16,25 @@ const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
 
 export class MessageWriter {
   readonly #conn: Deno.Conn;
-  readonly #queue: MediaQueue<OutgoingMessage>;
+  readonly #queue: MediaQueue<OutgoingMessage> | undefined;
   readonly #mediaStreamId: () => number;
   readonly #encoder = new ChunkEncoder();
+  /**
+   * One output buffer for the life of the connection: a write completes before the next batch is
+   * encoded, so reusing it saves an allocation (and its zeroing) per write.
+   */
+  #scratch: Uint8Array = new Uint8Array(SCRATCH_INITIAL_SIZE);
   #bytesOut = 0;
 
-  /** `mediaStreamId` says which message stream queued media goes out on when it is written. */
-  constructor(conn: Deno.Conn, queue: MediaQueue<OutgoingMessage>, mediaStreamId: () => number) {
+  /**
+   * `mediaStreamId` says which message stream queued media goes out on when it is written. Without
+   * a `queue`, the owner writes batches itself with `send` (one at a time) and never calls `run`.
+   */
+  constructor(
+    conn: Deno.Conn,
+    queue?: MediaQueue<OutgoingMessage>,
+    mediaStreamId: () => number = () => 0,
+  ) {
     this.#conn = conn;
     this.#queue = queue;
     this.#mediaStreamId = mediaStreamId;
@@ -38,26 +50,33 @@ export class MessageWriter {
    * fails; the caller closes the connection.
    */
   async run(): Promise<void> {
-    // One output buffer for the life of the connection: a write completes before the next
-    // batch is encoded, so reusing it saves an allocation (and its zeroing) per write.
-    let scratch: Uint8Array = new Uint8Array(SCRATCH_INITIAL_SIZE);
+    const queue = this.#queue;
+    if (queue === undefined) throw new TypeError("run() needs a writer made with a queue");
     for (;;) {
-      await this.#queue.wait();
-      const items = this.#queue.takeAll();
+      await queue.wait();
+      const items = queue.takeAll();
       if (items.length === 0) {
-        if (this.#queue.closed) return;
+        if (queue.closed) return;
         continue;
       }
       const streamId = this.#mediaStreamId();
       const messages = items.map((item) =>
         item.kind === "control" ? item.control : mediaMessage(item.packet, streamId)
       );
-      const bytes = this.#encoder.encodeInto(scratch, messages);
-      if (bytes.buffer !== scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
-        scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
-      }
-      await this.writeAll(bytes);
+      await this.send(messages);
     }
+  }
+
+  /**
+   * Encodes `messages` and writes them in one call. The caller awaits each `send` before the next
+   * (the encoder's header state and the output buffer are shared between batches).
+   */
+  async send(messages: readonly OutgoingMessage[]): Promise<void> {
+    const bytes = this.#encoder.encodeInto(this.#scratch, messages);
+    if (bytes.buffer !== this.#scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
+      this.#scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
+    }
+    await this.writeAll(bytes);
   }
 
   /** Writes raw bytes (the handshake, before any chunk stream). */
