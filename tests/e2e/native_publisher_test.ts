@@ -10,7 +10,15 @@ import { createMediaPacket, type MediaPacket, TagType } from "../../src/media/fl
 import { DestinationFailure } from "../../src/relay/destination_failure.ts";
 import { RtmpPublisher, type RtmpPublisherOptions } from "../../src/relay/rtmp_publisher.ts";
 import { trustedCertificates } from "../../src/relay/tls_trust.ts";
-import { MessageType } from "../../src/rtmp/chunk.ts";
+import {
+  ChunkDecoder,
+  ChunkEncoder,
+  MessageType,
+  type OutgoingMessage,
+} from "../../src/rtmp/chunk.ts";
+import { createServerHandshake, HANDSHAKE_SIZE } from "../../src/rtmp/handshake.ts";
+import { ServerConversation } from "../../src/rtmp/server_conversation.ts";
+import { redactKey } from "../../src/redact.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegPlay } from "../helpers/peers.ts";
@@ -126,7 +134,7 @@ Deno.test("RtmpPublisher passes Enhanced RTMP tags through untouched", async () 
   await player.handshake();
   await player.play(KEY);
   const sent = enhancedPackets();
-  await using publisher = await publishPackets(relay.rtmpUrl(KEY), sent, {
+  await using _publisher = await publishPackets(relay.rtmpUrl(KEY), sent, {
     fourCcList: ["hvc1", "av01", "vp09", "avc1"],
   });
   const received: { type: number; timestamp: number; payload: number[] }[] = [];
@@ -239,6 +247,62 @@ Deno.test("RtmpPublisher reports a key our server refuses as rejected, with the 
   );
 });
 
+/** Reads exactly `count` bytes from `conn`. */
+async function readExactly(conn: Deno.Conn, count: number): Promise<Uint8Array> {
+  const out = new Uint8Array(count);
+  for (let filled = 0; filled < count;) {
+    const n = await conn.read(out.subarray(filled));
+    if (n === null) throw new Error(`closed after ${filled} of ${count} bytes`);
+    filled += n;
+  }
+  return out;
+}
+
+/**
+ * One connection served by our own server conversation, refusing the publish with a description
+ * that quotes the key, as some ingests do ("Already publishing: <key>").
+ */
+async function refuseQuotingTheKey(listener: Deno.Listener): Promise<void> {
+  using conn = await listener.accept();
+  await conn.write(createServerHandshake(await readExactly(conn, 1 + HANDSHAKE_SIZE)));
+  await readExactly(conn, HANDSHAKE_SIZE);
+  const conversation = new ServerConversation({ app: "live", chunkSize: 4096 });
+  const decoder = new ChunkDecoder();
+  const encoder = new ChunkEncoder();
+  const buffer = new Uint8Array(64 * 1024);
+  for (let refused = false; !refused;) {
+    const n = await conn.read(buffer);
+    if (n === null) return;
+    const replies: OutgoingMessage[] = [];
+    decoder.push(buffer.subarray(0, n), (message) => {
+      const step = conversation.receive(message);
+      replies.push(...step.replies);
+      if (step.intent?.kind === "publishRequested") {
+        replies.push(
+          ...conversation.refusePublish(`Already publishing: ${step.intent.key}`).replies,
+        );
+        refused = true;
+      }
+    });
+    await conn.write(encoder.encode(...replies));
+  }
+}
+
+Deno.test("RtmpPublisher never repeats the key a destination quotes back", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = refuseQuotingTheKey(listener);
+  const port = (listener.addr as Deno.NetAddr).port;
+  const error = await failureOf(
+    () => RtmpPublisher.open({ url: `rtmp://127.0.0.1:${port}/live/${KEY}?token=secret-token` }),
+    "rejected",
+  );
+  await serving;
+  assertEquals(
+    error.message,
+    `rejected by destination: NetStream.Publish.BadName Already publishing: ${redactKey(KEY)}`,
+  );
+});
+
 Deno.test("RtmpPublisher reports nothing listening as unreachable", async () => {
   const port = freePort();
   const error = await failureOf(
@@ -255,12 +319,19 @@ Deno.test("RtmpPublisher reports a server that accepts and never answers as time
     for await (const conn of listener) accepted.push(conn);
   })().catch(() => {});
   const started = performance.now();
+  let deadline: ReturnType<typeof setTimeout> | undefined;
   const error = await failureOf(
     () =>
-      RtmpPublisher.open({
-        url: `rtmp://127.0.0.1:${(listener.addr as Deno.NetAddr).port}/live/${KEY}`,
-        timeoutMs: 1_000,
-      }),
+      Promise.race([
+        RtmpPublisher.open({
+          url: `rtmp://127.0.0.1:${(listener.addr as Deno.NetAddr).port}/live/${KEY}`,
+          timeoutMs: 1_000,
+        }),
+        // Without its own timeout the publisher would wait forever: fail instead of hanging.
+        new Promise<never>((_, reject) =>
+          deadline = setTimeout(() => reject(new Error("no timeout after 10 s")), 10_000)
+        ),
+      ]).finally(() => clearTimeout(deadline)),
     "timeout",
   );
   assertEquals(
