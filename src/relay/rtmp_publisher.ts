@@ -122,6 +122,8 @@ export class RtmpPublisher implements AsyncDisposable {
   #failed: PromiseWithResolvers<never> = Promise.withResolvers();
   readonly #connectAbort = new AbortController();
   #ended: PromiseWithResolvers<Error | undefined> = Promise.withResolvers();
+  /** Removes our listener from the caller's AbortSignal, which may outlive us. */
+  #stopListening = () => {};
 
   private constructor(options: RtmpPublisherOptions, target: PublishTarget) {
     this.#options = options;
@@ -206,6 +208,7 @@ export class RtmpPublisher implements AsyncDisposable {
       clearTimeout(timer);
     }
     this.#closing = true;
+    this.#stopListening();
     this.#closeSocket();
     await this.#reading;
     await this.#sending;
@@ -248,7 +251,9 @@ export class RtmpPublisher implements AsyncDisposable {
       signal?.removeEventListener("abort", onAbort);
     }
     if (signal) {
-      signal.addEventListener("abort", () => this.#abort(signal.reason), { once: true });
+      const onAbortLater = () => this.#abort(signal.reason);
+      signal.addEventListener("abort", onAbortLater, { once: true });
+      this.#stopListening = () => signal.removeEventListener("abort", onAbortLater);
     }
   }
 
@@ -449,6 +454,8 @@ export class RtmpPublisher implements AsyncDisposable {
         await this.#writer!.send(messages);
       } catch (error) {
         if (this.#error) throw this.#error;
+        // `close()` gave up waiting for the goodbye and closed the socket under it: not a failure.
+        if (this.#closing) throw error;
         const hungUp = error instanceof Deno.errors.BrokenPipe ||
           error instanceof Deno.errors.ConnectionReset;
         throw this.#fail(
