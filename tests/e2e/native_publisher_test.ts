@@ -15,7 +15,9 @@ import {
   ChunkEncoder,
   MessageType,
   type OutgoingMessage,
+  type RtmpMessage,
 } from "../../src/rtmp/chunk.ts";
+import { parseCommand } from "../../src/rtmp/messages.ts";
 import { createServerHandshake, HANDSHAKE_SIZE } from "../../src/rtmp/handshake.ts";
 import { ServerConversation } from "../../src/rtmp/server_conversation.ts";
 import { redactKey } from "../../src/redact.ts";
@@ -259,10 +261,15 @@ async function readExactly(conn: Deno.Conn, count: number): Promise<Uint8Array> 
 }
 
 /**
- * One connection served by our own server conversation, refusing the publish with a description
- * that quotes the key, as some ingests do ("Already publishing: <key>").
+ * One connection served by our own server conversation, recording every message as it arrived on
+ * the wire. With `refusal`, the publish is refused with that description (given the key), as some
+ * ingests word it ("Already publishing: <key>"); otherwise accepted, and served until the client
+ * hangs up.
  */
-async function refuseQuotingTheKey(listener: Deno.Listener): Promise<void> {
+async function serveOnce(
+  listener: Deno.Listener,
+  refusal?: (key: string) => string,
+): Promise<RtmpMessage[]> {
   using conn = await listener.accept();
   await conn.write(createServerHandshake(await readExactly(conn, 1 + HANDSHAKE_SIZE)));
   await readExactly(conn, HANDSHAKE_SIZE);
@@ -270,27 +277,31 @@ async function refuseQuotingTheKey(listener: Deno.Listener): Promise<void> {
   const decoder = new ChunkDecoder();
   const encoder = new ChunkEncoder();
   const buffer = new Uint8Array(64 * 1024);
+  const received: RtmpMessage[] = [];
   for (let refused = false; !refused;) {
     const n = await conn.read(buffer);
-    if (n === null) return;
+    if (n === null) break;
     const replies: OutgoingMessage[] = [];
     decoder.push(buffer.subarray(0, n), (message) => {
+      received.push(message);
       const step = conversation.receive(message);
       replies.push(...step.replies);
-      if (step.intent?.kind === "publishRequested") {
-        replies.push(
-          ...conversation.refusePublish(`Already publishing: ${step.intent.key}`).replies,
-        );
-        refused = true;
+      if (step.intent?.kind !== "publishRequested") return;
+      if (refusal === undefined) {
+        replies.push(...conversation.acceptPublish());
+        return;
       }
+      replies.push(...conversation.refusePublish(refusal(step.intent.key)).replies);
+      refused = true;
     });
-    await conn.write(encoder.encode(...replies));
+    if (replies.length > 0) await conn.write(encoder.encode(...replies));
   }
+  return received;
 }
 
 Deno.test("RtmpPublisher never repeats the key a destination quotes back", async () => {
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const serving = refuseQuotingTheKey(listener);
+  const serving = serveOnce(listener, (key) => `Already publishing: ${key}`);
   const port = (listener.addr as Deno.NetAddr).port;
   const error = await failureOf(
     () => RtmpPublisher.open({ url: `rtmp://127.0.0.1:${port}/live/${KEY}?token=secret-token` }),
@@ -301,6 +312,43 @@ Deno.test("RtmpPublisher never repeats the key a destination quotes back", async
     error.message,
     `rejected by destination: NetStream.Publish.BadName Already publishing: ${redactKey(KEY)}`,
   );
+});
+
+Deno.test("RtmpPublisher sends metadata as @setDataFrame, media as it came, then FCUnpublish and deleteStream", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = serveOnce(listener);
+  const port = (listener.addr as Deno.NetAddr).port;
+  const packets = (await readFlvTags(await fixture({ seconds: 2, gop: 30 }))).slice(0, 30);
+  assertEquals(packets[0]?.type, TagType.Script, "the fixture starts with onMetaData");
+  const publisher = await publishPackets(`rtmp://127.0.0.1:${port}/live/${KEY}`, packets);
+  await publisher.close();
+  const received = await serving;
+  const published = received.filter((message) => message.streamId === 1);
+  const setDataFrame = [0x02, 0x00, 0x0d, ...new TextEncoder().encode("@setDataFrame")];
+  assertEquals(
+    published.filter((m) => m.typeId !== MessageType.CommandAmf0).map((m) => ({
+      type: m.typeId,
+      timestamp: m.timestamp,
+      payload: [...m.payload],
+    })),
+    packets.map((p) => ({
+      type: p.type,
+      timestamp: p.timestamp,
+      // FFmpeg and OBS wrap data messages so; servers unwrap them.
+      payload: p.type === TagType.Script ? [...setDataFrame, ...p.payload] : [...p.payload],
+    })),
+  );
+  const commands = received.filter((m) => m.typeId === MessageType.CommandAmf0)
+    .map((m) => parseCommand(m).name);
+  assertEquals(commands, [
+    "connect",
+    "releaseStream",
+    "FCPublish",
+    "createStream",
+    "publish",
+    "FCUnpublish",
+    "deleteStream",
+  ]);
 });
 
 Deno.test("RtmpPublisher reports nothing listening as unreachable", async () => {
