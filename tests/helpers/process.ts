@@ -27,7 +27,12 @@ export class TestProcess implements AsyncDisposable {
   readonly #reading: Promise<void>;
   #exited = false;
 
-  constructor(command: string, args: string[], options: { stdin?: "piped" | "null" } = {}) {
+  /** `stderrLimit`: how much of the end of stderr is kept (64 KiB unless said). */
+  constructor(
+    command: string,
+    args: string[],
+    options: { stdin?: "piped" | "null"; stderrLimit?: number } = {},
+  ) {
     this.name = `${command} ${args.join(" ")}`.slice(0, 200);
     this.child = new Deno.Command(command, {
       args,
@@ -41,7 +46,7 @@ export class TestProcess implements AsyncDisposable {
     });
     this.#reading = Promise.all([
       collectText(this.child.stdout, this.#stdout, 256 * 1024),
-      collectText(this.child.stderr, this.#stderr, 64 * 1024),
+      collectText(this.child.stderr, this.#stderr, options.stderrLimit ?? 64 * 1024),
     ]).then(() => {});
   }
 

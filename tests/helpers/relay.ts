@@ -127,7 +127,9 @@ export async function spawnRelay(
     new URL("../../main.ts", import.meta.url).pathname,
     "--config",
     configPath,
-  ]);
+    // The whole log, for tests that count log lines or scan them for secrets: a busy run (the
+    // fuzzer logs every bad connection) writes far more than the default tail.
+  ], { stderrLimit: 16 * 1024 * 1024 });
   await waitFor(
     async () => {
       if (process.exited) throw new Error(`relay exited:\n${process.stderr}`);
