@@ -92,98 +92,112 @@ class ThrottledProxy implements AsyncDisposable {
   }
 }
 
-// A short grace makes the old fixed drain timer (half of it: 1 s) far shorter than the drain.
+// A short grace makes the old fixed drain timer (half of it: 1 s, then SIGTERM and 0.5 s more)
+// far shorter than the drain.
 const SHUTDOWN_GRACE_SECONDS = 2;
+
+/**
+ * A stream of 6.4 MB published as fast as possible to a relay whose one destination goes through a
+ * 1 MB/s proxy to nginx. It reaches the relay within a second or two and takes over 6 s to get
+ * through: loopback's socket buffers take in a megabyte or two at once, so the stream is much larger
+ * than that, and the relay's queue is made big enough to hold it all, so that the relay still holds
+ * most of it when the stream ends.
+ */
+async function slowDestination(dir: string, name: string, graceSeconds = SHUTDOWN_GRACE_SECONDS) {
+  await using stack = new AsyncDisposableStack();
+  const key = `${name}-0001`;
+  const out = `${name}-out`;
+  const source = await fixture({ seconds: 8, gop: 30, videoBitrate: "6M", size: "1280x720" });
+  const nginx = stack.use(await NginxSink.start(`${dir}/nginx`));
+  const proxy = stack.use(new ThrottledProxy(nginx.port, 1_000_000));
+  const relay = stack.use(
+    await startTestRelay({
+      streams: [{
+        key,
+        destinations: [{
+          id: name,
+          platform: "custom",
+          rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
+          stream_key: out,
+        }],
+      }],
+      streaming: { shutdown_grace_seconds: graceSeconds, buffer_size_kb: 16_384 },
+    }),
+  );
+  const publisher = stack.use(ffmpegPublish(source, relay.rtmpUrl(key), { realtime: false }));
+  const resources = stack.move();
+  return {
+    source,
+    nginx,
+    proxy,
+    relay,
+    out,
+    /** Resolves once the publisher is done and the relay has ended the stream. */
+    async ended(): Promise<void> {
+      assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+      await waitFor(() => relay.service.manager.relayFor(key) === undefined, "the stream to end");
+    },
+    /** Resolves once the destination's FFmpeg has exited. */
+    async ffmpegGone(timeoutMs: number): Promise<void> {
+      const marker = `127.0.0.1:${proxy.port}/live`;
+      await waitFor(
+        async () => (await ffmpegProcessesWith(marker)).length === 0,
+        "FFmpeg gone",
+        timeoutMs,
+      );
+    },
+    [Symbol.asyncDispose]: () => resources.disposeAsync(),
+  };
+}
 
 Deno.test("DestinationSupervisor.stop() waits while a slow destination still drains: the whole stream arrives", async () => {
   await using dir = await tempDir();
-  // 6.4 MB, published as fast as possible: it reaches the relay within a second or two, then
-  // takes over 6 s to get through the 1 MB/s destination. Loopback's socket buffers take in a
-  // megabyte or two at once, so the stream must be much larger than that to leave the relay's
-  // queue (made big enough to hold it all) still full when the stream ends.
-  const source = await fixture({ seconds: 8, gop: 30, videoBitrate: "6M", size: "1280x720" });
-  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
-  await using proxy = new ThrottledProxy(nginx.port, 1_000_000);
-  await using relay = await startTestRelay({
-    streams: [{
-      key: "slow-drain-0001",
-      destinations: [{
-        id: "slow",
-        platform: "custom",
-        rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
-        stream_key: "slow-out",
-      }],
-    }],
-    streaming: { shutdown_grace_seconds: SHUTDOWN_GRACE_SECONDS, buffer_size_kb: 16_384 },
-  });
-  const marker = `127.0.0.1:${proxy.port}/live`;
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("slow-drain-0001"), {
-    realtime: false,
-  });
-  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  await using scenario = await slowDestination(dir.path, "slow");
+  const { proxy, relay, nginx } = scenario;
+  await scenario.ended();
   const endedAt = performance.now();
-  await waitFor(
-    () => relay.service.manager.relayFor("slow-drain-0001") === undefined,
-    "the stream to end",
-  );
-  await waitFor(
-    async () => (await ffmpegProcessesWith(marker)).length === 0,
-    "FFmpeg gone",
-    60_000,
-  );
+  await scenario.ffmpegGone(60_000);
   const drainSeconds = (performance.now() - endedAt) / 1000;
   await waitFor(() => proxy.finished === 1, "the proxy to forward everything", 30_000);
-  await settledFile(nginx.recording("slow-out"));
+  await settledFile(nginx.recording(scenario.out));
   assertSamePackets(
-    await framemd5(nginx.recording("slow-out")),
-    await framemd5(source),
+    await framemd5(nginx.recording(scenario.out)),
+    await framemd5(scenario.source),
     "slow destination",
   );
   const logs = relay.logText();
   assert(!logs.includes("SIGTERM"), `FFmpeg was signalled while it still drained:\n${logs}`);
-  // The drain outlasted the old fixed timer (1 s here) by far, or this test proves nothing.
+  // The drain outlasted the old fixed timer and SIGTERM grace (1.5 s), or this proves nothing.
   assert(
-    drainSeconds > SHUTDOWN_GRACE_SECONDS,
+    drainSeconds > SHUTDOWN_GRACE_SECONDS * 0.75,
     `the destination drained in ${drainSeconds.toFixed(1)} s: too fast to tell`,
   );
 });
 
-Deno.test("DestinationSupervisor.stop() cuts off a destination that makes no progress at stream end", async () => {
+Deno.test("DestinationSupervisor.stop() cuts off a destination that stops making progress at stream end", async () => {
   await using dir = await tempDir();
-  const source = await fixture({ seconds: 8, gop: 60, videoBitrate: "1M" });
-  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
-  await using proxy = new ThrottledProxy(nginx.port, 200_000);
-  await using relay = await startTestRelay({
-    streams: [{
-      key: "hung-drain-0001",
-      destinations: [{
-        id: "hung",
-        platform: "custom",
-        rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
-        stream_key: "hung-out",
-      }],
-    }],
-    streaming: { shutdown_grace_seconds: SHUTDOWN_GRACE_SECONDS },
-  });
-  const marker = `127.0.0.1:${proxy.port}/live`;
-  await using publisher = ffmpegPublish(source, relay.rtmpUrl("hung-drain-0001"), {
-    realtime: false,
-  });
-  await waitFor(() => proxy.forwarded > 0, "the destination to receive");
-  proxy.paused = true;
-  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
-  await waitFor(
-    () => relay.service.manager.relayFor("hung-drain-0001") === undefined,
-    "the stream to end",
-  );
-  // Cut off after the stall (5 s), well before FFmpeg's own 10 s I/O timeout would end it.
-  await waitFor(
-    async () => (await ffmpegProcessesWith(marker)).length === 0,
-    "FFmpeg gone",
-    30_000,
-  );
-  assert(
-    relay.logText().includes("made no progress for 5 s while draining: SIGTERM"),
-    relay.logText(),
-  );
+  await using scenario = await slowDestination(dir.path, "hung");
+  await scenario.ended();
+  // The platform hangs while the end of the stream is on its way.
+  scenario.proxy.paused = true;
+  // Cut off after 5 s without progress, before FFmpeg's own 10 s I/O timeout would end it.
+  await scenario.ffmpegGone(30_000);
+  const logs = scenario.relay.logText();
+  assert(logs.includes("made no progress for 5 s while draining: SIGTERM"), logs);
+});
+
+Deno.test("RelayService.shutdown() stays within shutdown_grace_seconds while a destination drains", async () => {
+  await using dir = await tempDir();
+  // Half of 6 s for draining, which the destination (hung: a 5 s stall would be seen later)
+  // cannot finish; then SIGTERM.
+  await using scenario = await slowDestination(dir.path, "shutdown", 6);
+  await scenario.ended();
+  scenario.proxy.paused = true;
+  const started = performance.now();
+  await scenario.relay.service.shutdown("test shutdown");
+  const seconds = (performance.now() - started) / 1000;
+  const logs = scenario.relay.logText();
+  assert(logs.includes("still draining 3 s into shutdown: SIGTERM"), logs);
+  assert(seconds < 6, `shutdown took ${seconds.toFixed(1)} s, over shutdown_grace_seconds`);
+  await scenario.ffmpegGone(10_000);
 });

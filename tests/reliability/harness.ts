@@ -91,6 +91,8 @@ export class TrackLog {
 
 /** Details of every loss found, for the failure message. */
 export const lossReports: string[] = [];
+/** Every sink and track whose last packet is not the last one sent: the stream's end was cut. */
+export const missingEnds: string[] = [];
 
 /**
  * What a sink that stayed up must hold: per track, the tail of what was sent, starting at the
@@ -125,6 +127,7 @@ export function lostPackets(sent: TrackLog, received: TrackLog | undefined, labe
       );
     }
     lost += mismatches + Math.max(0, -start);
+    if (all.length > 0 && got.at(-1) !== all.at(-1)) missingEnds.push(`${label} ${track}`);
   }
   return lost;
 }

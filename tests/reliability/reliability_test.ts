@@ -18,6 +18,7 @@ import {
   LONG,
   lossReports,
   lostPackets,
+  missingEnds,
   mutateSession,
   PacedPublisher,
   printSummary,
@@ -129,6 +130,7 @@ Deno.test({
 
     let lost = 0;
     let delivered = 0;
+    const endsBefore = missingEnds.length;
     for (const publisher of publishers) {
       assert(publisher.error === undefined, `${publisher.key}: ${publisher.error}`);
       for (const [i, sink] of sinks.entries()) {
@@ -137,6 +139,7 @@ Deno.test({
         delivered += got?.count ?? 0;
       }
     }
+    const endsCut = missingEnds.length - endsBefore;
     const slope = sampler.slopeMiBPerMinute(2);
     transcripts.push(relay.process.stderr);
     // A destination that falls behind drops to the next keyframe (by design); on a machine busy
@@ -154,14 +157,16 @@ Deno.test({
         slope.toFixed(1)
       } MiB/min after warm-up; CPU ${
         (cpu * 100 / streams).toFixed(1)
-      }% per stream; ${dropEpisodes} drop episodes; ${cutShort} destinations SIGTERMed at the end`,
+      }% per stream; ${dropEpisodes} drop episodes; ${cutShort} destinations SIGTERMed at the end; ${endsCut} tracks missing their end`,
     });
     console.log(
       `load: ${streams} streams × ${sinks.length} destinations, ${seconds} s: ${lost} packets lost of ${delivered} delivered, CPU ${
         (cpu * 100).toFixed(0)
       }% (of one core), PSS peak ${(sampler.peakPss / MiB).toFixed(0)} MiB, slope ${
         slope.toFixed(2)
-      } MiB/min, ${dropEpisodes} drop episodes, ${cutShort} destinations SIGTERMed at the end`,
+      } MiB/min, ${dropEpisodes} drop episodes, ${cutShort} destinations SIGTERMed at the end, ${endsCut} of ${
+        streams * sinks.length * 2
+      } tracks missing their end`,
     );
     assertEquals(
       lost,
@@ -243,6 +248,13 @@ Deno.test("faults during live streams: each survived, and the streams beside it 
     return (probe.addr as Deno.NetAddr).port;
   })();
   let cp = new FakeControlPlane(behaviour, cpPort);
+  /** Waits until the good sink's FFmpeg for `key` runs (its command line names its key). */
+  const destinationRunning = (key: string) =>
+    waitFor(
+      async () => (await ffmpegProcessesWith(`/live/${goodKey.get(key)}`)).length === 1,
+      "the good destination of a new stream to run",
+      30_000,
+    );
   await using relay = await spawnRelay(
     dir.path,
     `[control_plane]\nurl = "${cp.url}"\ntimeout_seconds = 3\nretry_attempts = 2\n` +
@@ -288,6 +300,9 @@ Deno.test("faults during live streams: each survived, and the streams beside it 
   await slowPublisher.start(relay.rtmpPort);
   assert(performance.now() - slowStarted >= 1_400, "the slow answer was waited for");
   mood.authDelayMs = 0;
+  // Its destinations are asked for after the publish is accepted: the outage below must not
+  // begin before they are running.
+  await destinationRunning(slowKey);
   faults++;
 
   // The control plane down for a while: new publishes are refused, live streams carry on.
@@ -307,8 +322,15 @@ Deno.test("faults during live streams: each survived, and the streams beside it 
   goodKey.set(backKey, destinationKey(backKey, 0));
   const back = new PacedPublisher(backKey);
   await back.start(relay.rtmpPort);
+  await destinationRunning(backKey);
   faults++;
   await sleep(3_000);
+  // The killed sink's destination came back by itself (with backoff) and is delivering again.
+  await waitFor(
+    () => (flaky.received.get(extra[keys.sinkKilled]!.key)?.video.length ?? 0) > 0,
+    "the restarted sink to receive again",
+    30_000,
+  );
 
   const live = [...publishers.values()].filter((p) => p !== silent);
   await pollApi(relay, live.map((p) => p.key));
