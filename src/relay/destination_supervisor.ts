@@ -24,7 +24,7 @@ export interface SupervisorOptions {
   /** Media bytes queued for this destination before it drops to the next keyframe. */
   queueBytes: number;
   /**
-   * How long FFmpeg may go without any progress (see `#stopChild`) while it sends the end of the
+   * How long FFmpeg may go without any progress (see `#drains`) while it sends the end of the
    * stream, before SIGTERM. As long as it makes progress it is never cut off: a SIGTERM would lose
    * the end of the stream at the destination.
    */
