@@ -32,6 +32,11 @@ export interface ServiceOptions {
 
 /** Floor for a destination's queue: a few seconds of high-bitrate video, whatever the config says. */
 const MIN_DESTINATION_QUEUE_BYTES = 4 * 1024 * 1024;
+/**
+ * A stopping FFmpeg that shows no progress for this long (it reports twice a second while it
+ * works) is stuck, not slow: SIGTERM. Below FFmpeg's own 10 s I/O timeout on the destination.
+ */
+const DRAIN_STALL_MS = 5_000;
 
 /** True when the config could make us start FFmpeg. */
 export function needsFfmpeg(config: Config): boolean {
@@ -127,6 +132,8 @@ export class RelayService implements AsyncDisposable {
   readonly #tls: { caFile: string | undefined } = { caFile: undefined };
   #current: Config;
   #stopping: Promise<void> | undefined;
+  /** Aborted as shutdown begins: from then on FFmpeg drains within the grace period. */
+  readonly #shutdownSignal = new AbortController();
 
   private constructor(
     config: Config,
@@ -144,16 +151,19 @@ export class RelayService implements AsyncDisposable {
       reconnectGraceMs: streaming.reconnect_grace_seconds * 1000,
       publisherIdleMs: streaming.publisher_idle_seconds * 1000,
     });
-    // Within shutdown_grace_seconds: half for FFmpeg to send what it holds, a quarter after
-    // SIGTERM, the rest for stream-end reports and the HTTP server.
+    // A stream that ends waits for its FFmpegs as long as they make progress sending its end.
+    // Our own shutdown stays within shutdown_grace_seconds: half for FFmpeg to send what it
+    // holds, a quarter after SIGTERM, the rest for stream-end reports and the HTTP server.
     const graceMs = streaming.shutdown_grace_seconds * 1000;
     this.manager = new RelayManager(createAuthority(config, options, outbox), {
       maxDestinationsPerStream: streaming.max_destinations_per_stream,
       supervisor: {
         ffmpegPath: streaming.ffmpeg_path,
         queueBytes: Math.max(streaming.buffer_size_kb * 1024, MIN_DESTINATION_QUEUE_BYTES),
+        drainStallMs: DRAIN_STALL_MS,
         drainGraceMs: graceMs / 2,
         stopGraceMs: graceMs / 4,
+        shutdown: this.#shutdownSignal.signal,
         ioTimeoutSeconds: 10,
         tls: this.#tls,
         backoff: options.backoff,
@@ -284,6 +294,7 @@ export class RelayService implements AsyncDisposable {
   shutdown(reason = "relay shutting down"): Promise<void> {
     this.#stopping ??= (async () => {
       serviceLog.info("shutting down: {reason}", { reason });
+      this.#shutdownSignal.abort();
       // End every stream now (no reconnect window on our own shutdown), then close the rest.
       this.hub.endAll(reason);
       await this.rtmp.close(reason);

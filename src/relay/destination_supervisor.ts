@@ -27,12 +27,20 @@ export interface SupervisorOptions {
   /** Media bytes queued for this destination before it drops to the next keyframe. */
   queueBytes: number;
   /**
-   * Time FFmpeg gets to send what it still holds and exit after its stdin closes. Generous: a
-   * SIGTERM before then would cut off the end of the stream at the destination.
+   * How long FFmpeg may go without any progress (see `#drains`) while it sends the end of the
+   * stream, before SIGTERM. As long as it makes progress it is never cut off: a SIGTERM would lose
+   * the end of the stream at the destination.
+   */
+  drainStallMs: number;
+  /**
+   * Once `shutdown` is aborted (the service itself stops), the most time FFmpeg gets to finish
+   * sending, progress or not, so the whole stop stays within `shutdown_grace_seconds`.
    */
   drainGraceMs: number;
   /** Time FFmpeg gets to exit after SIGTERM, before SIGKILL. */
   stopGraceMs: number;
+  /** Aborted when the service shuts down: draining becomes bounded by `drainGraceMs`. */
+  shutdown?: AbortSignal;
   ioTimeoutSeconds: number;
   /** Trust for `rtmps://`, read at each FFmpeg start (a reload may replace `caFile`). */
   tls?: { readonly caFile: string | undefined };
@@ -71,6 +79,14 @@ const MAX_STDERR_LINE = 400;
 const STDERR_LINES_KEPT = 8;
 const ERROR_WORDS =
   /error|fail|refused|invalid|denied|timed? ?out|broken|unable|cannot|not found|reset/i;
+/**
+ * Global options put in front of the destination's arguments: FFmpeg reports on stdout, twice a
+ * second while it works, how many bytes it has written to the destination (`total_size=`). That
+ * is how a stop sees FFmpeg still sending after its stdin closed.
+ */
+const PROGRESS_ARGS = ["-progress", "pipe:1", "-stats_period", "0.5"];
+/** How often a stop checks a draining FFmpeg for progress. */
+const DRAIN_CHECK_MS = 250;
 
 export class DestinationSupervisor implements StreamSubscriber {
   readonly destination: Destination;
@@ -96,6 +112,8 @@ export class DestinationSupervisor implements StreamSubscriber {
   #lastError: string | null = null;
   #startedAt: Date | null = null;
   #connectedAt: Date | null = null;
+  /** Bytes the current FFmpeg says it has written to the destination. */
+  #outputBytes = 0;
 
   constructor(destination: Destination, stream: LiveStream, options: SupervisorOptions) {
     this.destination = destination;
@@ -159,12 +177,15 @@ export class DestinationSupervisor implements StreamSubscriber {
     let child: Deno.ChildProcess;
     try {
       child = new Deno.Command(this.#options.ffmpegPath, {
-        args: buildFfmpegArgs(this.destination, {
-          ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
-          caFile: this.#options.tls?.caFile,
-        }),
+        args: [
+          ...PROGRESS_ARGS,
+          ...buildFfmpegArgs(this.destination, {
+            ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
+            caFile: this.#options.tls?.caFile,
+          }),
+        ],
         stdin: "piped",
-        stdout: "null",
+        stdout: "piped",
         stderr: "piped",
       }).spawn();
     } catch (error) {
@@ -173,6 +194,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       return;
     }
     this.#child = child;
+    this.#outputBytes = 0;
     this.#options.children?.add(child);
     this.#startedAt = new Date();
     const queue = this.#nextQueue ?? this.#newQueue();
@@ -185,6 +207,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     relayLog.info("destination starting", { ...this.#context(), pid: child.pid });
     const recentLines: string[] = [];
     const stderrDone = this.#readStderr(child.stderr, recentLines);
+    const progressDone = this.#readProgress(child.stdout);
     const pumpDone = this.#pump(child.stdin, queue);
     const status = await child.status;
     this.#options.children?.delete(child);
@@ -193,7 +216,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#droppedBefore += queue.droppedPackets;
     this.#queue = undefined;
     this.#child = undefined;
-    await Promise.all([pumpDone, stderrDone]);
+    await Promise.all([pumpDone, stderrDone, progressDone]);
     this.#connectedAt = null;
     if (this.#terminated || this.#restartRequested) return;
     this.#errorCount++;
@@ -229,16 +252,56 @@ export class DestinationSupervisor implements StreamSubscriber {
     const queue = this.#queue;
     if (child === undefined) return;
     queue?.close(); // the pump closes stdin once the queue is drained: FFmpeg flushes and exits
-    if (await this.#exitsWithin(child, this.#options.drainGraceMs)) return;
-    relayLog.warn("destination did not finish within {seconds} s of its input ending: SIGTERM", {
-      ...this.#context(),
-      seconds: this.#options.drainGraceMs / 1000,
-    });
+    if (await this.#drains(child)) return;
     this.#signal(child, "SIGTERM");
     if (await this.#exitsWithin(child, this.#options.stopGraceMs)) return;
     relayLog.warn("destination ignored SIGTERM: SIGKILL", this.#context());
     this.#signal(child, "SIGKILL");
     await child.status;
+  }
+
+  /**
+   * Waits while FFmpeg sends the end of the stream: true once it exited, false when it made no
+   * progress for `drainStallMs` or the service's shutdown deadline passed (logged).
+   *
+   * A fixed timer here cut off the end of streams on a busy machine, where FFmpeg is slow but
+   * working. Progress is what we can see without reading /proc (Deno allows /proc/<pid>/* only
+   * with --allow-all): bytes of our stdin writes that FFmpeg took (it is reading its input) plus
+   * the bytes FFmpeg reports written to the destination on its progress output (it is sending,
+   * which also covers the tail it holds after its stdin closed). Both come from FFmpeg doing the
+   * work itself, so a blocked destination or a hung FFmpeg shows as a stall, while a slow one is
+   * given the time it needs.
+   */
+  async #drains(child: Deno.ChildProcess): Promise<boolean> {
+    const { drainStallMs, drainGraceMs, shutdown } = this.#options;
+    const progress = () => this.#bytesSent + this.#outputBytes;
+    let last = progress();
+    let lastProgressAt = performance.now();
+    let shutdownAt: number | undefined;
+    for (;;) {
+      if (await this.#exitsWithin(child, DRAIN_CHECK_MS)) return true;
+      const now = performance.now();
+      if (progress() !== last) {
+        last = progress();
+        lastProgressAt = now;
+      } else if (now - lastProgressAt >= drainStallMs) {
+        relayLog.warn("destination made no progress for {seconds} s while draining: SIGTERM", {
+          ...this.#context(),
+          seconds: drainStallMs / 1000,
+        });
+        return false;
+      }
+      if (shutdown?.aborted) {
+        shutdownAt ??= now;
+        if (now - shutdownAt >= drainGraceMs) {
+          relayLog.warn("destination still draining {seconds} s into shutdown: SIGTERM", {
+            ...this.#context(),
+            seconds: drainGraceMs / 1000,
+          });
+          return false;
+        }
+      }
+    }
   }
 
   #signal(child: Deno.ChildProcess, signal: Deno.Signal): void {
@@ -308,6 +371,21 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#bytesSent += bytes.length;
     this.#packetsSent += packets;
     this.#rate.add(bytes.length);
+  }
+
+  /** Follows FFmpeg's progress reports (`key=value` lines) for the bytes it has sent. */
+  async #readProgress(stdout: ReadableStream<Uint8Array>): Promise<void> {
+    const decoder = new TextDecoder();
+    let carry = "";
+    for await (const chunk of stdout) {
+      carry += decoder.decode(chunk, { stream: true });
+      const lines = carry.split("\n");
+      carry = (lines.pop() ?? "").slice(-MAX_STDERR_LINE);
+      for (const line of lines) {
+        const size = /^total_size=(\d+)/.exec(line);
+        if (size) this.#outputBytes = Number(size[1]);
+      }
+    }
   }
 
   async #readStderr(stderr: ReadableStream<Uint8Array>, recent: string[]): Promise<void> {

@@ -27,10 +27,11 @@ export class TestProcess implements AsyncDisposable {
   readonly #reading: Promise<void>;
   #exited = false;
 
+  /** `stderrLimit`: how much of the end of stderr is kept (64 KiB unless said). */
   constructor(
     command: string,
     args: string[],
-    options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+    options: { stdin?: "piped" | "null"; env?: Record<string, string>; stderrLimit?: number } = {},
   ) {
     this.name = `${command} ${args.join(" ")}`.slice(0, 200);
     this.child = new Deno.Command(command, {
@@ -46,7 +47,7 @@ export class TestProcess implements AsyncDisposable {
     });
     this.#reading = Promise.all([
       collectText(this.child.stdout, this.#stdout, 256 * 1024),
-      collectText(this.child.stderr, this.#stderr, 64 * 1024),
+      collectText(this.child.stderr, this.#stderr, options.stderrLimit ?? 64 * 1024),
     ]).then(() => {});
   }
 

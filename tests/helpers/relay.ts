@@ -154,7 +154,12 @@ export async function spawnRelay(
     new URL("../../main.ts", import.meta.url).pathname,
     "--config",
     configPath,
-  ], permissions ? {} : { env: { STATE_DIRECTORY: `${dir}/state` } });
+    // The whole log, for tests that count log lines or scan them for secrets: a busy run (the
+    // fuzzer logs every bad connection) writes far more than the default tail.
+  ], {
+    stderrLimit: 16 * 1024 * 1024,
+    ...(permissions ? {} : { env: { STATE_DIRECTORY: `${dir}/state` } }),
+  });
   await waitFor(
     async () => {
       if (process.exited) throw new Error(`relay exited:\n${process.stderr}`);

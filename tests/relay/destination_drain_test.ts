@@ -1,0 +1,203 @@
+/**
+ * Stopping a destination at stream end: FFmpeg gets its stdin closed and is waited for as long as
+ * it makes progress sending the end of the stream, however long that takes; only a destination
+ * that makes no progress at all is cut off.
+ */
+
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
+import { ffmpegProcessesWith, sleep, tempDir, waitFor } from "../helpers/process.ts";
+import { startTestRelay } from "../helpers/relay.ts";
+import { NginxSink, settledFile } from "../helpers/sinks.ts";
+
+/**
+ * A TCP proxy in front of a sink that forwards what FFmpeg sends at `bytesPerSecond` at most: a
+ * destination whose uplink is slower than the stream, so the stream's end is still on its way
+ * well after the publisher left. `paused` stops forwarding altogether (a destination that hangs).
+ */
+class ThrottledProxy implements AsyncDisposable {
+  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  readonly #conns = new Set<Deno.Conn>();
+  readonly #serving: Promise<void>;
+  paused = false;
+  /** Bytes forwarded to the sink. */
+  forwarded = 0;
+  /** Connections whose client side has closed and been fully forwarded. */
+  finished = 0;
+
+  constructor(readonly targetPort: number, readonly bytesPerSecond: number) {
+    this.#serving = (async () => {
+      const sessions: Promise<void>[] = [];
+      try {
+        for await (const client of this.#listener) sessions.push(this.#session(client));
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+      await Promise.all(sessions);
+    })();
+  }
+
+  get port(): number {
+    return (this.#listener.addr as Deno.NetAddr).port;
+  }
+
+  async #session(client: Deno.Conn): Promise<void> {
+    const upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.targetPort });
+    this.#conns.add(client).add(upstream);
+    const started = performance.now();
+    let sent = 0;
+    const toSink = (async () => {
+      const buffer = new Uint8Array(16 * 1024);
+      for (;;) {
+        while (this.paused) await sleep(100);
+        const n = await client.read(buffer).catch(() => null);
+        if (n === null) break;
+        if ((await upstream.write(buffer.subarray(0, n)).catch(() => -1)) < 0) break;
+        sent += n;
+        this.forwarded += n;
+        const ahead = started + sent / this.bytesPerSecond * 1000 - performance.now();
+        if (ahead > 0) await sleep(ahead);
+      }
+      this.#close(upstream);
+    })();
+    const toClient = (async () => {
+      const buffer = new Uint8Array(4096);
+      for (;;) {
+        const n = await upstream.read(buffer).catch(() => null);
+        if (n === null) break;
+        if ((await client.write(buffer.subarray(0, n)).catch(() => -1)) < 0) break;
+      }
+    })();
+    await toSink;
+    this.finished++;
+    await toClient;
+    this.#close(client);
+  }
+
+  #close(conn: Deno.Conn): void {
+    if (!this.#conns.delete(conn)) return;
+    try {
+      conn.close();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.BadResource)) throw error;
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.paused = false;
+    this.#listener.close();
+    for (const conn of [...this.#conns]) this.#close(conn);
+    await this.#serving;
+  }
+}
+
+// A short grace makes the old fixed drain timer (half of it: 1 s, then SIGTERM and 0.5 s more)
+// far shorter than the drain.
+const SHUTDOWN_GRACE_SECONDS = 2;
+
+/**
+ * A stream of 6.4 MB published as fast as possible to a relay whose one destination goes through a
+ * 1 MB/s proxy to nginx. It reaches the relay within a second or two and takes over 6 s to get
+ * through: loopback's socket buffers take in a megabyte or two at once, so the stream is much larger
+ * than that, and the relay's queue is made big enough to hold it all, so that the relay still holds
+ * most of it when the stream ends.
+ */
+async function slowDestination(dir: string, name: string, graceSeconds = SHUTDOWN_GRACE_SECONDS) {
+  await using stack = new AsyncDisposableStack();
+  const key = `${name}-0001`;
+  const out = `${name}-out`;
+  const source = await fixture({ seconds: 8, gop: 30, videoBitrate: "6M", size: "1280x720" });
+  const nginx = stack.use(await NginxSink.start(`${dir}/nginx`));
+  const proxy = stack.use(new ThrottledProxy(nginx.port, 1_000_000));
+  const relay = stack.use(
+    await startTestRelay({
+      streams: [{
+        key,
+        destinations: [{
+          id: name,
+          platform: "custom",
+          rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
+          stream_key: out,
+        }],
+      }],
+      streaming: { shutdown_grace_seconds: graceSeconds, buffer_size_kb: 16_384 },
+    }),
+  );
+  const publisher = stack.use(ffmpegPublish(source, relay.rtmpUrl(key), { realtime: false }));
+  const resources = stack.move();
+  return {
+    source,
+    nginx,
+    proxy,
+    relay,
+    out,
+    /** Resolves once the publisher is done and the relay has ended the stream. */
+    async ended(): Promise<void> {
+      assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+      await waitFor(() => relay.service.manager.relayFor(key) === undefined, "the stream to end");
+    },
+    /** Resolves once the destination's FFmpeg has exited. */
+    async ffmpegGone(timeoutMs: number): Promise<void> {
+      const marker = `127.0.0.1:${proxy.port}/live`;
+      await waitFor(
+        async () => (await ffmpegProcessesWith(marker)).length === 0,
+        "FFmpeg gone",
+        timeoutMs,
+      );
+    },
+    [Symbol.asyncDispose]: () => resources.disposeAsync(),
+  };
+}
+
+Deno.test("DestinationSupervisor.stop() waits while a slow destination still drains: the whole stream arrives", async () => {
+  await using dir = await tempDir();
+  await using scenario = await slowDestination(dir.path, "slow");
+  const { proxy, relay, nginx } = scenario;
+  await scenario.ended();
+  const endedAt = performance.now();
+  await scenario.ffmpegGone(60_000);
+  const drainSeconds = (performance.now() - endedAt) / 1000;
+  await waitFor(() => proxy.finished === 1, "the proxy to forward everything", 30_000);
+  await settledFile(nginx.recording(scenario.out));
+  assertSamePackets(
+    await framemd5(nginx.recording(scenario.out)),
+    await framemd5(scenario.source),
+    "slow destination",
+  );
+  const logs = relay.logText();
+  assert(!logs.includes("SIGTERM"), `FFmpeg was signalled while it still drained:\n${logs}`);
+  // The drain outlasted the old fixed timer and SIGTERM grace (1.5 s), or this proves nothing.
+  assert(
+    drainSeconds > SHUTDOWN_GRACE_SECONDS * 0.75,
+    `the destination drained in ${drainSeconds.toFixed(1)} s: too fast to tell`,
+  );
+});
+
+Deno.test("DestinationSupervisor.stop() cuts off a destination that stops making progress at stream end", async () => {
+  await using dir = await tempDir();
+  await using scenario = await slowDestination(dir.path, "hung");
+  await scenario.ended();
+  // The platform hangs while the end of the stream is on its way.
+  scenario.proxy.paused = true;
+  // Cut off after 5 s without progress, before FFmpeg's own 10 s I/O timeout would end it.
+  await scenario.ffmpegGone(30_000);
+  const logs = scenario.relay.logText();
+  assert(logs.includes("made no progress for 5 s while draining: SIGTERM"), logs);
+});
+
+Deno.test("RelayService.shutdown() stays within shutdown_grace_seconds while a destination drains", async () => {
+  await using dir = await tempDir();
+  // Half of 6 s for draining, which the destination (hung: a 5 s stall would be seen later)
+  // cannot finish; then SIGTERM.
+  await using scenario = await slowDestination(dir.path, "shutdown", 6);
+  await scenario.ended();
+  scenario.proxy.paused = true;
+  const started = performance.now();
+  await scenario.relay.service.shutdown("test shutdown");
+  const seconds = (performance.now() - started) / 1000;
+  const logs = scenario.relay.logText();
+  assert(logs.includes("still draining 3 s into shutdown: SIGTERM"), logs);
+  assert(seconds < 6, `shutdown took ${seconds.toFixed(1)} s, over shutdown_grace_seconds`);
+  await scenario.ffmpegGone(10_000);
+});
