@@ -20,6 +20,8 @@ export class GopCache {
   #frameBytes = 0;
   /** True once a keyframe opened the current group and it still fits in `maxBytes`. */
   #collecting = false;
+  /** Timestamp of the keyframe that opened the current group. */
+  #groupTimestamp = -1;
 
   /** `maxBytes` caps the frames kept; a larger group is dropped until the next keyframe. */
   constructor(maxBytes: number) {
@@ -61,7 +63,12 @@ export class GopCache {
       this.#sequenceHeaders.set(key, packet);
       return;
     }
-    if (packet.keyframe) {
+    // A multitrack stream's renditions have their keyframes at the same instant, one tag per
+    // track: the group opens at the first of them and keeps the others, so a reader joining gets
+    // a keyframe for every track and not only for the last one sent.
+    const sameInstant = this.#collecting && packet.timestamp === this.#groupTimestamp;
+    if (packet.keyframe && !sameInstant) {
+      this.#groupTimestamp = packet.timestamp;
       this.#frames = [];
       this.#frameBytes = 0;
       this.#collecting = true;

@@ -92,3 +92,15 @@ Deno.test("GopCache keeps one sequence header per track of a multitrack stream",
   cache.push(track2b);
   assertEquals(cache.headers(), [meta, avcConfig, track1, track2b, aacConfig, audio1]);
 });
+
+Deno.test("GopCache opens a group at the first of the keyframes several tracks have at one instant", () => {
+  const cache = new GopCache(1_000_000);
+  const key = (ts: number, track: number) =>
+    createMediaPacket(TagType.Video, ts, hex(`96 01 68766331 0${track} 000000 01`));
+  const inter = (ts: number, track: number) =>
+    createMediaPacket(TagType.Video, ts, hex(`a6 01 68766331 0${track} 000000 01`));
+  const frames = [key(0, 0), key(0, 1), inter(40, 0), inter(40, 1)];
+  const next = [key(80, 0), key(80, 1), audio(80), inter(120, 0)];
+  for (const packet of [...frames, ...next]) cache.push(packet);
+  assertEquals(cache.snapshot(), next, "both tracks' keyframes at 80, then what follows");
+});
