@@ -157,3 +157,12 @@ Deno.test("buildExTag() writes what parseExVideo() reads", () => {
     [3, "av01", "03"],
   ]);
 });
+
+Deno.test("selectRendition() keeps a ModEx entry of more than 256 bytes (16-bit size) intact", () => {
+  const data = "ab".repeat(300);
+  // UI8 0xff says "UI16 follows": 0x012b + 1 = 300 bytes.
+  const tag = hex(`97 ff 012b ${data} 06 01 68766331 01 000000 dd`);
+  const out = selectRendition({ type: 9, payload: tag }, { videoTrack: 1, audioTrack: 0 });
+  assertEquals(toHex(out), toHex(hex(`97 ff 012b ${data} 01 68766331 000000 dd`)));
+  assertEquals(parseExVideo(out!).modEx[0]?.data.length, 300);
+});
