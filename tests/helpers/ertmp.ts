@@ -195,10 +195,9 @@ function nalElementary(bytes: Uint8Array, hevc: boolean): Omit<VideoElementary, 
   for (const nal of splitAnnexB(bytes)) {
     const type = typeOf(nal);
     if (sawVcl && (isVcl(type) ? firstSlice(nal) : startsUnit.includes(type))) flush();
-    if (parameterSet.includes(type)) {
-      if (!sets.has(type)) sets.set(type, nal);
-      // Parameter sets stay in the frames too, as encoders repeat them: passed through as sent.
-    }
+    // The first of each parameter set goes in the configuration record; they stay in the
+    // frames too, as the encoder wrote them (passed through as sent).
+    if (parameterSet.includes(type) && !sets.has(type)) sets.set(type, nal);
     if (isVcl(type)) {
       sawVcl = true;
       if (hevc ? type >= 16 && type <= 23 : type === 5) keyframe = true;
@@ -296,12 +295,11 @@ function av1Elementary(bytes: Uint8Array): Omit<VideoElementary, "file" | "forma
     level = bits.read(5);
   } else {
     if (bits.read(1)) throw new Error("AV1 timing info not handled by this test helper");
-    const initialDisplayDelay = bits.read(1);
+    bits.read(1); // initial_display_delay_present_flag
     bits.read(5); // operating_points_cnt_minus_1
     bits.read(12); // operating_point_idc[0]
     level = bits.read(5);
     if (level > 7) tier = bits.read(1);
-    void initialDisplayDelay;
   }
   const config = concat([
     [0x81, (profile << 5) | level, (tier << 7) | 0x0c, 0],
