@@ -6,6 +6,17 @@
  * @module
  */
 
+import {
+  type ExTag,
+  isCodedFrames,
+  isExAudio,
+  isExVideo,
+  isSequenceStart,
+  parseExAudio,
+  parseExVideo,
+  VideoFrameType,
+} from "./enhanced_rtmp.ts";
+
 /** FLV tag types, equal to the RTMP message type ids that carry them. */
 export const TagType = { Audio: 8, Video: 9, Script: 18 } as const;
 export type TagTypeId = typeof TagType[keyof typeof TagType];
@@ -52,6 +63,9 @@ const AUDIO_FORMATS: Record<number, string> = {
   1: "adpcm",
   2: "mp3",
   3: "pcm-le",
+  4: "nellymoser-16k",
+  5: "nellymoser-8k",
+  6: "nellymoser",
   7: "g711a",
   8: "g711u",
   10: "aac",
@@ -59,25 +73,34 @@ const AUDIO_FORMATS: Record<number, string> = {
   14: "mp3-8k",
 };
 
-const fourCc = (bytes: Uint8Array, at: number): string =>
-  String.fromCharCode(bytes[at]!, bytes[at + 1]!, bytes[at + 2]!, bytes[at + 3]!);
-
-/** Enhanced RTMP video packet types that carry a sequence start. */
-const ENHANCED_SEQUENCE_START = 0;
-const ENHANCED_MPEG2TS_SEQUENCE_START = 5;
+/**
+ * Classifies an Enhanced RTMP tag. Every track of a multitrack tag shares the frame and packet
+ * type, so a multitrack tag is a keyframe or a sequence start as a whole; the codec is the first
+ * track's FourCC (all of them, comma-separated, when the tracks differ). A tag too broken to parse
+ * is classified from its first byte alone: the relay passes it on, it never decides on it.
+ */
+function inspectEnhanced(
+  payload: Uint8Array,
+  video: boolean,
+): { keyframe: boolean; sequenceHeader: boolean; codec: string } {
+  let tag: ExTag;
+  try {
+    tag = video ? parseExVideo(payload) : parseExAudio(payload);
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) throw error;
+    return { keyframe: false, sequenceHeader: false, codec: "unknown" };
+  }
+  const codecs = [...new Set(tag.tracks.map((track) => track.fourCc.trim()))];
+  const sequenceHeader = isSequenceStart(tag.packetType, video) && tag.tracks.length > 0;
+  const keyframe = video && tag.frameType === VideoFrameType.KeyFrame &&
+    isCodedFrames(tag.packetType, video);
+  return { keyframe, sequenceHeader, codec: codecs.length > 0 ? codecs.join(",") : "none" };
+}
 
 export function inspectVideo(payload: Uint8Array): VideoTagInfo {
   if (payload.length === 0) return { keyframe: false, sequenceHeader: false, codec: "none" };
+  if (isExVideo(payload)) return inspectEnhanced(payload, true);
   const first = payload[0]!;
-  if ((first & 0x80) !== 0) {
-    // Enhanced RTMP: [1 | frameType(3) | packetType(4)] then a FourCC.
-    const frameType = (first >> 4) & 0x07;
-    const packetType = first & 0x0f;
-    const codec = payload.length >= 5 ? fourCc(payload, 1) : "unknown";
-    const sequenceHeader = packetType === ENHANCED_SEQUENCE_START ||
-      packetType === ENHANCED_MPEG2TS_SEQUENCE_START;
-    return { keyframe: frameType === 1 && !sequenceHeader, sequenceHeader, codec };
-  }
   const frameType = first >> 4;
   const codecId = first & 0x0f;
   const codec = LEGACY_VIDEO_CODECS[codecId] ?? `codec-${codecId}`;
@@ -88,13 +111,11 @@ export function inspectVideo(payload: Uint8Array): VideoTagInfo {
 
 export function inspectAudio(payload: Uint8Array): AudioTagInfo {
   if (payload.length === 0) return { sequenceHeader: false, codec: "none" };
-  const format = payload[0]! >> 4;
-  if (format === 9) {
-    // Enhanced RTMP audio: [9 | packetType(4)] then a FourCC.
-    const packetType = payload[0]! & 0x0f;
-    const codec = payload.length >= 5 ? fourCc(payload, 1).trim() : "unknown";
-    return { sequenceHeader: packetType === 0, codec };
+  if (isExAudio(payload)) {
+    const { sequenceHeader, codec } = inspectEnhanced(payload, false);
+    return { sequenceHeader, codec };
   }
+  const format = payload[0]! >> 4;
   const codec = AUDIO_FORMATS[format] ?? `format-${format}`;
   return { sequenceHeader: format === 10 && payload.length > 1 && payload[1] === 0, codec };
 }

@@ -1,22 +1,27 @@
 /**
  * The GOP cache: what a reader joining a live stream needs to start at once. Metadata, the latest
- * video and audio sequence headers, and every packet since the last video keyframe.
+ * video and audio sequence headers (one per track: an Enhanced RTMP v2 multitrack stream has a
+ * sequence start for each of its tracks, and a reader needs all of them), and every packet since
+ * the last video keyframe.
  *
  * @module
  */
 
+import { isExAudio, isExVideo, parseExAudio, parseExVideo } from "./enhanced_rtmp.ts";
 import { type MediaPacket, TagType } from "./flv.ts";
 import { sameBytes } from "./stream_configuration.ts";
 
 export class GopCache {
   readonly maxBytes: number;
   #metadata: MediaPacket | undefined;
-  #videoSequenceHeader: MediaPacket | undefined;
-  #audioSequenceHeader: MediaPacket | undefined;
+  /** Latest sequence header per track, keyed by `trackKey`, in the order tracks appeared. */
+  #sequenceHeaders = new Map<string, MediaPacket>();
   #frames: MediaPacket[] = [];
   #frameBytes = 0;
   /** True once a keyframe opened the current group and it still fits in `maxBytes`. */
   #collecting = false;
+  /** Timestamp of the keyframe that opened the current group. */
+  #groupTimestamp = -1;
 
   /** `maxBytes` caps the frames kept; a larger group is dropped until the next keyframe. */
   constructor(maxBytes: number) {
@@ -33,12 +38,14 @@ export class GopCache {
     return this.#metadata;
   }
 
+  /** The default (track 0, or only) video track's sequence header. */
   get videoSequenceHeader(): MediaPacket | undefined {
-    return this.#videoSequenceHeader;
+    return this.#sequenceHeaders.get(trackKey({ type: TagType.Video, payload: new Uint8Array() }));
   }
 
+  /** The default (track 0, or only) audio track's sequence header. */
   get audioSequenceHeader(): MediaPacket | undefined {
-    return this.#audioSequenceHeader;
+    return this.#sequenceHeaders.get(trackKey({ type: TagType.Audio, payload: new Uint8Array() }));
   }
 
   /** Records one packet of the live stream, in order. */
@@ -48,17 +55,20 @@ export class GopCache {
       return;
     }
     if (packet.sequenceHeader) {
-      const previous = packet.type === TagType.Video
-        ? this.#videoSequenceHeader
-        : this.#audioSequenceHeader;
+      const key = trackKey(packet);
+      const previous = this.#sequenceHeaders.get(key);
       // Frames encoded under another configuration cannot be decoded with this one: a reader
       // joining now waits for the next keyframe instead.
       if (previous !== undefined && !sameBytes(previous.payload, packet.payload)) this.#drop();
-      if (packet.type === TagType.Video) this.#videoSequenceHeader = packet;
-      else this.#audioSequenceHeader = packet;
+      this.#sequenceHeaders.set(key, packet);
       return;
     }
-    if (packet.keyframe) {
+    // A multitrack stream's renditions have their keyframes at the same instant, one tag per
+    // track: the group opens at the first of them and keeps the others, so a reader joining gets
+    // a keyframe for every track and not only for the last one sent.
+    const sameInstant = this.#collecting && packet.timestamp === this.#groupTimestamp;
+    if (packet.keyframe && !sameInstant) {
+      this.#groupTimestamp = packet.timestamp;
       this.#frames = [];
       this.#frameBytes = 0;
       this.#collecting = true;
@@ -77,8 +87,11 @@ export class GopCache {
   headers(): MediaPacket[] {
     const out: MediaPacket[] = [];
     if (this.#metadata) out.push(this.#metadata);
-    if (this.#videoSequenceHeader) out.push(this.#videoSequenceHeader);
-    if (this.#audioSequenceHeader) out.push(this.#audioSequenceHeader);
+    for (const type of [TagType.Video, TagType.Audio]) {
+      for (const header of this.#sequenceHeaders.values()) {
+        if (header.type === type) out.push(header);
+      }
+    }
     return out;
   }
 
@@ -89,8 +102,7 @@ export class GopCache {
 
   clear(): void {
     this.#metadata = undefined;
-    this.#videoSequenceHeader = undefined;
-    this.#audioSequenceHeader = undefined;
+    this.#sequenceHeaders.clear();
     this.#drop();
   }
 
@@ -100,4 +112,25 @@ export class GopCache {
     this.#frameBytes = 0;
     this.#collecting = false;
   }
+}
+
+/**
+ * Which track(s) a sequence header configures: "9:0" for the video of a legacy or single-track
+ * tag, "9:0,1" for a multitrack tag starting tracks 0 and 1 together. A new header for the same
+ * track(s) replaces the old one; headers of other tracks are kept beside it.
+ */
+function trackKey(packet: Pick<MediaPacket, "type" | "payload">): string {
+  let ids = "0";
+  const video = packet.type === TagType.Video;
+  if (video ? isExVideo(packet.payload) : isExAudio(packet.payload)) {
+    try {
+      const tag = video ? parseExVideo(packet.payload) : parseExAudio(packet.payload);
+      ids = tag.tracks.map((track) => track.trackId).join(",");
+    } catch (error) {
+      // Classified a sequence header, so it parsed once already; a failure here is a bug.
+      if (!(error instanceof SyntaxError)) throw error;
+      throw new TypeError(`sequence header no longer parses: ${error.message}`);
+    }
+  }
+  return `${packet.type}:${ids}`;
 }

@@ -377,7 +377,11 @@ export class ServerConversation {
         setPeerBandwidth(WINDOW_ACK_SIZE, 2),
         streamBegin(0),
         setChunkSize(this.#options.chunkSize),
-        commandResult(cmd.transactionId, { fmsVer: "FMS/3,0,1,123", capabilities: 31 }, {
+        commandResult(cmd.transactionId, {
+          fmsVer: "FMS/3,0,1,123",
+          capabilities: 31,
+          ...enhancedConnectProperties(info),
+        }, {
           ...success,
           objectEncoding,
         }),
@@ -427,6 +431,55 @@ export class ServerConversation {
     this.#pending = undefined;
     return pending;
   }
+}
+
+/** Enhanced RTMP `FourCcInfoMask.CanForward`: we relay a codec, we neither decode nor encode it. */
+const CAN_FORWARD = 0x04;
+/** Enhanced RTMP `CapsExMask` bits we honour: Multitrack (0x02, relayed and selectable per
+ * destination) and ModEx (0x04, parsed). Not Reconnect: we never ask a publisher to reconnect. */
+const SERVER_CAPS_EX = 0x02 | 0x04;
+const VIDEO_FOURCCS = new Set(["av01", "vp09", "vp08", "hvc1", "avc1", "vvc1"]);
+const AUDIO_FOURCCS = new Set(["ac-3", "ec-3", "Opus", ".mp3", "fLaC", "mp4a"]);
+/** More FourCCs than any client lists; a longer list is trimmed, not echoed whole. */
+const MAX_FOURCCS = 64;
+
+/**
+ * What an Enhanced RTMP `connect` gets in the `_result` properties (E-RTMP v2, "Enhancing
+ * NetConnection connect Command": the server states its support there, via `videoFourCcInfoMap`,
+ * `capsEx` and similar). A relay forwards any codec, so every codec the client offered is accepted
+ * (`fourCcList` echoed), each marked CanForward along with the "*" wildcard. A legacy `connect`
+ * (none of `fourCcList`, `videoFourCcInfoMap`, `audioFourCcInfoMap`, `capsEx`) gets nothing more:
+ * its reply stays byte-identical to what every legacy client has always had.
+ */
+export function enhancedConnectProperties(info: AmfObject): AmfObject {
+  const list = Array.isArray(info.fourCcList)
+    ? info.fourCcList.filter((v): v is string => typeof v === "string").slice(0, MAX_FOURCCS)
+    : undefined;
+  const videoMap = isAmfObject(info.videoFourCcInfoMap) ? info.videoFourCcInfoMap : undefined;
+  const audioMap = isAmfObject(info.audioFourCcInfoMap) ? info.audioFourCcInfoMap : undefined;
+  if (
+    list === undefined && videoMap === undefined && audioMap === undefined &&
+    typeof info.capsEx !== "number"
+  ) {
+    return {};
+  }
+  const forward = (keys: Iterable<string>): AmfObject => {
+    const out: AmfObject = {};
+    for (const key of [...keys].slice(0, MAX_FOURCCS)) out[key] = CAN_FORWARD;
+    out["*"] = CAN_FORWARD;
+    return out;
+  };
+  const offered = (known: Set<string>, map: AmfObject | undefined) =>
+    new Set([
+      ...(list ?? []).filter((c) => known.has(c)),
+      ...Object.keys(map ?? {}).filter((c) => c !== "*"),
+    ]);
+  const out: AmfObject = {};
+  if (list !== undefined) out.fourCcList = list;
+  out.videoFourCcInfoMap = forward(offered(VIDEO_FOURCCS, videoMap));
+  out.audioFourCcInfoMap = forward(offered(AUDIO_FOURCCS, audioMap));
+  out.capsEx = SERVER_CAPS_EX;
+  return out;
 }
 
 function ignored(

@@ -74,6 +74,8 @@ export class TestRtmpClient implements AsyncDisposable {
   readonly #buffer = new Uint8Array(64 * 1024);
   #eof = false;
   #transaction = 1;
+  /** The server's answer to `connect` (name and values), once connected. */
+  connected: { name: string; values: AmfValue[] } | undefined;
 
   private constructor(conn: Deno.TcpConn) {
     this.conn = conn;
@@ -197,19 +199,34 @@ export class TestRtmpClient implements AsyncDisposable {
     await this.send(command(streamId, name, this.#transaction++, commandObject, ...args));
   }
 
-  /** connect + createStream; returns the message stream id. */
-  async connectAndCreateStream(app = "live", chunkSize = 4096): Promise<number> {
+  /**
+   * connect + createStream; returns the message stream id. `properties` go into the connect's
+   * command object (Enhanced RTMP's `fourCcList`, `capsEx`); the `_result` is kept in `connected`.
+   */
+  async connectAndCreateStream(
+    app = "live",
+    chunkSize = 4096,
+    properties: Record<string, AmfValue> = {},
+  ): Promise<number> {
     await this.send(setChunkSize(chunkSize));
-    await this.call(0, "connect", { app, tcUrl: `rtmp://127.0.0.1/${app}`, flashVer: "test/1.0" });
-    await this.expectCommand(["_result"]);
+    await this.call(0, "connect", {
+      app,
+      tcUrl: `rtmp://127.0.0.1/${app}`,
+      flashVer: "test/1.0",
+      ...properties,
+    });
+    this.connected = await this.expectCommand(["_result"]);
     await this.call(0, "createStream", null);
     const reply = await this.expectCommand(["_result"]);
     return reply.values[2] as number;
   }
 
   /** Publishes `key`; returns the onStatus code the server answered with. */
-  async publish(key: string): Promise<{ streamId: number; code: string }> {
-    const streamId = await this.connectAndCreateStream();
+  async publish(
+    key: string,
+    connectProperties: Record<string, AmfValue> = {},
+  ): Promise<{ streamId: number; code: string }> {
+    const streamId = await this.connectAndCreateStream("live", 4096, connectProperties);
     await this.call(streamId, "publish", null, key, "live");
     const status = await this.expectCommand(["onStatus"]);
     const info = status.values[2];
@@ -225,6 +242,21 @@ export class TestRtmpClient implements AsyncDisposable {
       const info = status.values[2];
       if (isAmfObject(info) && info.code === "NetStream.Play.Start") return streamId;
     }
+  }
+
+  /** The next `count` audio, video and data messages received, as tags (fewer if it closed). */
+  async receiveTags(
+    count: number,
+    timeoutMs = 15_000,
+  ): Promise<{ type: number; timestamp: number; payload: Uint8Array }[]> {
+    const tags: { type: number; timestamp: number; payload: Uint8Array }[] = [];
+    while (tags.length < count) {
+      const message = await this.nextMedia(timeoutMs);
+      if (message === null) break;
+      const { typeId, timestamp, payload } = message;
+      tags.push({ type: typeId, timestamp, payload });
+    }
+    return tags;
   }
 
   close(): void {

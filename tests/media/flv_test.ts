@@ -40,6 +40,69 @@ Deno.test("inspectVideo() classifies legacy AVC and Enhanced RTMP headers", () =
       codec: "av01",
     }],
     ["empty payload", "", { keyframe: false, sequenceHeader: false, codec: "none" }],
+    ["HEVC CodedFramesX keyframe (E-RTMP)", "93 68766331 2601", {
+      keyframe: true,
+      sequenceHeader: false,
+      codec: "hvc1",
+    }],
+    ["AV1 MPEG2TSSequenceStart", "95 61763031 80", {
+      keyframe: false,
+      sequenceHeader: true,
+      codec: "av01",
+    }],
+    ["HEVC SequenceEnd is neither", "92 68766331", {
+      keyframe: false,
+      sequenceHeader: false,
+      codec: "hvc1",
+    }],
+    ["keyframe-typed Metadata is no keyframe", "94 68766331 02", {
+      keyframe: false,
+      sequenceHeader: false,
+      codec: "hvc1",
+    }],
+    ["multitrack OneTrack keyframe, track 1", "96 01 61763031 01 12", {
+      keyframe: true,
+      sequenceHeader: false,
+      codec: "av01",
+    }],
+    [
+      "multitrack ManyTracks sequence start, tracks 0 and 1",
+      "96 10 68766331 00 000001 aa 01 000001 bb",
+      {
+        keyframe: false,
+        sequenceHeader: true,
+        codec: "hvc1",
+      },
+    ],
+    [
+      "multitrack ManyTracksManyCodecs inter frame",
+      "a6 21 68766331 00 000001 aa 61763031 01 000001 bb",
+      {
+        keyframe: false,
+        sequenceHeader: false,
+        codec: "hvc1,av01",
+      },
+    ],
+    ["ModEx (nano offset) before a keyframe", "97 02 0f4240 01 68766331 000000", {
+      keyframe: true,
+      sequenceHeader: false,
+      codec: "hvc1",
+    }],
+    ["ModEx before a multitrack sequence start", "97 02 0f4240 06 00 68766331 00 aa", {
+      keyframe: false,
+      sequenceHeader: true,
+      codec: "hvc1",
+    }],
+    ["truncated multitrack track size", "96 10 68766331 00 000009 aa", {
+      keyframe: false,
+      sequenceHeader: false,
+      codec: "unknown",
+    }],
+    ["command frame (start seek)", "d1 00", {
+      keyframe: false,
+      sequenceHeader: false,
+      codec: "none",
+    }],
   ];
   for (const [name, bytes, expected] of table) {
     assertEquals(inspectVideo(hex(bytes)), expected, name);
@@ -51,6 +114,19 @@ Deno.test("inspectAudio() classifies AAC and Enhanced RTMP audio", () => {
   assertEquals(inspectAudio(hex("af 01 2100")), { sequenceHeader: false, codec: "aac" });
   assertEquals(inspectAudio(hex("2f 0000")), { sequenceHeader: false, codec: "mp3" });
   assertEquals(inspectAudio(hex("90 4f707573 00")), { sequenceHeader: true, codec: "Opus" });
+  assertEquals(inspectAudio(hex("91 2e6d7033 ff")), { sequenceHeader: false, codec: ".mp3" });
+  assertEquals(inspectAudio(hex("95 00 6d703461 01 1210")), {
+    sequenceHeader: true,
+    codec: "mp4a",
+  });
+  assertEquals(
+    inspectAudio(hex("95 21 4f707573 00 000001 aa 664c6143 01 000001 bb")),
+    { sequenceHeader: false, codec: "Opus,fLaC" },
+  );
+  assertEquals(inspectAudio(hex("97 02 0f4240 00 4f707573 00")), {
+    sequenceHeader: true,
+    codec: "Opus",
+  });
 });
 
 Deno.test("stripSetDataFrame() leaves onMetaData byte for byte", () => {

@@ -73,3 +73,34 @@ Deno.test("GopCache forgets its frames when the codec configuration changes", ()
   cache.push(video(99, true));
   assertEquals(cache.snapshot().map((p) => p.timestamp), [50, 0, 99]);
 });
+
+Deno.test("GopCache keeps one sequence header per track of a multitrack stream", () => {
+  const cache = new GopCache(1_000_000);
+  // OBS Enhanced Broadcasting: track 0 as legacy H.264, track 1 HEVC and track 2 AV1 wrapped
+  // as multitrack OneTrack tags, each with its own sequence start.
+  const track1 = createMediaPacket(TagType.Video, 0, hex("96 00 68766331 01 aa"));
+  const track2 = createMediaPacket(TagType.Video, 0, hex("96 00 61763031 02 bb"));
+  const audio1 = createMediaPacket(TagType.Audio, 0, hex("95 00 4f707573 01 cc"));
+  for (const packet of [meta, avcConfig, track1, track2, aacConfig, audio1]) cache.push(packet);
+  const key1 = createMediaPacket(TagType.Video, 0, hex("96 01 68766331 01 000000 01"));
+  cache.push(key1);
+  assertEquals(cache.snapshot(), [meta, avcConfig, track1, track2, aacConfig, audio1, key1]);
+  assertEquals(cache.videoSequenceHeader, avcConfig);
+  assertEquals(cache.audioSequenceHeader, aacConfig);
+  // A new header for track 2 replaces only track 2's.
+  const track2b = createMediaPacket(TagType.Video, 40, hex("96 00 61763031 02 bc"));
+  cache.push(track2b);
+  assertEquals(cache.headers(), [meta, avcConfig, track1, track2b, aacConfig, audio1]);
+});
+
+Deno.test("GopCache opens a group at the first of the keyframes several tracks have at one instant", () => {
+  const cache = new GopCache(1_000_000);
+  const key = (ts: number, track: number) =>
+    createMediaPacket(TagType.Video, ts, hex(`96 01 68766331 0${track} 000000 01`));
+  const inter = (ts: number, track: number) =>
+    createMediaPacket(TagType.Video, ts, hex(`a6 01 68766331 0${track} 000000 01`));
+  const frames = [key(0, 0), key(0, 1), inter(40, 0), inter(40, 1)];
+  const next = [key(80, 0), key(80, 1), audio(80), inter(120, 0)];
+  for (const packet of [...frames, ...next]) cache.push(packet);
+  assertEquals(cache.snapshot(), next, "both tracks' keyframes at 80, then what follows");
+});

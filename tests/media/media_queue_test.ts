@@ -39,3 +39,25 @@ Deno.test("MediaQueue.wait() resolves on an item and on close", async () => {
   await closing;
   assertEquals(queue.pushMedia(audio(0)), false);
 });
+
+Deno.test("MediaQueue keeps Enhanced RTMP sequence starts and resumes on an ExVideoTagHeader keyframe", () => {
+  const queue = new MediaQueue<string>(100);
+  // HEVC single-track (track 0) and a multitrack OneTrack tag for track 1, padded to `size`.
+  const ex = (first: number, ts: number, size: number) =>
+    createMediaPacket(
+      TagType.Video,
+      ts,
+      new Uint8Array([first, 0x01, 0x68, 0x76, 0x63, 0x31, 0x01, ...new Uint8Array(size - 7)]),
+    );
+  const start = createMediaPacket(
+    TagType.Video,
+    0,
+    new Uint8Array([0x96, 0x00, 0x61, 0x76, 0x30, 0x31, 0x01, 0xaa]),
+  );
+  assertEquals(queue.pushMedia(ex(0x96, 0, 60)), true, "multitrack keyframe");
+  assertEquals(queue.pushMedia(ex(0xa6, 40, 50)), false, "over the limit: dropped");
+  assertEquals(queue.pushMedia(start), true, "a multitrack sequence start is never dropped");
+  queue.takeAll();
+  assertEquals(queue.pushMedia(ex(0xa6, 80, 10)), false, "an inter frame: still dropping");
+  assertEquals(queue.pushMedia(ex(0x96, 120, 10)), true, "resumes on the multitrack keyframe");
+});

@@ -168,6 +168,54 @@ Deno.test("ServerConversation.receive() accepts app variants with a query or a s
   }
 });
 
+Deno.test("ServerConversation.receive() answers an Enhanced RTMP connect with the codecs and capabilities it forwards", () => {
+  const success = CONNECT_RESULT[4];
+  const table: [string, Record<string, AmfValue>, Record<string, AmfValue>][] = [
+    [
+      "FFmpeg 7 (-rtmp_enhanced_codecs): fourCcList only",
+      { fourCcList: ["hvc1", "av01", "vp09"] },
+      {
+        fourCcList: ["hvc1", "av01", "vp09"],
+        videoFourCcInfoMap: { hvc1: 4, av01: 4, vp09: 4, "*": 4 },
+        audioFourCcInfoMap: { "*": 4 },
+        capsEx: 6,
+      },
+    ],
+    [
+      "E-RTMP v2: info maps and capsEx",
+      {
+        fourCcList: ["hvc1", "avc1", "Opus"],
+        videoFourCcInfoMap: { hvc1: 7, av01: 1 },
+        audioFourCcInfoMap: { mp4a: 7 },
+        capsEx: 0x0f,
+      },
+      {
+        fourCcList: ["hvc1", "avc1", "Opus"],
+        videoFourCcInfoMap: { hvc1: 4, avc1: 4, av01: 4, "*": 4 },
+        audioFourCcInfoMap: { Opus: 4, mp4a: 4, "*": 4 },
+        capsEx: 6,
+      },
+    ],
+    [
+      "capsEx alone",
+      { capsEx: 2 },
+      { videoFourCcInfoMap: { "*": 4 }, audioFourCcInfoMap: { "*": 4 }, capsEx: 6 },
+    ],
+  ];
+  for (const [name, offered, expected] of table) {
+    const client = new Client();
+    const step = client.send(command(0, "connect", 1, { app: "live", ...offered }));
+    expectIntent(step, "connected");
+    assertEquals(rows(step.replies).at(-1), [
+      0,
+      "_result",
+      1,
+      { fmsVer: "FMS/3,0,1,123", capabilities: 31, ...expected },
+      success,
+    ], name);
+  }
+});
+
 Deno.test("ServerConversation.receive() refuses connect to another application with _error, then close", () => {
   const client = new Client();
   const step = client.connect("admin");
