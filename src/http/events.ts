@@ -101,18 +101,27 @@ export function diffSnapshots(before: Snapshot, after: Snapshot): RelayEvent[] {
     const base = { type: "destination_state", at, stream_id: id, stream_key: stream.stream_key };
     for (const destination of stream.destinations) {
       const status = destination.status as unknown as Record<string, unknown>;
-      const from = previous.get(destination.id)?.status.state ?? null;
+      const before = previous.get(destination.id)?.status;
       previous.delete(destination.id);
-      if (from === destination.status.state) continue;
-      events.push({
+      const change = (from: string | null, to: string) => ({
         ...base,
-        type: "destination_state",
+        type: "destination_state" as const,
         destination_id: destination.id,
         from,
-        to: destination.status.state,
+        to,
         reason: reasonOf(status),
         status,
       });
+      const to = destination.status.state;
+      // A new FFmpeg run between two looks (a restart, a quick retry): every run begins in
+      // `starting`, so the destination went down and up even if both looks saw the same state.
+      const newRun = before !== undefined && before.started_at !== destination.status.started_at &&
+        destination.status.started_at !== null;
+      if (newRun && before.state !== "starting" && to !== "starting") {
+        events.push(change(before.state, "starting"), change("starting", to));
+      } else if ((before?.state ?? null) !== to) {
+        events.push(change(before?.state ?? null, to));
+      }
     }
     // Destinations removed from a stream that goes on.
     for (const [destinationId, gone] of previous) {

@@ -166,11 +166,14 @@ export const APP_JS = String.raw`"use strict";
           return d.id !== event.destination_id;
         });
         if (event.status) {
-          stream.destinations.push({ id: event.destination_id, status: event.status,
+          // The state the event names, until the next event or snapshot (a restart's "starting"
+          // may last less than one look).
+          var status = Object.assign({}, event.status, { state: event.to });
+          stream.destinations.push({ id: event.destination_id, status: status,
             platform: event.status.platform });
         }
       }
-      logEvent(event.stream_key + " → " + event.destination_id + ": " + (event.from || "new") +
+      logEvent(event.destination_id + " of " + event.stream_key + ": " + (event.from || "new") +
         " → " + (event.to || "removed") + (event.reason ? " (" + event.reason + ")" : ""));
       render();
     }
@@ -194,7 +197,7 @@ export const APP_JS = String.raw`"use strict";
     var item = el("li", "", new Date().toLocaleTimeString() + " " + text);
     var list = $("events");
     list.insertBefore(item, list.firstChild);
-    while (list.children.length > 20) list.removeChild(list.lastChild);
+    while (list.children.length > 12) list.removeChild(list.lastChild);
   }
 
   // Rendering: one card per stream, one row per destination, kept across renders (keyed), so a
@@ -416,13 +419,17 @@ export const APP_JS = String.raw`"use strict";
       return;
     }
     var now = samples[samples.length - 1][0];
+    // The last five minutes once there are five minutes to show; a young stream's line is not
+    // squeezed into the right edge (at least one minute wide).
+    var span = Math.min(HISTORY_MS, Math.max(60 * 1000, now - samples[0][0]));
     var max = Math.max.apply(null, samples.map(function (s) { return s[1]; }).concat([1]));
     poly.setAttribute("points", samples.map(function (s) {
-      var x = 140 - ((now - s[0]) / HISTORY_MS) * 140;
+      var x = 140 - ((now - s[0]) / span) * 140;
       var y = 26 - (s[1] / max) * 24;
       return x.toFixed(1) + "," + y.toFixed(1);
     }).join(" "));
-    svg.setAttribute("aria-label", "output bitrate, last 5 minutes, peak " + kbps(max));
+    svg.setAttribute("aria-label", "output bitrate, last " + Math.round(span / 60000) +
+      " min, peak " + kbps(max));
   }
 
   // Actions. A destructive one asks for a second click instead of a dialog.
