@@ -45,12 +45,23 @@ async function openBrowser(dir: string): Promise<{ browser: Browser } & AsyncDis
  * tests are type-checked without the DOM library.)
  */
 async function waitForText(page: Page, selector: string, pattern: RegExp, timeout = 15_000) {
-  await page.waitForFunction(
-    `[...document.querySelectorAll(${
-      JSON.stringify(selector)
-    })].some((e) => ${pattern}.test(e.textContent))`,
-    { timeout, polling: 50 },
-  );
+  const texts = `[...document.querySelectorAll(${
+    JSON.stringify(selector)
+  })].map((e) => e.textContent)`;
+  try {
+    await page.waitForFunction(`${texts}.some((text) => ${pattern}.test(text))`, {
+      timeout,
+      polling: 50,
+    });
+  } catch (error) {
+    // Say what the page showed instead, and what happened on it.
+    const shown = await page.evaluate(
+      `JSON.stringify({ shown: ${texts}, events: ${
+        texts.replace(JSON.stringify(selector), '"#events li"')
+      } }, null, 1)`,
+    );
+    throw new Error(`${selector} never showed ${pattern}: ${shown}`, { cause: error });
+  }
 }
 
 Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a destination and shows a refusal", async () => {
@@ -88,10 +99,10 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   await page.goto(relay.httpUrl("/"));
   await page.waitForSelector("#sign-in", { visible: true });
   await page.type("#token", "not-the-token-0000000000");
-  await page.click("#sign-in button[type=submit]");
+  await page.locator("#sign-in button[type=submit]").click();
   await waitForText(page, "#sign-in-error", /not accepted/);
   await page.type("#token", TOKEN);
-  await page.click("#sign-in button[type=submit]");
+  await page.locator("#sign-in button[type=submit]").click();
   await page.waitForSelector("#dashboard", { visible: true });
   await waitForText(page, "#connection", /^live$/);
   await waitForText(page, "#summary", /^0 live streams, 0 destinations$/);
@@ -125,11 +136,25 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
     await page.screenshot({ path: screenshot as `${string}.png` });
   }
 
-  // Restart from its button: down (`starting`), then up again, on a new FFmpeg.
+  // Restart from its button: down (`starting`, or `retrying` on the way), then up again, on a new
+  // FFmpeg. Every state the badge takes is recorded: a restart may last less than one look.
+  await page.evaluate(`(() => {
+    const badge = document.querySelector('[data-destination-id="yt"] .state');
+    const states = window.ytStates = [];
+    new MutationObserver(() => states.push(badge.dataset.state))
+      .observe(badge, { attributes: true, attributeFilter: ["data-state"] });
+  })()`);
   const pidBefore = relay.service.manager.relayFor(KEY)?.get("yt")?.status().pid;
-  await page.click('[data-destination-id="yt"] button.restart');
-  await waitForText(page, "#events li", /yt of dash…\(25\): connected → starting/);
-  await waitForText(page, "#events li", /yt of dash…\(25\): starting → connected/);
+  // Locator clicks wait for the button to stand still: a card's text may reflow as numbers change.
+  const [restarted] = await Promise.all([
+    page.waitForResponse((response) => response.url().endsWith("/destinations/yt/restart")),
+    page.locator('[data-destination-id="yt"] button.restart').click(),
+  ]);
+  assertEquals(restarted.status(), 200);
+  await page.waitForFunction(
+    "/(starting|retrying)( [a-z]+)* connected/.test(window.ytStates.join(' '))",
+    { timeout: 15_000, polling: 50 },
+  );
   await waitForText(page, '[data-destination-id="yt"] .state', /^connected$/);
   await waitForText(page, '[data-destination-id="yt"] .fact-restarts', /^restarts 1/);
   const pidAfter = relay.service.manager.relayFor(KEY)?.get("yt")?.status().pid;
@@ -144,8 +169,9 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   assert(widths.page <= 390 && widths.card <= 390, `fits a phone: ${JSON.stringify(widths)}`);
 
   // End the stream (two clicks: the second confirms): its card goes.
-  await page.click("article.stream button.end-stream");
-  await page.click("article.stream button.end-stream");
+  await page.locator("article.stream button.end-stream").click();
+  await waitForText(page, "article.stream button.end-stream", /^Confirm/);
+  await page.locator("article.stream button.end-stream").click();
   await page.waitForSelector("article.stream", { hidden: true, timeout: 10_000 });
   assertEquals(relay.service.hub.get(KEY)?.state ?? "idle", "idle");
   await publisher.wait();
