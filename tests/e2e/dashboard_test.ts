@@ -132,7 +132,7 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   const screenshot = Deno.env.get("DASHBOARD_SCREENSHOT");
   if (screenshot) {
     // Long enough for the output-bitrate charts to draw a line.
-    await new Promise((resolve) => setTimeout(resolve, 8_000));
+    await new Promise((resolve) => setTimeout(resolve, 20_000));
     await page.screenshot({ path: screenshot as `${string}.png` });
   }
 
