@@ -3,7 +3,8 @@
  * is exercised against a real relay in tests/http/app_test.ts and tests/e2e/events_test.ts).
  */
 
-import { diffSnapshots, RelayEvents } from "../../src/http/events.ts";
+import { Hono } from "hono";
+import { diffSnapshots, RelayEvents, serveEvents } from "../../src/http/events.ts";
 import type {
   DestinationView,
   ReadModel,
@@ -12,6 +13,7 @@ import type {
 } from "../../src/http/read_model.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { waitFor } from "../helpers/process.ts";
+import { SseReader } from "../helpers/sse.ts";
 
 function destination(
   id: string,
@@ -155,4 +157,32 @@ Deno.test("RelayEvents reads the relay only while someone listens, and close() e
   events.subscribe(() => {}, () => closed++);
   events.close();
   assertEquals([closed, events.listeners], [2, 0]);
+});
+
+Deno.test("serveEvents() sends a snapshot at once, then events and heartbeats, and forgets a client that goes", async () => {
+  let current = snapshot([]);
+  const events = new RelayEvents({ snapshot: () => current, stream: () => undefined }, {
+    intervalMs: 20,
+    snapshotEveryMs: 10_000,
+  });
+  const app = new Hono();
+  app.get("/events", (c) => serveEvents(c, events, 50));
+  const response = await app.request("/events");
+  assertEquals(response.headers.get("content-type"), "text/event-stream");
+  await using reader = new SseReader(response);
+  await reader.next((event) => event.type === "snapshot", "the first snapshot");
+  current = snapshot([stream("s1", [destination("a", "connected")])]);
+  await reader.next((event) => event.type === "stream_started", "stream_started");
+  await reader.next(
+    (event) => event.type === "destination_state" && event.to === "connected",
+    "destination_state",
+  );
+  await waitFor(async () => {
+    await reader.next(() => false, "a heartbeat", 100).catch(() => {});
+    return reader.comments > 0;
+  }, "a heartbeat");
+  assertEquals(events.listeners, 1);
+  await reader[Symbol.asyncDispose]();
+  await waitFor(() => events.listeners === 0, "the client to be forgotten");
+  events.close();
 });
