@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the relay and its tests need on a Debian machine that has Node and npm:
 # Deno 2 (from npm), FFmpeg, and the real RTMP peers the tests use (GStreamer, rtmpdump, nginx with
-# the RTMP module). Safe to run again: it installs only what is missing.
+# the RTMP module) and Chromium (the dashboard test). Safe to run again: it installs only what is
+# missing.
 #   bash scripts/setup.sh          # everything (relay + tests)
 #   bash scripts/setup.sh --run    # only what running the relay needs (Deno, FFmpeg)
 set -euo pipefail
@@ -30,6 +31,8 @@ if [ "$want_tests" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)
   [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
   command -v ps >/dev/null 2>&1 || need+=(procps)
+  # The dashboard test drives a real browser (tests/e2e/dashboard_test.ts).
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

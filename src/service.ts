@@ -12,9 +12,11 @@ import { openOutbox, type StreamEndOutbox } from "./control_plane/outbox.ts";
 import { StaticAuthority } from "./control_plane/static_authority.ts";
 import type { StreamAuthority } from "./control_plane/stream_authority.ts";
 import { createApp } from "./http/app.ts";
+import { RelayEvents } from "./http/events.ts";
 import { createReadModel } from "./http/read_model.ts";
 import { log } from "./log.ts";
 import { StreamHub } from "./media/live_stream.ts";
+import { Thumbnailer } from "./media/thumbnail.ts";
 import type { BackoffOptions } from "./relay/backoff.ts";
 import { RelayManager } from "./relay/relay_manager.ts";
 import { prepareTlsTrust, type TlsTrust } from "./relay/tls_trust.ts";
@@ -125,6 +127,8 @@ export class RelayService implements AsyncDisposable {
   readonly manager: RelayManager;
   readonly rtmp: RtmpServer;
   readonly http: Deno.HttpServer<Deno.NetAddr>;
+  /** What `GET /api/events` streams; closed on shutdown so no open event stream holds it up. */
+  readonly events: RelayEvents;
   readonly startedAt = new Date();
   /** Every FFmpeg child alive, for the last-resort kill. */
   readonly #children = new Set<Deno.ChildProcess>();
@@ -187,17 +191,21 @@ export class RelayService implements AsyncDisposable {
         this.hub,
         this.manager.authorize,
       ));
+    const readModel = createReadModel({
+      version: options.version,
+      startedAt: this.startedAt,
+      hub: this.hub,
+      manager: this.manager,
+      rtmp: this.rtmp,
+    });
+    this.events = new RelayEvents(readModel);
     try {
       const app = createApp({
-        readModel: createReadModel({
-          version: options.version,
-          startedAt: this.startedAt,
-          hub: this.hub,
-          manager: this.manager,
-          rtmp: this.rtmp,
-        }),
+        readModel,
         hub: this.hub,
         manager: this.manager,
+        events: this.events,
+        thumbnails: new Thumbnailer({ ffmpegPath: streaming.ffmpeg_path }),
         http: {
           allowOrigin: http.allow_origin,
           apiToken: http.api_token,
@@ -300,6 +308,7 @@ export class RelayService implements AsyncDisposable {
       await this.rtmp.close(reason);
       this.hub.endAll(reason);
       await this.manager.settle();
+      this.events.close();
       await this.http.shutdown();
       serviceLog.info("stopped");
     })();

@@ -16,11 +16,15 @@ import type { z } from "zod";
 import { validateDestination } from "../control_plane/destination.ts";
 import { log } from "../log.ts";
 import type { StreamHub } from "../media/live_stream.ts";
+import { ThumbnailBusyError, type Thumbnailer } from "../media/thumbnail.ts";
 import type { RelayManager } from "../relay/relay_manager.ts";
 import { redactKey } from "../redact.ts";
 import { renderMetrics } from "./metrics.ts";
 import { describeDestination, type ReadModel } from "./read_model.ts";
+import { DASHBOARD_ASSETS, DASHBOARD_CSP, INDEX_HTML } from "./dashboard/dashboard_assets.ts";
+import { type RelayEvents, serveEvents } from "./events.ts";
 import { AddDestinationBodySchema } from "./schemas.ts";
+import { streamId } from "./stream_id.ts";
 import { tokensEqual } from "./token.ts";
 
 /** What the API reads and steers; the service provides it. */
@@ -28,8 +32,12 @@ export interface AppDeps {
   /** What the read endpoints render: `/health`, `/stats`, `/metrics`, `/api/streams…`. */
   readModel: ReadModel;
   /** What the control endpoints steer. */
-  hub: Pick<StreamHub, "get" | "end">;
+  hub: Pick<StreamHub, "get" | "end" | "live">;
   manager: Pick<RelayManager, "relayFor">;
+  /** What `GET /api/events` serves; without it the route answers 404. */
+  events?: RelayEvents;
+  /** What `GET /api/streams/{key}/thumbnail.jpg` decodes with; without it, 404. */
+  thumbnails?: Thumbnailer;
   http: {
     allowOrigin: string;
     apiToken?: string;
@@ -52,9 +60,27 @@ export function createApp(deps: AppDeps): Hono {
   const { apiToken, allowUnauthenticatedControl } = deps.http;
   app.use("*", cors({ origin: deps.http.allowOrigin }));
 
-  /** With a token configured, everything but /health needs it. */
+  /** The dashboard's page and files: public (they hold no data), under a strict CSP. */
+  const page = (c: Context, body: string, type: string) => {
+    c.header("Content-Type", type);
+    c.header("Content-Security-Policy", DASHBOARD_CSP);
+    c.header("X-Content-Type-Options", "nosniff");
+    c.header("Referrer-Policy", "no-referrer");
+    c.header("Cache-Control", "no-cache");
+    return c.body(body);
+  };
+  app.get("/", (c) => page(c, INDEX_HTML, "text/html; charset=utf-8"));
+  app.get("/assets/:name", (c) => {
+    const asset = DASHBOARD_ASSETS[c.req.param("name")];
+    return asset ? page(c, asset.body, asset.type) : c.json({ error: "not found" }, 404);
+  });
+
+  /** With a token configured, everything but /health and the dashboard's files needs it. */
   const requireToken: MiddlewareHandler = async (c, next) => {
-    if (apiToken === undefined || c.req.path === "/health") return await next();
+    if (
+      apiToken === undefined || c.req.path === "/health" || c.req.path === "/" ||
+      c.req.path.startsWith("/assets/")
+    ) return await next();
     const header = c.req.header("authorization") ?? "";
     const presented = header.startsWith("Bearer ") ? header.slice(7) : "";
     if (!(await tokensEqual(presented, apiToken))) {
@@ -76,8 +102,16 @@ export function createApp(deps: AppDeps): Hono {
     return await next();
   };
 
-  const liveStream = (key: string) => {
-    const stream = deps.hub.get(key);
+  /**
+   * A path's `{key}`: the stream key itself, or the stream's public id (how the dashboard, which
+   * never sees keys, names a stream).
+   */
+  const keyOf = (param: string): string => {
+    if (deps.hub.get(param) !== undefined) return param;
+    return deps.hub.live().find((stream) => streamId(stream.key) === param)?.key ?? param;
+  };
+  const liveStream = (param: string) => {
+    const stream = deps.hub.get(keyOf(param));
     return stream !== undefined && stream.state !== "idle" ? stream : undefined;
   };
   const notLive = (c: Context) => c.json({ error: "stream not live" }, 404);
@@ -121,24 +155,45 @@ export function createApp(deps: AppDeps): Hono {
     return c.json({ streams: deps.readModel.snapshot().streams });
   });
 
+  app.get("/api/events", (c) => {
+    if (deps.events === undefined) return c.json({ error: "not found" }, 404);
+    return serveEvents(c, deps.events);
+  });
+
+  app.get("/api/streams/:key/thumbnail.jpg", async (c) => {
+    const stream = liveStream(c.req.param("key"));
+    if (stream === undefined || deps.thumbnails === undefined) return notLive(c);
+    let jpeg;
+    try {
+      jpeg = await deps.thumbnails.get(stream.key, stream.gop);
+    } catch (error) {
+      if (!(error instanceof ThumbnailBusyError)) throw error;
+      c.header("Retry-After", "1");
+      return c.json({ error: error.message }, 503);
+    }
+    if (jpeg === undefined) return c.json({ error: "no video keyframe yet" }, 404);
+    c.header("Content-Type", "image/jpeg");
+    c.header("Cache-Control", "private, max-age=5");
+    return c.body(jpeg.slice().buffer);
+  });
+
   app.get("/api/streams/forwarding/:key", (c) => {
-    const stream = deps.readModel.stream(c.req.param("key"));
+    const stream = deps.readModel.stream(keyOf(c.req.param("key")));
     if (stream === undefined) return notLive(c);
     return c.json({ destinations: stream.destinations });
   });
 
   app.delete("/api/streams/:key", control, (c) => {
-    const key = c.req.param("key");
-    const stream = liveStream(key);
+    const stream = liveStream(c.req.param("key"));
     if (stream === undefined) return notLive(c);
     // No reconnect window: the publisher is told and disconnected, the stream ends now.
     deps.hub.end(stream, "ended through the HTTP API");
-    return c.json({ stream_key: redactKey(key), ended: true });
+    return c.json({ stream_key: redactKey(stream.key), ended: true });
   });
 
   app.post("/api/streams/:key/destinations", control, async (c) => {
-    const key = c.req.param("key");
-    const relay = liveStream(key) ? deps.manager.relayFor(key) : undefined;
+    const stream = liveStream(c.req.param("key"));
+    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
     if (relay === undefined) return notLive(c);
     let raw: unknown;
     try {
@@ -162,9 +217,8 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.delete("/api/streams/:key/destinations/:id", control, async (c) => {
-    const relay = liveStream(c.req.param("key"))
-      ? deps.manager.relayFor(c.req.param("key"))
-      : undefined;
+    const stream = liveStream(c.req.param("key"));
+    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
     if (relay === undefined) return notLive(c);
     const removed = await relay.remove(c.req.param("id"));
     if (!removed) return c.json({ error: "no such destination" }, 404);
@@ -172,9 +226,8 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.post("/api/streams/:key/destinations/:id/restart", control, async (c) => {
-    const relay = liveStream(c.req.param("key"))
-      ? deps.manager.relayFor(c.req.param("key"))
-      : undefined;
+    const stream = liveStream(c.req.param("key"));
+    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
     const supervisor = relay?.get(c.req.param("id"));
     if (supervisor === undefined) {
       return c.json({ error: "no such destination on a live stream" }, 404);

@@ -14,6 +14,7 @@ import type { RelayManager } from "../relay/relay_manager.ts";
 import type { RtmpServer } from "../rtmp/server.ts";
 import type { RtmpSession } from "../rtmp/session.ts";
 import { redactKey, sanitizeUrl } from "../redact.ts";
+import { streamId } from "./stream_id.ts";
 
 /** The parts of the service the read model reads; never changed through it. */
 export interface ReadModelSources {
@@ -61,6 +62,8 @@ export interface PlayerView {
 
 /** A stream in a live period (publishing, or waiting for its publisher to come back). */
 export interface StreamView {
+  /** The stream's public id (src/http/stream_id.ts): paths accept it in place of the key. */
+  id: string;
   stream_key: string;
   state: StreamState;
   live_since: string | null;
@@ -127,6 +130,7 @@ export function createReadModel(sources: ReadModelSources): ReadModel {
   const describeStream = (stream: LiveStream, players: RtmpSession[], now: number): StreamView => {
     const publisher = stream.publisher;
     return {
+      id: streamId(stream.key),
       stream_key: redactKey(stream.key),
       state: stream.state,
       live_since: stream.liveSince?.toISOString() ?? null,

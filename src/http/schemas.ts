@@ -62,6 +62,7 @@ export const ForwardedDestinationSchema = z.object({
 export const ForwardingSchema = z.object({ destinations: z.array(ForwardedDestinationSchema) });
 
 export const StreamSchema = z.object({
+  id: z.string(),
   stream_key: z.string(),
   state: z.enum(["live", "reconnecting"]),
   live_since: z.string().nullable(),
