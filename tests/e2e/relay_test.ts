@@ -7,7 +7,7 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import { assertContiguousRun, assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegProcessesWith, freePort, run, sleep, tempDir, waitFor } from "../helpers/process.ts";
 import { spawnRelay, startTestRelay } from "../helpers/relay.ts";
-import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
+import { NginxSink, ReopeningFfmpegSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
 
 const destination = (id: string, rtmp_url: string, stream_key: string) => ({
@@ -108,7 +108,11 @@ Deno.test("a sink killed mid-stream gets the stream again from a keyframe; the o
   firstSink.kill("SIGKILL");
   await firstSink[Symbol.asyncDispose]();
   await sleep(300);
-  await using secondSink = await startFfmpegSink(port, "flaky-key", `${dir.path}/flaky-2.flv`);
+  await using secondSink = await ReopeningFfmpegSink.start(
+    port,
+    "flaky-key",
+    `${dir.path}/flaky-2.flv`,
+  );
   assertEquals((await publisher.wait()).code, 0, publisher.stderr);
   await secondSink.wait(15_000);
   await settledFile(nginx.recording("steady-a"));

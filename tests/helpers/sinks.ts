@@ -125,6 +125,50 @@ export async function startFfmpegSink(
   return process;
 }
 
+/**
+ * An `ffmpeg -listen 1` sink started again whenever a session ends in an error, as a platform's
+ * ingest stays up. A one-shot sink is gone after one failed connection: on a busy machine the
+ * relay's reconnecting FFmpeg can reach it with an attempt that then fails, and the retry that
+ * follows would find nothing. `out` holds the recording of the last session.
+ */
+export class ReopeningFfmpegSink implements AsyncDisposable {
+  /** Sessions that ended in an error before the one that succeeded. */
+  failedSessions = 0;
+  #current: TestProcess;
+  #stopped = false;
+  #done = false;
+  readonly #served: Promise<void>;
+
+  private constructor(first: TestProcess, port: number, key: string, out: string) {
+    this.#current = first;
+    this.#served = (async () => {
+      let current = first;
+      while ((await current.status).code !== 0) {
+        if (this.#stopped) throw new Error(`sink on ${port} stopped before a whole session`);
+        this.failedSessions++;
+        current = this.#current = await startFfmpegSink(port, key, out);
+      }
+      this.#done = true;
+    })();
+    this.#served.catch(() => {}); // observed by wait()
+  }
+
+  static async start(port: number, key: string, out: string): Promise<ReopeningFfmpegSink> {
+    return new ReopeningFfmpegSink(await startFfmpegSink(port, key, out), port, key, out);
+  }
+
+  /** Waits until one session has ended cleanly (the publisher finished its stream). */
+  async wait(timeoutMs: number): Promise<void> {
+    await waitFor(() => this.#done, "a whole session at the sink", timeoutMs);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#stopped = true;
+    await this.#current[Symbol.asyncDispose]();
+    await this.#served.catch(() => {});
+  }
+}
+
 /** Waits until a file exists and stops growing (a recording that was closed). */
 export async function settledFile(path: string, quietMs = 500): Promise<void> {
   let last = -1;
