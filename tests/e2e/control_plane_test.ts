@@ -33,12 +33,18 @@ Deno.test("an accepted key relays to the valid destinations the control plane re
     }),
   });
   await using relay = await startTestRelay(controlPlane(cp.url));
-  const ps = () => run("ps", ["-eo", "args="]);
+  // The relay runs in this process: its FFmpegs are our children (other FFmpegs on the machine,
+  // such as a test sink's `ffmpeg -y`, are not the relay's).
+  const relayChildren = async () =>
+    (await run("ps", ["-eo", "ppid=,args="])).split("\n")
+      .filter((line) => line.trim().split(/\s+/)[0] === String(Deno.pid))
+      .join("\n");
   await using publisher = ffmpegPublish(source, relay.rtmpUrl("cp-stream-key-1"));
   const relayed = await waitFor(() => relay.service.manager.relayFor("cp-stream-key-1"), "relay");
   await waitFor(() => relayed.get("ok")?.state === "connected", "destination connected");
   assertEquals(relayed.list().map((d) => d.destination.id), ["ok"]);
-  const processes = await ps();
+  const processes = await relayChildren();
+  assert(processes.includes("cp-dest-key"), `the relay's FFmpeg is seen:\n${processes}`);
   for (const bad of ["/etc/passwd", " -y", "live key"]) {
     assert(
       !processes.split("\n").some((l) => l.includes("ffmpeg") && l.includes(bad)),
@@ -148,5 +154,5 @@ Deno.test("stream-end arrives once per stream: clean end, vanished publisher, re
     await relay[Symbol.asyncDispose]();
   }
   assertEquals(cp.streamEnds.sort(), ["end-clean-1", "end-kill-1", "end-shutdown-1"]);
-  assertEquals(await ffmpegProcessesWith("end-"), []);
+  assertEquals(await ffmpegProcessesWith("/live/end-"), []);
 });
