@@ -41,8 +41,12 @@ export interface AppDeps {
 /** The first problem of a failed zod parse, as the API reports it. */
 function badRequest(c: Context, error: z.ZodError) {
   const issue = error.issues[0]!;
-  const field = issue.path.map(String).join(".") ||
-    (issue.code === "unrecognized_keys" ? issue.keys.join(",") : "(body)");
+  // An unknown key is named itself, wherever it is (`destinations.0.command`).
+  const path = [
+    ...issue.path.map(String),
+    ...(issue.code === "unrecognized_keys" ? [issue.keys.join(",")] : []),
+  ];
+  const field = path.join(".") || "(body)";
   return c.json({ error: `invalid field ${field}: ${issue.message}`, field }, 400);
 }
 
