@@ -225,7 +225,14 @@ export function createApp(deps: AppDeps): Hono {
         return c.json({ error: message, field: `destinations.${index}.${field}` }, 400);
       }
     }
-    const changes = await relay.replaceDestinations(records);
+    let changes;
+    try {
+      changes = await relay.replaceDestinations(records);
+    } catch (error) {
+      // The stream ended since we looked it up.
+      if (error instanceof RangeError && relay.stopped) return notLive(c);
+      throw error;
+    }
     return c.json(describeChanges(relay, changes));
   });
 

@@ -183,7 +183,7 @@ export class RelayManager implements StreamHubListener {
     if (relay === undefined) return undefined;
     const fetched = await this.#authority.destinations(key);
     // The stream ended while we asked.
-    if (this.#relays.get(key) !== relay) return undefined;
+    if (this.#relays.get(key) !== relay || relay.stopped) return undefined;
     const changes = await relay.replaceDestinations(fetched.records);
     const context = { stream: redactKey(key) };
     for (const problem of fetched.malformed) {

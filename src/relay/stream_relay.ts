@@ -83,6 +83,11 @@ export class StreamRelay {
     this.#maxDestinations = maxDestinations;
   }
 
+  /** Stopped for good (the stream ended): no change is taken any more. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
   /** Destinations of the stream, disabled ones included. */
   get size(): number {
     return this.#entries.size;
@@ -169,7 +174,7 @@ export class StreamRelay {
    * Validates records as the control plane's are (`selectDestinations`, at most
    * `max_destinations_per_stream`), disabled ones included: they are kept, not started.
    */
-  select(records: readonly DestinationRecord[]): DestinationSelection & { enabled: Set<string> } {
+  #select(records: readonly DestinationRecord[]): DestinationSelection & { enabled: Set<string> } {
     const selection = selectDestinations(
       records.map((record) => ({ ...record, enabled: true })),
       this.#maxDestinations,
@@ -183,8 +188,9 @@ export class StreamRelay {
    * Makes the stream's destinations exactly `records`, by id: new ones start from the last
    * keyframe, gone ones stop, those whose validated target or `enabled` changed are stopped and
    * started anew, and the rest are left untouched (same supervisor, same FFmpeg, nothing lost).
-   * Records that fail validation are left out and reported in `rejected`. Resolves once every
-   * stopped FFmpeg is reaped.
+   * Records that fail validation are left out and reported in `rejected`. The stream counts as
+   * forwarded from then on. Resolves once every stopped FFmpeg is reaped. Throws `RangeError` once
+   * the relay is stopped.
    */
   replaceDestinations(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
     return this.#serialised(() => this.#replace(records));
@@ -192,7 +198,10 @@ export class StreamRelay {
 
   async #replace(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
     if (this.#stopped) throw new RangeError("stream relay already stopped");
-    const selection = this.select(records);
+    // The latest list wins: a fetch for the publisher's forwarding still under way is now stale
+    // and must not add its destinations on top of this list.
+    this.setForwarding(true);
+    const selection = this.#select(records);
     const changes: DestinationChanges = {
       added: [],
       removed: [],
