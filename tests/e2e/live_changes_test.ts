@@ -98,7 +98,8 @@ Deno.test("PUT keeps two destinations and adds one: the two keep their FFmpeg an
 
 Deno.test("a changed key restarts only that destination; disable stops its FFmpeg, enable brings it back", async () => {
   await using dir = await tempDir();
-  const source = await fixture({ seconds: 14, gop: 30 });
+  // Long enough for every step on a busy machine: the stream must still be live at the end.
+  const source = await fixture({ seconds: 18, gop: 30 });
   await using nginx = await NginxSink.start(`${dir.path}/nginx`);
   const a = destination("a", nginx, "lc2-a-key-0001");
   const b = destination("b", nginx, "lc2-b-key-0001");

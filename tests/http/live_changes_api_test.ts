@@ -163,6 +163,47 @@ Deno.test("PUT destinations: a bad body gets 400 naming the field and changes no
   publisher.kill();
 });
 
+Deno.test("refresh in static mode applies the config.toml in force after a reload", async () => {
+  const unreachable = (id: string) => ({
+    id,
+    platform: "custom",
+    rtmp_url: "rtmp://127.0.0.1:1/live",
+    stream_key: `${DEST_KEY}-${id}`,
+    enabled: true,
+  });
+  await using relay = await startTestRelay({
+    http: { allow_unauthenticated_control: true },
+    streams: [{ key: KEY, destinations: [unreachable("a"), unreachable("b")] }],
+  });
+  const app = appFor(relay, { allowUnauthenticatedControl: true });
+  await using publisher = ffmpegPublish(await fixture({ seconds: 5 }), relay.rtmpUrl(KEY));
+  const first = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("a"), "a started");
+  relay.service.reload({
+    ...relay.service.currentConfig,
+    streams: [{
+      key: KEY,
+      destinations: [unreachable("a"), { ...unreachable("c"), enabled: false }],
+    }],
+  });
+  const response = await app.request(`/api/streams/${KEY}/destinations/refresh`, {
+    method: "POST",
+  });
+  const text = await response.text();
+  assertEquals(response.status, 200, text);
+  assert(!text.includes(DEST_KEY), "keys are redacted");
+  const changes = DestinationChangesSchema.parse(JSON.parse(text));
+  assertEquals(
+    [changes.added, changes.removed, changes.restarted, changes.kept, changes.skipped],
+    [["c"], ["b"], [], ["a"], []],
+  );
+  assertEquals(changes.destinations.map((d) => [d.id, d.status.state === "disabled"]), [
+    ["a", false],
+    ["c", true],
+  ]);
+  assertEquals(relay.service.manager.relayFor(KEY)?.get("a"), first, "a is left untouched");
+  publisher.kill();
+});
+
 Deno.test("refresh answers 502 naming the cause when the control plane cannot be asked", async () => {
   await using cp = new FakeControlPlane();
   await using relay = await startTestRelay({
