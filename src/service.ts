@@ -268,8 +268,7 @@ export class RelayService implements AsyncDisposable {
    * on. Settings that need new sockets or a new control plane take a restart, and we say so.
    */
   reload(config: Config): void {
-    const authority = this.manager.authority;
-    if (authority instanceof StaticAuthority) authority.update(config.streams);
+    this.manager.authority.reload?.(config);
     this.#reloadTlsTrust(config);
     const needsRestart = ["rtmp", "http", "control_plane"].filter((section) =>
       JSON.stringify(config[section as keyof Config]) !==

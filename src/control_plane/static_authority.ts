@@ -1,28 +1,25 @@
 /**
  * Static mode: with no control plane configured, the `[[streams]]` of `config.toml` say which keys
- * may publish and where each goes. `update` swaps the table in one step (SIGHUP reload); streams
- * already live keep the destinations they started with.
+ * may publish and where each goes. `reload` swaps the table in one step (SIGHUP); streams already
+ * live keep the destinations they started with until refreshed through the API.
  *
  * @module
  */
 
 import type { DestinationRecord } from "./destination.ts";
-import type { AuthDecision, StreamAuthority } from "./stream_authority.ts";
+import type { AuthDecision, StaticStream, StreamAuthority } from "./stream_authority.ts";
 
-export interface StaticStream {
-  key: string;
-  destinations: DestinationRecord[];
-}
+export type { StaticStream };
 
 export class StaticAuthority implements StreamAuthority {
   readonly mode = "static";
   #streams = new Map<string, DestinationRecord[]>();
 
   constructor(streams: readonly StaticStream[]) {
-    this.update(streams);
+    this.reload({ streams });
   }
 
-  update(streams: readonly StaticStream[]): void {
+  reload({ streams }: { readonly streams: readonly StaticStream[] }): void {
     this.#streams = new Map(streams.map((stream) => [stream.key, stream.destinations]));
   }
 

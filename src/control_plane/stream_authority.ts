@@ -7,6 +7,12 @@
 
 import type { DestinationRecord } from "./destination.ts";
 
+/** A key of `config.toml` that may publish, with its destinations (static mode). */
+export interface StaticStream {
+  key: string;
+  destinations: DestinationRecord[];
+}
+
 /** The answer to "may this key publish?". */
 export type AuthDecision =
   | { allowed: true; forward: boolean }
@@ -33,6 +39,12 @@ export interface StreamAuthority {
   streamEnded(key: string): Promise<void>;
   /** Waits for reports still under way (shutdown). */
   flush(): Promise<void>;
+  /**
+   * Takes a reloaded `config.toml` (SIGHUP): sources that read their keys from it (static mode)
+   * swap them in one step; streams already live keep their destinations until refreshed. Sources
+   * configured elsewhere (the control plane) do not have it.
+   */
+  reload?(config: { readonly streams: readonly StaticStream[] }): void;
   /** Calls made so far, by kind; only sources that call out (the control plane) have it. */
   callStats?(): Readonly<Record<string, Readonly<CallStats>>>;
 }

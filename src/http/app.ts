@@ -21,9 +21,10 @@ import type { RelayManager } from "../relay/relay_manager.ts";
 import { redactKey } from "../redact.ts";
 import { renderMetrics } from "./metrics.ts";
 import { describeDestination, type ReadModel } from "./read_model.ts";
+import type { DestinationChanges, StreamRelay } from "../relay/stream_relay.ts";
 import { DASHBOARD_ASSETS, DASHBOARD_CSP, INDEX_HTML } from "./dashboard/dashboard_assets.ts";
 import { type RelayEvents, serveEvents } from "./events.ts";
-import { AddDestinationBodySchema } from "./schemas.ts";
+import { AddDestinationBodySchema, ReplaceDestinationsBodySchema } from "./schemas.ts";
 import { streamId } from "./stream_id.ts";
 import { tokensEqual } from "./token.ts";
 
@@ -33,7 +34,7 @@ export interface AppDeps {
   readModel: ReadModel;
   /** What the control endpoints steer. */
   hub: Pick<StreamHub, "get" | "end" | "live">;
-  manager: Pick<RelayManager, "relayFor">;
+  manager: Pick<RelayManager, "relayFor" | "refreshDestinations">;
   /** What `GET /api/events` serves; without it the route answers 404. */
   events?: RelayEvents;
   /** What `GET /api/streams/{key}/thumbnail.jpg` decodes with; without it, 404. */
@@ -48,12 +49,35 @@ export interface AppDeps {
 /** The first problem of a failed zod parse, as the API reports it. */
 function badRequest(c: Context, error: z.ZodError) {
   const issue = error.issues[0]!;
-  const field = issue.path.map(String).join(".") ||
-    (issue.code === "unrecognized_keys" ? issue.keys.join(",") : "(body)");
+  // An unknown key is named itself, wherever it is (`destinations.0.command`).
+  const path = [
+    ...issue.path.map(String),
+    ...(issue.code === "unrecognized_keys" ? [issue.keys.join(",")] : []),
+  ];
+  const field = path.join(".") || "(body)";
   return c.json({ error: `invalid field ${field}: ${issue.message}`, field }, 400);
 }
 
 const httpLog = log("http");
+
+/** The reply to a replacement or refresh: the new list with statuses, and what happened by id. */
+function describeChanges(
+  relay: StreamRelay,
+  changes: DestinationChanges,
+  malformed: string[] = [],
+) {
+  return {
+    destinations: relay.destinations().map(describeDestination),
+    added: changes.added,
+    removed: changes.removed,
+    restarted: changes.restarted,
+    kept: changes.kept,
+    skipped: [
+      ...malformed,
+      ...changes.rejected.map((rejected) => `${rejected.id}: ${rejected.reason}`),
+    ],
+  };
+}
 
 export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
@@ -224,6 +248,76 @@ export function createApp(deps: AppDeps): Hono {
     if (!removed) return c.json({ error: "no such destination" }, 404);
     return c.json({ id: c.req.param("id"), removed: true });
   });
+
+  app.put("/api/streams/:key/destinations", control, async (c) => {
+    const stream = liveStream(c.req.param("key"));
+    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+    if (relay === undefined) return notLive(c);
+    let raw: unknown;
+    try {
+      raw = await c.req.json();
+    } catch {
+      return c.json({ error: "body is not JSON", field: "(body)" }, 400);
+    }
+    const body = ReplaceDestinationsBodySchema.safeParse(raw);
+    if (!body.success) return badRequest(c, body.error);
+    const records = body.data.destinations;
+    if (records.length > relay.maxDestinations) {
+      return c.json({
+        error:
+          `invalid field destinations: more than max_destinations_per_stream (${relay.maxDestinations})`,
+        field: "destinations",
+      }, 400);
+    }
+    // All or nothing: a list with one bad target changes nothing.
+    for (const [index, record] of records.entries()) {
+      try {
+        validateDestination(record);
+      } catch (error) {
+        const message = (error as Error).message;
+        const field = /: (rtmp_url|stream_key) /.exec(message)?.[1] ?? "rtmp_url";
+        return c.json({ error: message, field: `destinations.${index}.${field}` }, 400);
+      }
+    }
+    let changes;
+    try {
+      changes = await relay.replaceDestinations(records);
+    } catch (error) {
+      // The stream ended since we looked it up.
+      if (error instanceof RangeError && relay.stopped) return notLive(c);
+      throw error;
+    }
+    return c.json(describeChanges(relay, changes));
+  });
+
+  app.post("/api/streams/:key/destinations/refresh", control, async (c) => {
+    const stream = liveStream(c.req.param("key"));
+    if (stream === undefined) return notLive(c);
+    const key = stream.key;
+    let refreshed;
+    try {
+      refreshed = await deps.manager.refreshDestinations(key);
+    } catch (error) {
+      return c.json({ error: `cannot fetch destinations: ${(error as Error).message}` }, 502);
+    }
+    const relay = deps.manager.relayFor(key);
+    if (refreshed === undefined || relay === undefined) return notLive(c);
+    return c.json(describeChanges(relay, refreshed, refreshed.malformed));
+  });
+
+  for (const action of ["enable", "disable"] as const) {
+    app.post(`/api/streams/:key/destinations/:id/${action}`, control, async (c) => {
+      const stream = liveStream(c.req.param("key"));
+      const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+      if (relay === undefined) return notLive(c);
+      const id = c.req.param("id");
+      const enabled = action === "enable";
+      if (!(await relay.setEnabled(id, enabled))) {
+        return c.json({ error: "no such destination" }, 404);
+      }
+      return c.json({ id, enabled });
+    });
+  }
 
   app.post("/api/streams/:key/destinations/:id/restart", control, async (c) => {
     const stream = liveStream(c.req.param("key"));

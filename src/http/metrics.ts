@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { DestinationStatus } from "../relay/destination_supervisor.ts";
+import type { RelayDestinationStatus } from "../relay/stream_relay.ts";
 import type { Snapshot } from "./read_model.ts";
 
 function escapeLabel(value: string): string {
@@ -72,7 +72,7 @@ export function renderMetrics(snapshot: Snapshot): string {
     string,
     "gauge" | "counter",
     string,
-    (s: DestinationStatus) => number,
+    (s: RelayDestinationStatus) => number,
   ][] = [
     [
       "neustream_destination_connected",

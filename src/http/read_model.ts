@@ -9,8 +9,8 @@
 
 import type { CallStats } from "../control_plane/stream_authority.ts";
 import type { LiveStream, StreamHub, StreamState } from "../media/live_stream.ts";
-import type { DestinationStatus, DestinationSupervisor } from "../relay/destination_supervisor.ts";
 import type { RelayManager } from "../relay/relay_manager.ts";
+import type { RelayDestination, RelayDestinationStatus } from "../relay/stream_relay.ts";
 import type { RtmpServer } from "../rtmp/server.ts";
 import type { RtmpSession } from "../rtmp/session.ts";
 import { redactKey, sanitizeUrl } from "../redact.ts";
@@ -36,7 +36,7 @@ export interface DestinationView {
   platform: string;
   rtmp_url: string;
   stream_key: string;
-  status: DestinationStatus;
+  status: RelayDestinationStatus;
 }
 
 export interface PublisherView {
@@ -109,7 +109,7 @@ export interface ReadModel {
 
 /** A destination's view: URL without credentials, key redacted. */
 export function describeDestination(
-  supervisor: Pick<DestinationSupervisor, "destination" | "status">,
+  supervisor: Pick<RelayDestination, "destination" | "status">,
 ): DestinationView {
   return {
     id: supervisor.destination.id,
@@ -157,7 +157,9 @@ export function createReadModel(sources: ReadModelSources): ReadModel {
         bytes_out: session.bytesOut,
         dropped_packets: session.droppedPackets,
       })),
-      destinations: (sources.manager.relayFor(stream.key)?.list() ?? []).map(describeDestination),
+      destinations: (sources.manager.relayFor(stream.key)?.destinations() ?? []).map(
+        describeDestination,
+      ),
     };
   };
 

@@ -36,7 +36,7 @@ export const DestinationStatusSchema = z.object({
   id: z.string(),
   platform: z.string(),
   url: z.string(),
-  state: z.enum(["starting", "connected", "retrying", "stopped"]),
+  state: z.enum(["starting", "connected", "retrying", "stopped", "disabled"]),
   connected: z.boolean(),
   bytes_sent: z.number().nonnegative(),
   packets_sent: z.number().nonnegative(),
@@ -99,5 +99,40 @@ export const AddDestinationBodySchema = z.strictObject({
   rtmp_url: z.string().min(1).max(2048),
   stream_key: z.string().max(1024).default(""),
 });
+
+/** Body of `PUT /api/streams/{key}/destinations`: the stream's whole list, ids unique. */
+export const ReplaceDestinationsBodySchema = z.strictObject({
+  destinations: z.array(AddDestinationBodySchema.extend({ enabled: z.boolean().default(true) })),
+}).superRefine((body, context) => {
+  const seen = new Set<string>();
+  body.destinations.forEach((destination, index) => {
+    if (seen.has(destination.id)) {
+      context.addIssue({
+        code: "custom",
+        path: ["destinations", index, "id"],
+        message: "duplicate destination id",
+      });
+    }
+    seen.add(destination.id);
+  });
+});
+
+/**
+ * Reply of `PUT /api/streams/{key}/destinations` and `POST …/destinations/refresh`: the new list
+ * with statuses (keys redacted) and what happened to each id. `kept` ones were left untouched (same
+ * FFmpeg); `restarted` ones had their target or `enabled` changed; `skipped` says why a record of
+ * the control plane or config was left out.
+ */
+export const DestinationChangesSchema = z.object({
+  destinations: z.array(ForwardedDestinationSchema),
+  added: z.array(z.string()),
+  removed: z.array(z.string()),
+  restarted: z.array(z.string()),
+  kept: z.array(z.string()),
+  skipped: z.array(z.string()),
+});
+
+/** Reply of `POST /api/streams/{key}/destinations/{id}/enable` and `/disable`. */
+export const DestinationEnabledSchema = z.object({ id: z.string(), enabled: z.boolean() });
 
 export const ErrorSchema = z.object({ error: z.string(), field: z.string().optional() });

@@ -17,7 +17,7 @@ import type { PublishDecision, PublishRequest } from "../rtmp/session.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import type { SupervisorOptions } from "./destination_supervisor.ts";
-import { StreamRelay } from "./stream_relay.ts";
+import { type DestinationChanges, StreamRelay } from "./stream_relay.ts";
 
 const managerLog = log("relay");
 
@@ -168,6 +168,45 @@ export class RelayManager implements StreamHubListener {
       }
     }
     managerLog.info("relaying to {count} destination(s)", { ...context, count: started });
+  }
+
+  /**
+   * Asks the authority (control plane or static config) for the stream's destinations again and
+   * applies them with `replaceDestinations`: unchanged destinations carry on untouched. Undefined
+   * when the stream has no relay (not live). Throws when the authority cannot be asked. What the
+   * source found malformed is logged and returned in `malformed`, as at the stream's start.
+   */
+  async refreshDestinations(
+    key: string,
+  ): Promise<(DestinationChanges & { malformed: string[] }) | undefined> {
+    const relay = this.#relays.get(key);
+    if (relay === undefined) return undefined;
+    const fetched = await this.#authority.destinations(key);
+    // The stream ended while we asked.
+    if (this.#relays.get(key) !== relay || relay.stopped) return undefined;
+    const changes = await relay.replaceDestinations(fetched.records);
+    const context = { stream: redactKey(key) };
+    for (const problem of fetched.malformed) {
+      managerLog.warn("destination skipped: {reason}", { ...context, reason: problem });
+    }
+    for (const rejected of changes.rejected) {
+      managerLog.warn("destination skipped: {reason}", {
+        ...context,
+        destination: rejected.id,
+        reason: rejected.reason,
+      });
+    }
+    managerLog.info(
+      "destinations refreshed: {added} added, {removed} removed, {restarted} restarted, {kept} kept",
+      {
+        ...context,
+        added: changes.added.length,
+        removed: changes.removed.length,
+        restarted: changes.restarted.length,
+        kept: changes.kept.length,
+      },
+    );
+    return { ...changes, malformed: fetched.malformed };
   }
 
   #track(work: Promise<void>): void {

@@ -1,24 +1,81 @@
 /**
- * The destinations of one live stream: a supervisor each, added and removed while the stream runs.
+ * The destinations of one live stream: a supervisor each, added, removed, replaced, enabled and
+ * disabled while the stream runs. Changes are keyed by destination id: a destination whose target
+ * did not change keeps its supervisor (the same FFmpeg), so the platform sees no break.
  *
  * @module
  */
 
-import type { Destination } from "../control_plane/destination.ts";
+import { isDeepStrictEqual } from "node:util";
+import {
+  type Destination,
+  type DestinationRecord,
+  type DestinationSelection,
+  selectDestinations,
+} from "../control_plane/destination.ts";
 import type { LiveStream } from "../media/live_stream.ts";
-import { DestinationSupervisor, type SupervisorOptions } from "./destination_supervisor.ts";
+import {
+  type DestinationState,
+  type DestinationStatus,
+  DestinationSupervisor,
+  type SupervisorOptions,
+} from "./destination_supervisor.ts";
+
+/** A destination's state as the API shows it: the supervisor's, or `disabled` (no FFmpeg). */
+export type RelayDestinationState = DestinationState | "disabled";
+
+export interface RelayDestinationStatus extends Omit<DestinationStatus, "state"> {
+  state: RelayDestinationState;
+}
+
+/** One destination of the stream, running or disabled, as the read model describes it. */
+export interface RelayDestination {
+  readonly destination: Destination;
+  readonly enabled: boolean;
+  status(): RelayDestinationStatus;
+}
+
+/** What `replaceDestinations` did, by destination id. */
+export interface DestinationChanges {
+  /** Not there before. */
+  added: string[];
+  /** Gone from the new list: stopped and forgotten. */
+  removed: string[];
+  /** Their target or `enabled` changed: the FFmpeg was stopped and/or a new one started. */
+  restarted: string[];
+  /** Unchanged: the same supervisor and FFmpeg carry on untouched. */
+  kept: string[];
+  /** Records refused by validation (not applied), with the reason. */
+  rejected: { id: string; reason: string }[];
+}
+
+interface Entry {
+  destination: Destination;
+  /** Undefined while disabled. */
+  supervisor: DestinationSupervisor | undefined;
+  /** The last status of a stopped supervisor, so a disabled destination keeps its counters. */
+  last: DestinationStatus | undefined;
+}
+
+/** Same push target, platform and every other validated field: nothing to restart for. */
+function sameTarget(a: Destination, b: Destination): boolean {
+  return isDeepStrictEqual(a, b);
+}
 
 export class StreamRelay {
   readonly stream: LiveStream;
   readonly #options: SupervisorOptions;
   readonly #maxDestinations: number;
-  readonly #supervisors = new Map<string, DestinationSupervisor>();
+  /** Every destination by id, in the order given; disabled ones have no supervisor. */
+  readonly #entries = new Map<string, Entry>();
   #stopped = false;
   #forwarding = false;
   /** Counts forwarding decisions, so that an answer to an older one is recognised as stale. */
   #forwardingEpoch = 0;
-  /** Bytes sent by destinations already removed. */
+  /** Bytes sent by FFmpegs already stopped (removed, restarted or disabled destinations). */
   #removedBytes = 0;
+  /** Replacements and enable/disable run one after the other, never interleaved. */
+  #changes: Promise<unknown> = Promise.resolve();
 
   constructor(stream: LiveStream, options: SupervisorOptions, maxDestinations: number) {
     this.stream = stream;
@@ -26,8 +83,18 @@ export class StreamRelay {
     this.#maxDestinations = maxDestinations;
   }
 
+  /** Stopped for good (the stream ended): no change is taken any more. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /** Destinations of the stream, disabled ones included. */
   get size(): number {
-    return this.#supervisors.size;
+    return this.#entries.size;
+  }
+
+  get maxDestinations(): number {
+    return this.#maxDestinations;
   }
 
   /** Whether the current publisher's authorisation asked for the destinations. */
@@ -45,54 +112,181 @@ export class StreamRelay {
     return ++this.#forwardingEpoch;
   }
 
-  /** Bytes written to every FFmpeg of this stream, removed destinations included. */
+  /** Bytes written to every FFmpeg of this stream, stopped ones included. */
   get bytesSent(): number {
     let total = this.#removedBytes;
-    for (const supervisor of this.#supervisors.values()) total += supervisor.status().bytes_sent;
+    for (const supervisor of this.list()) total += supervisor.status().bytes_sent;
     return total;
   }
 
+  /** The running destinations (disabled ones have no supervisor). */
   list(): DestinationSupervisor[] {
-    return [...this.#supervisors.values()];
+    return [...this.#entries.values()].flatMap((entry) => entry.supervisor ?? []);
   }
 
+  /** Every destination, disabled ones with state `disabled`, in the order given. */
+  destinations(): RelayDestination[] {
+    return [...this.#entries.values()].map((entry) => {
+      const supervisor = entry.supervisor;
+      if (supervisor !== undefined) {
+        return { destination: entry.destination, enabled: true, status: () => supervisor.status() };
+      }
+      return {
+        destination: entry.destination,
+        enabled: false,
+        status: () => disabledStatus(entry),
+      };
+    });
+  }
+
+  /** The supervisor of a running destination. */
   get(id: string): DestinationSupervisor | undefined {
-    return this.#supervisors.get(id);
+    return this.#entries.get(id)?.supervisor;
   }
 
   /** Starts relaying to `destination`. Throws `RangeError` on a duplicate id or when full. */
   add(destination: Destination): DestinationSupervisor {
     if (this.#stopped) throw new RangeError("stream relay already stopped");
-    if (this.#supervisors.has(destination.id)) {
+    if (this.#entries.has(destination.id)) {
       throw new RangeError(`destination ${JSON.stringify(destination.id)} already exists`);
     }
-    if (this.#supervisors.size >= this.#maxDestinations) {
+    if (this.#entries.size >= this.#maxDestinations) {
       throw new RangeError(
         `stream already has ${this.#maxDestinations} destinations (the maximum)`,
       );
     }
-    const supervisor = new DestinationSupervisor(destination, this.stream, this.#options);
-    this.#supervisors.set(destination.id, supervisor);
+    const supervisor = this.#supervise(destination);
+    this.#entries.set(destination.id, { destination, supervisor, last: undefined });
     supervisor.start();
     return supervisor;
   }
 
   /** Stops and removes one destination; false when there is no such id. */
   async remove(id: string): Promise<boolean> {
-    const supervisor = this.#supervisors.get(id);
-    if (supervisor === undefined) return false;
-    this.#supervisors.delete(id);
-    await supervisor.stop();
-    this.#removedBytes += supervisor.status().bytes_sent;
+    const entry = this.#entries.get(id);
+    if (entry === undefined) return false;
+    this.#entries.delete(id);
+    if (entry.supervisor !== undefined) await this.#retire(entry.supervisor);
     return true;
+  }
+
+  /**
+   * Validates records as the control plane's are (`selectDestinations`, at most
+   * `max_destinations_per_stream`), disabled ones included: they are kept, not started.
+   */
+  #select(records: readonly DestinationRecord[]): DestinationSelection & { enabled: Set<string> } {
+    const selection = selectDestinations(
+      records.map((record) => ({ ...record, enabled: true })),
+      this.#maxDestinations,
+    );
+    const enabled = new Set<string>();
+    for (const record of records) if (record.enabled) enabled.add(record.id);
+    return { ...selection, enabled };
+  }
+
+  /**
+   * Makes the stream's destinations exactly `records`, by id: new ones start from the last
+   * keyframe, gone ones stop, those whose validated target or `enabled` changed are stopped and
+   * started anew, and the rest are left untouched (same supervisor, same FFmpeg, nothing lost).
+   * Records that fail validation are left out and reported in `rejected`. The stream counts as
+   * forwarded from then on. Resolves once every stopped FFmpeg is reaped. Throws `RangeError` once
+   * the relay is stopped.
+   */
+  replaceDestinations(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
+    return this.#serialised(() => this.#replace(records));
+  }
+
+  async #replace(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
+    if (this.#stopped) throw new RangeError("stream relay already stopped");
+    // The latest list wins: a fetch for the publisher's forwarding still under way is now stale
+    // and must not add its destinations on top of this list.
+    this.setForwarding(true);
+    const selection = this.#select(records);
+    const changes: DestinationChanges = {
+      added: [],
+      removed: [],
+      restarted: [],
+      kept: [],
+      rejected: selection.rejected,
+    };
+    const old = new Map(this.#entries);
+    const stopping: Promise<void>[] = [];
+    const toStart: Entry[] = [];
+    this.#entries.clear();
+    for (const destination of selection.accepted) {
+      const enabled = selection.enabled.has(destination.id);
+      const previous = old.get(destination.id);
+      old.delete(destination.id);
+      if (previous === undefined) {
+        const entry = this.#entry(destination, enabled, undefined);
+        if (entry.supervisor !== undefined) toStart.push(entry);
+        changes.added.push(destination.id);
+        continue;
+      }
+      const wasEnabled = previous.supervisor !== undefined;
+      if (sameTarget(previous.destination, destination) && wasEnabled === enabled) {
+        this.#entries.set(destination.id, previous);
+        changes.kept.push(destination.id);
+        continue;
+      }
+      // The new FFmpeg starts only once the old one has sent its last packet and gone: never two
+      // publishes to one target at once.
+      if (previous.supervisor !== undefined) stopping.push(this.#retire(previous.supervisor));
+      const entry = this.#entry(
+        destination,
+        enabled,
+        previous.supervisor?.status() ?? previous.last,
+      );
+      if (entry.supervisor !== undefined) toStart.push(entry);
+      changes.restarted.push(destination.id);
+    }
+    for (const [id, gone] of old) {
+      if (gone.supervisor !== undefined) stopping.push(this.#retire(gone.supervisor));
+      changes.removed.push(id);
+    }
+    // New destinations need not wait for the old ones to drain.
+    for (const entry of toStart) {
+      if (!changes.restarted.includes(entry.destination.id)) entry.supervisor!.start();
+    }
+    await Promise.all(stopping);
+    for (const entry of toStart) {
+      if (!changes.restarted.includes(entry.destination.id)) continue;
+      // Replaced, disabled or stopped again meanwhile: that change owns it now.
+      if (this.#stopped || this.#entries.get(entry.destination.id) !== entry) continue;
+      entry.supervisor!.start();
+    }
+    return changes;
+  }
+
+  /**
+   * Enables or disables one destination: disabling stops its FFmpeg and keeps its record (state
+   * `disabled`); enabling starts a new FFmpeg from the last keyframe. False when there is no such
+   * id. Doing what is already done changes nothing.
+   */
+  setEnabled(id: string, enabled: boolean): Promise<boolean> {
+    return this.#serialised(async () => {
+      const entry = this.#entries.get(id);
+      if (entry === undefined) return false;
+      if ((entry.supervisor !== undefined) === enabled || this.#stopped) return true;
+      if (enabled) {
+        entry.supervisor = this.#supervise(entry.destination);
+        entry.supervisor.start();
+        return true;
+      }
+      const supervisor = entry.supervisor!;
+      entry.supervisor = undefined;
+      entry.last = supervisor.status();
+      await this.#retire(supervisor);
+      entry.last = supervisor.status();
+      return true;
+    });
   }
 
   /** Stops every destination and waits until each FFmpeg is reaped; more may be added later. */
   async removeAll(): Promise<void> {
     const supervisors = this.list();
-    this.#supervisors.clear();
-    await Promise.all(supervisors.map((supervisor) => supervisor.stop()));
-    for (const supervisor of supervisors) this.#removedBytes += supervisor.status().bytes_sent;
+    this.#entries.clear();
+    await Promise.all(supervisors.map((supervisor) => this.#retire(supervisor)));
   }
 
   /** Stops every destination for good and waits until each FFmpeg is reaped. */
@@ -100,4 +294,54 @@ export class StreamRelay {
     this.#stopped = true;
     await this.removeAll();
   }
+
+  #supervise(destination: Destination): DestinationSupervisor {
+    return new DestinationSupervisor(destination, this.stream, this.#options);
+  }
+
+  /** A new entry in the map, its supervisor created but not started yet. */
+  #entry(destination: Destination, enabled: boolean, last: DestinationStatus | undefined): Entry {
+    const entry: Entry = {
+      destination,
+      supervisor: enabled ? this.#supervise(destination) : undefined,
+      last,
+    };
+    this.#entries.set(destination.id, entry);
+    return entry;
+  }
+
+  /** Stops a supervisor no longer in the map and counts what it sent. */
+  async #retire(supervisor: DestinationSupervisor): Promise<void> {
+    await supervisor.stop();
+    this.#removedBytes += supervisor.status().bytes_sent;
+  }
+
+  #serialised<T>(change: () => Promise<T>): Promise<T> {
+    const result = this.#changes.then(change);
+    // The next change waits for this one to finish, failed or not; the caller sees the failure.
+    this.#changes = result.catch(() => {});
+    return result;
+  }
+}
+
+/** A disabled destination's status: no FFmpeg, the counters of its last run. */
+function disabledStatus(entry: Entry): RelayDestinationStatus {
+  const last = entry.last;
+  return {
+    id: entry.destination.id,
+    platform: entry.destination.platform,
+    url: entry.destination.displayUrl,
+    state: "disabled",
+    connected: false,
+    bytes_sent: last?.bytes_sent ?? 0,
+    packets_sent: last?.packets_sent ?? 0,
+    dropped_packets: last?.dropped_packets ?? 0,
+    error_count: last?.error_count ?? 0,
+    last_error: last?.last_error ?? null,
+    restarts: last?.restarts ?? 0,
+    started_at: last?.started_at ?? null,
+    connected_at: last?.connected_at ?? null,
+    bitrate_kbps: 0,
+    pid: null,
+  };
 }

@@ -1,0 +1,224 @@
+/**
+ * The live-change endpoints through `app.request()`: who may call them, what a bad body gets, a
+ * stream that is not live, and the replies' shapes. The e2e test (tests/e2e/live_changes_test.ts)
+ * covers what they do to FFmpeg and the sinks.
+ */
+
+import { createApp } from "../../src/http/app.ts";
+import { createReadModel } from "../../src/http/read_model.ts";
+import {
+  DestinationChangesSchema,
+  DestinationEnabledSchema,
+  ErrorSchema,
+} from "../../src/http/schemas.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { fixture } from "../helpers/media.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
+
+const KEY = "api-live-change-key-0001";
+const TOKEN = "a-very-secret-token-0002";
+const DEST_KEY = "api-live-change-dest-key-0001";
+
+function appFor(
+  relay: TestRelay,
+  http: { apiToken?: string; allowUnauthenticatedControl: boolean },
+) {
+  const { hub, manager, rtmp } = relay.service;
+  return createApp({
+    readModel: createReadModel({ version: "test", startedAt: new Date(), hub, manager, rtmp }),
+    hub,
+    manager,
+    http: { allowOrigin: "*", ...http },
+  });
+}
+
+/** The four live-change requests, each with a valid body. */
+const requests: [string, string, unknown?][] = [
+  ["PUT", `/api/streams/${KEY}/destinations`, { destinations: [] }],
+  ["POST", `/api/streams/${KEY}/destinations/refresh`],
+  ["POST", `/api/streams/${KEY}/destinations/x/enable`],
+  ["POST", `/api/streams/${KEY}/destinations/x/disable`],
+];
+
+function init(method: string, body: unknown, headers: Record<string, string> = {}): RequestInit {
+  return {
+    method,
+    headers: { "content-type": "application/json", ...headers },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  };
+}
+
+Deno.test("live-change endpoints are control endpoints: 403 without a token, 401 with a wrong one, 404 when not live", async () => {
+  await using relay = await startTestRelay({ streams: [{ key: KEY }] });
+  const closed = appFor(relay, { allowUnauthenticatedControl: false });
+  const guarded = appFor(relay, { apiToken: TOKEN, allowUnauthenticatedControl: false });
+  const open = appFor(relay, { allowUnauthenticatedControl: true });
+  for (const [method, path, body] of requests) {
+    const refused = await closed.request(path, init(method, body));
+    assertEquals(refused.status, 403, `${method} ${path}`);
+    assertMatch(ErrorSchema.parse(await refused.json()).error, /allow_unauthenticated_control/);
+    const wrong = await guarded.request(path, init(method, body, { authorization: "Bearer no" }));
+    assertEquals(wrong.status, 401, `${method} ${path}`);
+    await wrong.body?.cancel();
+    for (const app of [open, guarded]) {
+      const response = await app.request(
+        path,
+        init(method, body, { authorization: `Bearer ${TOKEN}` }),
+      );
+      assertEquals(response.status, 404, `${method} ${path} on a stream that is not live`);
+      assertEquals(ErrorSchema.parse(await response.json()).error, "stream not live");
+    }
+  }
+});
+
+Deno.test("PUT destinations: a bad body gets 400 naming the field and changes nothing", async () => {
+  await using relay = await startTestRelay({
+    streaming: { max_destinations_per_stream: 2 },
+    streams: [{ key: KEY }],
+  });
+  const app = appFor(relay, { apiToken: TOKEN, allowUnauthenticatedControl: false });
+  await using publisher = ffmpegPublish(await fixture({ seconds: 5 }), relay.rtmpUrl(KEY));
+  await waitFor(() => relay.service.manager.relayFor(KEY), "live");
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const good = { id: "ok", rtmp_url: "rtmp://127.0.0.1:1/live", stream_key: DEST_KEY };
+  const put = (body: string) =>
+    app.request(`/api/streams/${KEY}/destinations`, {
+      method: "PUT",
+      headers: { ...auth, "content-type": "application/json" },
+      body,
+    });
+  const cases: [string, string, string][] = [
+    ["not JSON", "{", "(body)"],
+    ["no list", "{}", "destinations"],
+    ["not a list", JSON.stringify({ destinations: {} }), "destinations"],
+    [
+      "missing rtmp_url",
+      JSON.stringify({ destinations: [good, { id: "x" }] }),
+      "destinations.1.rtmp_url",
+    ],
+    [
+      "id of the wrong type",
+      JSON.stringify({ destinations: [{ ...good, id: 5 }] }),
+      "destinations.0.id",
+    ],
+    [
+      "enabled not a boolean",
+      JSON.stringify({ destinations: [{ ...good, enabled: "no" }] }),
+      "destinations.0.enabled",
+    ],
+    [
+      "unknown field",
+      JSON.stringify({ destinations: [{ ...good, command: "rm" }] }),
+      "destinations.0.command",
+    ],
+    ["duplicate id", JSON.stringify({ destinations: [good, good] }), "destinations.1.id"],
+    [
+      "file URL",
+      JSON.stringify({ destinations: [good, { id: "f", rtmp_url: "file:///etc/passwd" }] }),
+      "destinations.1.rtmp_url",
+    ],
+    [
+      "key read as an option",
+      JSON.stringify({ destinations: [{ ...good, stream_key: "-y" }] }),
+      "destinations.0.stream_key",
+    ],
+    [
+      "over the maximum",
+      JSON.stringify({ destinations: ["a", "b", "c"].map((id) => ({ ...good, id })) }),
+      "destinations",
+    ],
+  ];
+  for (const [name, body, field] of cases) {
+    const response = await put(body);
+    const text = await response.text();
+    assertEquals(response.status, 400, `${name}: ${text}`);
+    assertEquals(ErrorSchema.parse(JSON.parse(text)).field, field, name);
+    assert(!text.includes(DEST_KEY), `${name}: the key is not echoed`);
+    assertEquals(relay.service.manager.relayFor(KEY)?.size, 0, `${name}: nothing applied`);
+  }
+
+  // A valid list with a disabled destination: kept as a record, no FFmpeg.
+  const response = await put(JSON.stringify({ destinations: [{ ...good, enabled: false }] }));
+  const text = await response.text();
+  assertEquals(response.status, 200, text);
+  assert(!text.includes(DEST_KEY), "the key is redacted");
+  const changes = DestinationChangesSchema.parse(JSON.parse(text));
+  assertEquals(changes.added, ["ok"]);
+  assertEquals(changes.destinations.map((d) => [d.id, d.status.state, d.status.pid]), [
+    ["ok", "disabled", null],
+  ]);
+  const post = (path: string) => app.request(path, { method: "POST", headers: auth });
+  const unknown = await post(`/api/streams/${KEY}/destinations/nope/enable`);
+  assertEquals(unknown.status, 404);
+  assertEquals(ErrorSchema.parse(await unknown.json()).error, "no such destination");
+  const enabled = await post(`/api/streams/${KEY}/destinations/ok/enable`);
+  assertEquals(DestinationEnabledSchema.parse(await enabled.json()), { id: "ok", enabled: true });
+  assert(relay.service.manager.relayFor(KEY)?.get("ok") !== undefined, "enabled: supervised");
+  const disabled = await post(`/api/streams/${KEY}/destinations/ok/disable`);
+  assertEquals(DestinationEnabledSchema.parse(await disabled.json()), { id: "ok", enabled: false });
+  assertEquals(relay.service.manager.relayFor(KEY)?.get("ok"), undefined, "disabled: no FFmpeg");
+  publisher.kill();
+});
+
+Deno.test("refresh in static mode applies the config.toml in force after a reload", async () => {
+  const unreachable = (id: string) => ({
+    id,
+    platform: "custom",
+    rtmp_url: "rtmp://127.0.0.1:1/live",
+    stream_key: `${DEST_KEY}-${id}`,
+    enabled: true,
+  });
+  await using relay = await startTestRelay({
+    http: { allow_unauthenticated_control: true },
+    streams: [{ key: KEY, destinations: [unreachable("a"), unreachable("b")] }],
+  });
+  const app = appFor(relay, { allowUnauthenticatedControl: true });
+  await using publisher = ffmpegPublish(await fixture({ seconds: 5 }), relay.rtmpUrl(KEY));
+  const first = await waitFor(() => relay.service.manager.relayFor(KEY)?.get("a"), "a started");
+  relay.service.reload({
+    ...relay.service.currentConfig,
+    streams: [{
+      key: KEY,
+      destinations: [unreachable("a"), { ...unreachable("c"), enabled: false }],
+    }],
+  });
+  const response = await app.request(`/api/streams/${KEY}/destinations/refresh`, {
+    method: "POST",
+  });
+  const text = await response.text();
+  assertEquals(response.status, 200, text);
+  assert(!text.includes(DEST_KEY), "keys are redacted");
+  const changes = DestinationChangesSchema.parse(JSON.parse(text));
+  assertEquals(
+    [changes.added, changes.removed, changes.restarted, changes.kept, changes.skipped],
+    [["c"], ["b"], [], ["a"], []],
+  );
+  assertEquals(changes.destinations.map((d) => [d.id, d.status.state === "disabled"]), [
+    ["a", false],
+    ["c", true],
+  ]);
+  assertEquals(relay.service.manager.relayFor(KEY)?.get("a"), first, "a is left untouched");
+  publisher.kill();
+});
+
+Deno.test("refresh answers 502 naming the cause when the control plane cannot be asked", async () => {
+  await using cp = new FakeControlPlane();
+  await using relay = await startTestRelay({
+    control_plane: { url: cp.url, timeout_seconds: 2, retry_attempts: 0 },
+  });
+  const app = appFor(relay, { allowUnauthenticatedControl: true });
+  await using publisher = ffmpegPublish(await fixture({ seconds: 5 }), relay.rtmpUrl(KEY));
+  await waitFor(() => relay.service.manager.relayFor(KEY), "live");
+  cp.behaviour.forwarding = () => ({ status: 500, body: {} });
+  const response = await app.request(`/api/streams/${KEY}/destinations/refresh`, {
+    method: "POST",
+  });
+  const text = await response.text();
+  assertEquals(response.status, 502, text);
+  assertMatch(ErrorSchema.parse(JSON.parse(text)).error, /^cannot fetch destinations: /);
+  assert(!text.includes(KEY), "the stream key is not echoed");
+  publisher.kill();
+});
