@@ -6,6 +6,7 @@
  */
 
 import { z } from "zod";
+import { deadline, delay, isTimeout } from "../async.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
@@ -57,10 +58,6 @@ function zodProblem(error: z.ZodError): string {
   const issue = error.issues[0]!;
   const path = issue.path.map(String).join(".") || "(root)";
   return `${path}: ${issue.message}`;
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 }
 
 /**
@@ -215,18 +212,15 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /** Waits until `done()` holds or `ms` passed; true if it holds. */
   async #until(done: () => boolean, ms = Infinity): Promise<boolean> {
-    const deadline = performance.now() + ms;
+    const end = performance.now() + ms;
     while (!done()) {
-      const left = deadline - performance.now();
+      const left = end - performance.now();
       if (left <= 0) return false;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#changed.promise,
-        ...(Number.isFinite(left)
-          ? [new Promise((resolve) => timer = setTimeout(resolve, left))]
-          : []),
-      ]);
-      clearTimeout(timer);
+      try {
+        await deadline(this.#changed.promise, left);
+      } catch (error) {
+        if (!isTimeout(error)) throw error;
+      }
     }
     return true;
   }
@@ -263,14 +257,15 @@ export class ControlPlaneClient implements StreamAuthority {
         this.#stalled = true;
         this.#notify();
         const wait = Math.min(this.#backoffBaseMs * 2 ** (failures - 1), this.#maxRetryDelayMs);
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, wait);
-          this.#wake = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        this.#wake = undefined;
+        const woken = new AbortController();
+        this.#wake = () => woken.abort();
+        try {
+          await delay(wait, { signal: woken.signal });
+        } catch (error) {
+          if (!woken.signal.aborted) throw error;
+        } finally {
+          this.#wake = undefined;
+        }
         continue;
       }
       failures = 0;

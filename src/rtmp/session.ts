@@ -10,6 +10,7 @@
  */
 
 import { splitAggregate } from "./aggregate.ts";
+import { deadline, isTimeout } from "../async.ts";
 import type { AmfObject } from "./amf0.ts";
 import { ChunkDecoder, MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
 import { createServerHandshake, HANDSHAKE_SIZE } from "./handshake.ts";
@@ -203,12 +204,11 @@ export class RtmpSession implements StreamSubscriber {
 
   /** Resolves once what is queued is written, or after `FLUSH_TIMEOUT_MS` if the peer stalls. */
   async #flushed(): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.#pumpDone,
-      new Promise<void>((resolve) => timer = setTimeout(resolve, FLUSH_TIMEOUT_MS)),
-    ]);
-    clearTimeout(timer);
+    try {
+      await deadline(this.#pumpDone, FLUSH_TIMEOUT_MS);
+    } catch (error) {
+      if (!isTimeout(error)) throw error;
+    }
   }
 
   async #shutdown(): Promise<void> {
