@@ -277,7 +277,7 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /** One attempt to report `entry`: done (taken, or refused for good) or to be retried. */
   async #reportEnd(entry: OutboxEntry, failures: number): Promise<"done" | "retry"> {
-    const context = { stream: redactKey(entry.name), ended_at: entry.endedAt };
+    const entryLog = cpLog.with({ stream: redactKey(entry.name), ended_at: entry.endedAt });
     const started = performance.now();
     const stats = this.stats.stream_end;
     try {
@@ -289,10 +289,7 @@ export class ControlPlaneClient implements StreamAuthority {
         this.#timeoutMs,
       );
       stats.ok++;
-      cpLog.info("stream end reported", {
-        ...context,
-        ...(failures > 0 ? { after_failures: failures } : {}),
-      });
+      entryLog.info("stream end reported", failures > 0 ? { after_failures: failures } : {});
       return "done";
     } catch (error) {
       if (!(error instanceof CallFailure)) throw error;
@@ -300,20 +297,19 @@ export class ControlPlaneClient implements StreamAuthority {
       if (!error.retryable) {
         // The control plane answered and said no (4xx): asking again would get the same answer and
         // hold up every report behind this one.
-        cpLog.error("stream end refused by the control plane, dropped: {reason}", {
-          ...context,
+        entryLog.error("stream end refused by the control plane, dropped: {reason}", {
           reason: error.message,
         });
         return "done";
       }
       // One line when an outage starts, then quietly (debug) until it ends.
-      const fields = { ...context, reason: error.message, waiting: this.#outbox.size };
+      const fields = { reason: error.message, waiting: this.#outbox.size };
       if (failures === 0) {
-        cpLog.error(
+        entryLog.error(
           "stream end could not be reported: {reason}; {waiting} report(s) wait in the outbox, retrying",
           fields,
         );
-      } else cpLog.debug("stream end still not reported: {reason}", fields);
+      } else entryLog.debug("stream end still not reported: {reason}", fields);
       return "retry";
     } finally {
       stats.totalSeconds += (performance.now() - started) / 1000;
