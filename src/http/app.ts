@@ -58,6 +58,21 @@ function badRequest(c: Context, error: z.ZodError) {
   return c.json({ error: `invalid field ${field}: ${issue.message}`, field }, 400);
 }
 
+/** The request's JSON body checked against `schema`, or the 400 reply that says what is wrong. */
+async function parseBody<T extends z.ZodType>(
+  c: Context,
+  schema: T,
+): Promise<{ data: z.output<T> } | { reply: Response }> {
+  let raw: unknown;
+  try {
+    raw = await c.req.json();
+  } catch {
+    return { reply: c.json({ error: "body is not JSON", field: "(body)" }, 400) };
+  }
+  const body = schema.safeParse(raw);
+  return body.success ? { data: body.data } : { reply: badRequest(c, body.error) };
+}
+
 const httpLog = log("http");
 
 /** The reply to a replacement or refresh: the new list with statuses, and what happened by id. */
@@ -138,6 +153,11 @@ export function createApp(deps: AppDeps): Hono {
     const stream = deps.hub.get(keyOf(param));
     return stream !== undefined && stream.state !== "idle" ? stream : undefined;
   };
+  /** The relay of the live stream the request's `:key` names (a key or a stream id). */
+  const liveRelay = (c: Context) => {
+    const stream = liveStream(c.req.param("key") ?? "");
+    return stream ? deps.manager.relayFor(stream.key) : undefined;
+  };
   const notLive = (c: Context) => c.json({ error: "stream not live" }, 404);
 
   app.get("/health", (c) => {
@@ -216,17 +236,10 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.post("/api/streams/:key/destinations", control, async (c) => {
-    const stream = liveStream(c.req.param("key"));
-    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+    const relay = liveRelay(c);
     if (relay === undefined) return notLive(c);
-    let raw: unknown;
-    try {
-      raw = await c.req.json();
-    } catch {
-      return c.json({ error: "body is not JSON", field: "(body)" }, 400);
-    }
-    const body = AddDestinationBodySchema.safeParse(raw);
-    if (!body.success) return badRequest(c, body.error);
+    const body = await parseBody(c, AddDestinationBodySchema);
+    if ("reply" in body) return body.reply;
     let destination;
     try {
       destination = validateDestination({ ...body.data, enabled: true });
@@ -241,8 +254,7 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.delete("/api/streams/:key/destinations/:id", control, async (c) => {
-    const stream = liveStream(c.req.param("key"));
-    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+    const relay = liveRelay(c);
     if (relay === undefined) return notLive(c);
     const removed = await relay.remove(c.req.param("id"));
     if (!removed) return c.json({ error: "no such destination" }, 404);
@@ -250,17 +262,10 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.put("/api/streams/:key/destinations", control, async (c) => {
-    const stream = liveStream(c.req.param("key"));
-    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+    const relay = liveRelay(c);
     if (relay === undefined) return notLive(c);
-    let raw: unknown;
-    try {
-      raw = await c.req.json();
-    } catch {
-      return c.json({ error: "body is not JSON", field: "(body)" }, 400);
-    }
-    const body = ReplaceDestinationsBodySchema.safeParse(raw);
-    if (!body.success) return badRequest(c, body.error);
+    const body = await parseBody(c, ReplaceDestinationsBodySchema);
+    if ("reply" in body) return body.reply;
     const records = body.data.destinations;
     if (records.length > relay.maxDestinations) {
       return c.json({
@@ -307,8 +312,7 @@ export function createApp(deps: AppDeps): Hono {
 
   for (const action of ["enable", "disable"] as const) {
     app.post(`/api/streams/:key/destinations/:id/${action}`, control, async (c) => {
-      const stream = liveStream(c.req.param("key"));
-      const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+      const relay = liveRelay(c);
       if (relay === undefined) return notLive(c);
       const id = c.req.param("id");
       const enabled = action === "enable";
@@ -320,8 +324,7 @@ export function createApp(deps: AppDeps): Hono {
   }
 
   app.post("/api/streams/:key/destinations/:id/restart", control, async (c) => {
-    const stream = liveStream(c.req.param("key"));
-    const relay = stream ? deps.manager.relayFor(stream.key) : undefined;
+    const relay = liveRelay(c);
     const supervisor = relay?.get(c.req.param("id"));
     if (supervisor === undefined) {
       return c.json({ error: "no such destination on a live stream" }, 404);
