@@ -21,6 +21,8 @@ import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { copyFollows } from "./copy_compatibility.ts";
 import { buildFfmpegArgs } from "./ffmpeg_args.ts";
 import { classifyFfmpegError } from "./ffmpeg_errors.ts";
+import type { ProcessPool } from "./process_pool.ts";
+import { delay } from "../async.ts";
 
 export interface SupervisorOptions {
   ffmpegPath: string;
@@ -46,10 +48,10 @@ export interface SupervisorOptions {
   tls?: { readonly caFile: string | undefined };
   backoff?: BackoffOptions;
   /**
-   * Every FFmpeg running, across all streams, including those being stopped: the last-resort
-   * kill on a second signal reaches them all.
+   * Owns every FFmpeg, across all streams, including those being stopped: the last-resort kill
+   * on a second signal reaches them all.
    */
-  children?: Set<Deno.ChildProcess>;
+  pool: ProcessPool;
 }
 
 export type DestinationState = "starting" | "connected" | "retrying" | "stopped";
@@ -103,7 +105,8 @@ export class DestinationSupervisor implements StreamSubscriber {
   /** The running FFmpeg was ended on purpose to start the next one at once (not a failure). */
   #restartRequested = false;
   #done: Promise<void> = Promise.resolve();
-  #wakeBackoff: (() => void) | undefined;
+  /** Aborted to cut the current backoff wait short. */
+  #backoffWait: AbortController | undefined;
   #bytesSent = 0;
   #packetsSent = 0;
   #droppedBefore = 0;
@@ -149,21 +152,16 @@ export class DestinationSupervisor implements StreamSubscriber {
         this.#restarts++;
         continue;
       }
-      const delay = this.#backoff.next(performance.now() - started);
+      const wait = this.#backoff.next(performance.now() - started);
       this.#state = "retrying";
       relayLog.warn("destination down, retrying in {seconds} s: {reason}", {
         ...this.#context(),
-        seconds: delay / 1000,
+        seconds: wait / 1000,
         reason: this.#lastError ?? "ffmpeg exited",
       });
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delay);
-        this.#wakeBackoff = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#wakeBackoff = undefined;
+      this.#backoffWait = new AbortController();
+      await delay(wait, { signal: this.#backoffWait.signal }).catch(() => {});
+      this.#backoffWait = undefined;
       if (!this.#terminated) this.#restarts++;
     }
     this.#state = "stopped";
@@ -176,18 +174,13 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#connectedAt = null;
     let child: Deno.ChildProcess;
     try {
-      child = new Deno.Command(this.#options.ffmpegPath, {
-        args: [
-          ...PROGRESS_ARGS,
-          ...buildFfmpegArgs(this.destination, {
-            ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
-            caFile: this.#options.tls?.caFile,
-          }),
-        ],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
+      child = this.#options.pool.spawn(this.#options.ffmpegPath, [
+        ...PROGRESS_ARGS,
+        ...buildFfmpegArgs(this.destination, {
+          ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
+          caFile: this.#options.tls?.caFile,
+        }),
+      ], { stdin: "piped", stdout: "piped", stderr: "piped" });
     } catch (error) {
       this.#errorCount++;
       this.#lastError = `cannot start ${this.#options.ffmpegPath}: ${(error as Error).message}`;
@@ -195,7 +188,6 @@ export class DestinationSupervisor implements StreamSubscriber {
     }
     this.#child = child;
     this.#outputBytes = 0;
-    this.#options.children?.add(child);
     this.#startedAt = new Date();
     const queue = this.#nextQueue ?? this.#newQueue();
     const handedOver = queue === this.#nextQueue;
@@ -210,7 +202,6 @@ export class DestinationSupervisor implements StreamSubscriber {
     const progressDone = this.#readProgress(child.stdout);
     const pumpDone = this.#pump(child.stdin, queue);
     const status = await child.status;
-    this.#options.children?.delete(child);
     if (this.#nextQueue === undefined) this.#stream.unsubscribe(this);
     queue.close();
     this.#droppedBefore += queue.droppedPackets;
@@ -235,7 +226,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       this.#nextQueue = undefined;
       this.#stream.unsubscribe(this);
     }
-    this.#wakeBackoff?.();
+    this.#backoffWait?.abort();
     await this.#stopChild();
     await this.#done;
     this.#state = "stopped";
@@ -243,7 +234,7 @@ export class DestinationSupervisor implements StreamSubscriber {
 
   /** Ends the current FFmpeg so that the loop starts a new one at once (the API's restart). */
   async restart(): Promise<void> {
-    this.#wakeBackoff?.();
+    this.#backoffWait?.abort();
     await this.#stopChild();
   }
 
@@ -253,11 +244,11 @@ export class DestinationSupervisor implements StreamSubscriber {
     if (child === undefined) return;
     queue?.close(); // the pump closes stdin once the queue is drained: FFmpeg flushes and exits
     if (await this.#drains(child)) return;
-    this.#signal(child, "SIGTERM");
-    if (await this.#exitsWithin(child, this.#options.stopGraceMs)) return;
-    relayLog.warn("destination ignored SIGTERM: SIGKILL", this.#context());
-    this.#signal(child, "SIGKILL");
-    await child.status;
+    await this.#options.pool.terminate(
+      child,
+      this.#options.stopGraceMs,
+      () => relayLog.warn("destination ignored SIGTERM: SIGKILL", this.#context()),
+    );
   }
 
   /**
@@ -279,7 +270,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     let lastProgressAt = performance.now();
     let shutdownAt: number | undefined;
     for (;;) {
-      if (await this.#exitsWithin(child, DRAIN_CHECK_MS)) return true;
+      if (await this.#options.pool.exitsWithin(child, DRAIN_CHECK_MS)) return true;
       const now = performance.now();
       if (progress() !== last) {
         last = progress();
@@ -302,25 +293,6 @@ export class DestinationSupervisor implements StreamSubscriber {
         }
       }
     }
-  }
-
-  #signal(child: Deno.ChildProcess, signal: Deno.Signal): void {
-    try {
-      child.kill(signal);
-    } catch (error) {
-      // Already exited between our check and the signal: nothing left to stop.
-      if (!(error instanceof TypeError)) throw error;
-    }
-  }
-
-  async #exitsWithin(child: Deno.ChildProcess, ms: number): Promise<boolean> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const exited = await Promise.race([
-      child.status.then(() => true),
-      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms)),
-    ]);
-    clearTimeout(timer);
-    return exited;
   }
 
   async #pump(stdin: WritableStream<Uint8Array>, queue: MediaQueue<Uint8Array>): Promise<void> {
@@ -440,7 +412,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#nextQueue?.close();
     this.#nextQueue = this.#newQueue();
     this.#restartRequested = true;
-    this.#wakeBackoff?.();
+    this.#backoffWait?.abort();
     this.#stopChild().catch((error: Error) => {
       relayLog.error("stopping FFmpeg for a restart failed: {reason}", {
         ...this.#context(),
