@@ -169,6 +169,8 @@ export class RelayService implements AsyncDisposable {
         tls: this.#tls,
         backoff: options.backoff,
         pool: this.#pool,
+        engine: streaming.engine,
+        maxAttempts: streaming.max_attempts,
       },
     });
     this.hub.addListener(this.manager);

@@ -110,6 +110,21 @@ export function renderMetrics(snapshot: Snapshot): string {
       "Times the destination's FFmpeg failed.",
       (s) => s.error_count,
     ],
+    [
+      "neustream_destination_attempt",
+      "gauge",
+      "The current connection attempt since the destination last connected (from 1).",
+      (s) => s.attempt,
+    ],
+    [
+      "neustream_destination_next_attempt_seconds",
+      "gauge",
+      "Seconds until the next attempt while waiting in backoff, else 0.",
+      (s) =>
+        s.next_attempt_at === null
+          ? 0
+          : Math.max(0, (Date.parse(s.next_attempt_at) - Date.now()) / 1000),
+    ],
   ];
   for (const [name, type, help, value] of perDestination) {
     out.family(name, type, help);
@@ -118,8 +133,24 @@ export function renderMetrics(snapshot: Snapshot): string {
         stream,
         destination: status.id,
         platform: status.platform,
+        engine: status.engine,
       });
     }
+  }
+  out.family(
+    "neustream_destination_state",
+    "gauge",
+    "1 for the destination's state, with the kind of its last failure (none while it has none).",
+  );
+  for (const { stream, status } of destinations) {
+    out.sample("neustream_destination_state", 1, {
+      stream,
+      destination: status.id,
+      platform: status.platform,
+      engine: status.engine,
+      state: status.state,
+      failure: status.failure ?? "none",
+    });
   }
 
   const stats = snapshot.control_plane;

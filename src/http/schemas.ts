@@ -6,6 +6,9 @@
  */
 
 import { z } from "zod";
+import { ENGINE_NAMES } from "../relay/relay_engine.ts";
+import { FAILURE_KINDS } from "../relay/destination_failure.ts";
+import { DESTINATION_STATES } from "../relay/destination_supervisor.ts";
 
 export const HealthSchema = z.object({
   status: z.enum(["ok", "unavailable"]),
@@ -36,13 +39,17 @@ export const DestinationStatusSchema = z.object({
   id: z.string(),
   platform: z.string(),
   url: z.string(),
-  state: z.enum(["starting", "connected", "retrying", "stopped"]),
+  engine: z.enum(ENGINE_NAMES),
+  state: z.enum(DESTINATION_STATES),
   connected: z.boolean(),
   bytes_sent: z.number().nonnegative(),
   packets_sent: z.number().nonnegative(),
   dropped_packets: z.number().nonnegative(),
   error_count: z.number().nonnegative(),
   last_error: z.string().nullable(),
+  failure: z.enum(FAILURE_KINDS).nullable(),
+  attempt: z.number().int().nonnegative(),
+  next_attempt_at: z.string().nullable(),
   restarts: z.number().nonnegative(),
   started_at: z.string().nullable(),
   connected_at: z.string().nullable(),
