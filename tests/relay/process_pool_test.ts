@@ -12,7 +12,7 @@ Deno.test("ProcessPool counts its children, reaps them and kills them all", asyn
   await a.status;
   await waitFor(() => pool.size === 1, "the exited child reaped");
   pool.killAll();
-  const status = await b.status;
+  const status = await deadline(b.status, 10_000);
   assertEquals(status.signal, "SIGKILL");
   await b.stdin.abort().catch(() => {});
   await waitFor(() => pool.size === 0, "every child reaped");
