@@ -10,7 +10,13 @@ export interface DelayOptions {
   signal?: AbortSignal;
 }
 
-/** Resolves after `ms`; rejects with `signal.reason` when aborted first. */
+/** Longest delay `setTimeout` takes; longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Resolves after `ms` (`Infinity`: never, only the signal ends it); rejects with `signal.reason`
+ * when aborted first.
+ */
 export function delay(ms: number, options: DelayOptions = {}): Promise<void> {
   const { signal } = options;
   if (signal?.aborted) return Promise.reject(signal.reason);
@@ -19,10 +25,10 @@ export function delay(ms: number, options: DelayOptions = {}): Promise<void> {
       clearTimeout(timer);
       reject(signal!.reason);
     };
-    const timer = setTimeout(() => {
+    const timer = ms === Infinity ? undefined : setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
-    }, Math.max(0, ms));
+    }, Math.min(Math.max(0, ms), MAX_TIMER_MS));
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }

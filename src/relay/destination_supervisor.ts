@@ -209,7 +209,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     const wait = new AbortController();
     this.#wait = wait;
     this.#nextAttemptAt = ms === null ? null : new Date(Date.now() + ms);
-    await delay(ms ?? Number.MAX_SAFE_INTEGER, { signal: wait.signal }).catch(() => {});
+    await delay(ms ?? Infinity, { signal: wait.signal }).catch(() => {});
     this.#wait = undefined;
     this.#nextAttemptAt = null;
   }

@@ -45,3 +45,14 @@ Deno.test("delay() and deadline() honour the time and the signal", async () => {
   assertEquals(await settlesWithin(new Promise(() => {}), 10), false);
   assertEquals(await settlesWithin(Promise.reject(new Error("x")), 1_000), true);
 });
+
+Deno.test("delay(Infinity) waits for its signal alone", async () => {
+  const controller = new AbortController();
+  let done = false;
+  const waiting = delay(Infinity, { signal: controller.signal }).catch(() => done = true);
+  assertEquals(await settlesWithin(waiting, 100), false);
+  assertEquals(done, false);
+  controller.abort();
+  await waiting;
+  assertEquals(done, true);
+});
