@@ -105,30 +105,30 @@ Deno.test("native engine: one FFmpeg-published stream reaches nginx-rtmp, ffmpeg
   }
 });
 
-Deno.test("native engine: a key the destination refuses shows as rejected with its status code", async () => {
+Deno.test("both engines report a key the destination refuses as rejected, with its words", async () => {
   const source = await fixture({ seconds: 6, gop: 30 });
   await using relayB = await startTestRelay({ streams: [{ key: "known" }] });
+  const refused = (engine: string) => ({
+    id: engine,
+    rtmp_url: relayBase(relayB),
+    stream_key: "unknown-key",
+    engine,
+  });
   await using relay = await startTestRelay({
-    streams: [{
-      key: KEY,
-      destinations: [{
-        id: "refused",
-        rtmp_url: relayBase(relayB),
-        stream_key: "unknown-key",
-        engine: "native",
-      }],
-    }],
+    streams: [{ key: KEY, destinations: [refused("native"), refused("ffmpeg")] }],
   });
   await using _publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
-  const destination = await destinationOf(relay, "refused");
-  await waitFor(() => destination.status().error_count >= 2, "two refused attempts");
-  const status = destination.status();
-  assertEquals(status.failure, "rejected");
-  assertEquals(
-    status.last_error,
-    "rejected by destination: NetStream.Publish.BadName publish not authorised",
-  );
-  assert(status.attempt >= 2, `attempt ${status.attempt}`);
+  const expected: Record<string, string> = {
+    native: "rejected by destination: NetStream.Publish.BadName publish not authorised",
+    ffmpeg: "rejected by destination: publish not authorised",
+  };
+  for (const engine of ["native", "ffmpeg"]) {
+    const destination = await destinationOf(relay, engine);
+    await waitFor(() => destination.status().error_count >= 2, `${engine}: two refusals`, 30_000);
+    const status = destination.status();
+    assertEquals([status.failure, status.last_error], ["rejected", expected[engine]], engine);
+    assert(status.attempt >= 2, `${engine}: attempt ${status.attempt}`);
+  }
 });
 
 /** Publishes Enhanced RTMP `tags` to relay A (our test publisher, not FFmpeg); keeps it open. */
