@@ -6,6 +6,7 @@
  */
 
 import { z } from "zod";
+import { deadline, delay, isTimeout } from "../async.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
@@ -57,10 +58,6 @@ function zodProblem(error: z.ZodError): string {
   const issue = error.issues[0]!;
   const path = issue.path.map(String).join(".") || "(root)";
   return `${path}: ${issue.message}`;
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 }
 
 /**
@@ -215,18 +212,15 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /** Waits until `done()` holds or `ms` passed; true if it holds. */
   async #until(done: () => boolean, ms = Infinity): Promise<boolean> {
-    const deadline = performance.now() + ms;
+    const end = performance.now() + ms;
     while (!done()) {
-      const left = deadline - performance.now();
+      const left = end - performance.now();
       if (left <= 0) return false;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#changed.promise,
-        ...(Number.isFinite(left)
-          ? [new Promise((resolve) => timer = setTimeout(resolve, left))]
-          : []),
-      ]);
-      clearTimeout(timer);
+      try {
+        await deadline(this.#changed.promise, left);
+      } catch (error) {
+        if (!isTimeout(error)) throw error;
+      }
     }
     return true;
   }
@@ -263,14 +257,15 @@ export class ControlPlaneClient implements StreamAuthority {
         this.#stalled = true;
         this.#notify();
         const wait = Math.min(this.#backoffBaseMs * 2 ** (failures - 1), this.#maxRetryDelayMs);
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, wait);
-          this.#wake = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        this.#wake = undefined;
+        const woken = new AbortController();
+        this.#wake = () => woken.abort();
+        try {
+          await delay(wait, { signal: woken.signal });
+        } catch (error) {
+          if (!woken.signal.aborted) throw error;
+        } finally {
+          this.#wake = undefined;
+        }
         continue;
       }
       failures = 0;
@@ -282,7 +277,7 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /** One attempt to report `entry`: done (taken, or refused for good) or to be retried. */
   async #reportEnd(entry: OutboxEntry, failures: number): Promise<"done" | "retry"> {
-    const context = { stream: redactKey(entry.name), ended_at: entry.endedAt };
+    const entryLog = cpLog.with({ stream: redactKey(entry.name), ended_at: entry.endedAt });
     const started = performance.now();
     const stats = this.stats.stream_end;
     try {
@@ -294,10 +289,7 @@ export class ControlPlaneClient implements StreamAuthority {
         this.#timeoutMs,
       );
       stats.ok++;
-      cpLog.info("stream end reported", {
-        ...context,
-        ...(failures > 0 ? { after_failures: failures } : {}),
-      });
+      entryLog.info("stream end reported", failures > 0 ? { after_failures: failures } : {});
       return "done";
     } catch (error) {
       if (!(error instanceof CallFailure)) throw error;
@@ -305,20 +297,19 @@ export class ControlPlaneClient implements StreamAuthority {
       if (!error.retryable) {
         // The control plane answered and said no (4xx): asking again would get the same answer and
         // hold up every report behind this one.
-        cpLog.error("stream end refused by the control plane, dropped: {reason}", {
-          ...context,
+        entryLog.error("stream end refused by the control plane, dropped: {reason}", {
           reason: error.message,
         });
         return "done";
       }
       // One line when an outage starts, then quietly (debug) until it ends.
-      const fields = { ...context, reason: error.message, waiting: this.#outbox.size };
+      const fields = { reason: error.message, waiting: this.#outbox.size };
       if (failures === 0) {
-        cpLog.error(
+        entryLog.error(
           "stream end could not be reported: {reason}; {waiting} report(s) wait in the outbox, retrying",
           fields,
         );
-      } else cpLog.debug("stream end still not reported: {reason}", fields);
+      } else entryLog.debug("stream end still not reported: {reason}", fields);
       return "retry";
     } finally {
       stats.totalSeconds += (performance.now() - started) / 1000;

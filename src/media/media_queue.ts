@@ -28,6 +28,12 @@ export class MediaQueue<Control = never> {
   #dropping = false;
   #sawVideo = false;
   #closed = false;
+  /**
+   * When the oldest queued item was queued (`performance.now()`), for `oldestAgeMs`. Items are
+   * only ever taken all at once, so the oldest is the first one queued into an empty queue: one
+   * clock read per batch, none per packet.
+   */
+  #oldestAt = 0;
   #wake: (() => void) | undefined;
   #onDropStart: ((stats: MediaQueueStats) => void) | undefined;
   droppedPackets = 0;
@@ -85,6 +91,7 @@ export class MediaQueue<Control = never> {
         return false;
       }
     }
+    if (this.#items.length === 0) this.#oldestAt = performance.now();
     this.#items.push({ kind: "media", packet });
     this.#queuedBytes += packet.payload.length;
     this.#notify();
@@ -93,11 +100,44 @@ export class MediaQueue<Control = never> {
 
   pushControl(control: Control): void {
     if (this.#closed) return;
+    if (this.#items.length === 0) this.#oldestAt = performance.now();
     this.#items.push({ kind: "control", control });
     this.#notify();
   }
 
-  /** Removes and returns everything queued, oldest first. */
+  /**
+   * How long the oldest queued item has waited, in milliseconds (0 when the queue is empty): how
+   * far the reader lags behind the stream. `now` is a `performance.now()` reading.
+   */
+  oldestAgeMs(now: number = performance.now()): number {
+    return this.#items.length === 0 ? 0 : Math.max(0, now - this.#oldestAt);
+  }
+
+  /**
+   * The way to drain the queue: yields everything queued as one batch (oldest first) each time
+   * something is, so a reader writes it in one call. Ends when the queue is closed and empty, or
+   * as soon as `signal` aborts (what is still queued is then left in it).
+   *
+   * ```ts
+   * for await (const batch of queue.batches(signal)) await write(batch);
+   * ```
+   */
+  async *batches(signal?: AbortSignal): AsyncGenerator<QueueItem<Control>[], void, undefined> {
+    while (!signal?.aborted) {
+      if (this.#items.length > 0) {
+        yield this.takeAll();
+      } else if (this.#closed) {
+        return;
+      } else {
+        await this.#waitOrAbort(signal);
+      }
+    }
+  }
+
+  /**
+   * Removes and returns everything queued, oldest first. Readers drain with `batches()`; this and
+   * `wait` stay public only until the FFmpeg pump (src/relay) moves to it.
+   */
   takeAll(): QueueItem<Control>[] {
     const items = this.#items;
     this.#items = [];
@@ -110,6 +150,23 @@ export class MediaQueue<Control = never> {
     if (this.#items.length > 0 || this.#closed) return Promise.resolve();
     return new Promise((resolve) => {
       this.#wake = resolve;
+    });
+  }
+
+  /** Like `wait`, but also resolves when `signal` aborts. */
+  #waitOrAbort(signal: AbortSignal | undefined): Promise<void> {
+    if (signal === undefined) return this.wait();
+    return new Promise((resolve) => {
+      const onAbort = () => {
+        if (this.#wake === wake) this.#wake = undefined;
+        resolve();
+      };
+      const wake = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      this.#wake = wake;
+      signal.addEventListener("abort", onAbort, { once: true });
     });
   }
 

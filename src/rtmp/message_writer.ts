@@ -52,13 +52,7 @@ export class MessageWriter {
   async run(): Promise<void> {
     const queue = this.#queue;
     if (queue === undefined) throw new TypeError("run() needs a writer made with a queue");
-    for (;;) {
-      await queue.wait();
-      const items = queue.takeAll();
-      if (items.length === 0) {
-        if (queue.closed) return;
-        continue;
-      }
+    for await (const items of queue.batches()) {
       const streamId = this.#mediaStreamId();
       const messages = items.map((item) =>
         item.kind === "control" ? item.control : mediaMessage(item.packet, streamId)

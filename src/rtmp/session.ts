@@ -19,7 +19,8 @@ import { type ConversationRole, ServerConversation, type Step } from "./server_c
 import type { MediaPacket } from "../media/flv.ts";
 import type { LiveStream, StreamHub, StreamSubscriber } from "../media/live_stream.ts";
 import { MediaQueue } from "../media/media_queue.ts";
-import { log } from "../log.ts";
+import { deadline, isTimeout } from "../async.ts";
+import { log, type Logger } from "../log.ts";
 import { redactKey } from "../redact.ts";
 
 /** Settings a session needs, derived from `[rtmp]` and `[streaming]`. */
@@ -85,6 +86,8 @@ export class RtmpSession implements StreamSubscriber {
   readonly #conversation: ServerConversation;
   readonly #outbox: MediaQueue<OutgoingMessage>;
   readonly #writer: MessageWriter;
+  /** Every line about this connection carries its id and its peer (`#log` adds the stream). */
+  readonly #connectionLog: Logger;
   #pumpDone: Promise<void> = Promise.resolve();
   #closed = false;
   /** The stream published or played, once the hub gave it to this connection. */
@@ -101,11 +104,11 @@ export class RtmpSession implements StreamSubscriber {
     this.id = id;
     this.#deps = deps;
     this.remoteAddress = remoteAddressOf(conn);
+    this.#connectionLog = sessionLog.with({ session: id, remote: this.remoteAddress });
     this.#decoder = new ChunkDecoder({ maxMessageSize: deps.options.maxMessageSize });
     this.#conversation = new ServerConversation(deps.options);
     this.#outbox = new MediaQueue<OutgoingMessage>(deps.options.playerQueueBytes, (stats) => {
-      sessionLog.warn("player too slow, dropping until the next keyframe", {
-        ...this.#logContext(),
+      this.#log.warn("player too slow, dropping until the next keyframe", {
         queued_bytes: stats.queuedBytes,
         drop_episodes: stats.dropEpisodes,
       });
@@ -137,10 +140,12 @@ export class RtmpSession implements StreamSubscriber {
     return this.#outbox.droppedPackets;
   }
 
-  #logContext(): Record<string, unknown> {
-    const context: Record<string, unknown> = { session: this.id, remote: this.remoteAddress };
-    if (this.#stream) context.stream = redactKey(this.#stream.key);
-    return context;
+  /** The logger for this connection, with the stream (redacted) once it has one. */
+  get #log(): Logger {
+    const stream = this.#stream;
+    return stream
+      ? this.#connectionLog.with({ stream: redactKey(stream.key) })
+      : this.#connectionLog;
   }
 
   /** Runs the connection to its end. Never throws. */
@@ -163,7 +168,7 @@ export class RtmpSession implements StreamSubscriber {
           : `${(error as Error).name}: ${(error as Error).message}`;
         this.#closeReason ||= reason;
         if (!(error instanceof SessionClosed)) {
-          sessionLog.warn("closing connection: {reason}", { ...this.#logContext(), reason });
+          this.#log.warn("closing connection: {reason}", { reason });
         }
       }
     } finally {
@@ -187,7 +192,7 @@ export class RtmpSession implements StreamSubscriber {
   #abort(reason: string): void {
     if (this.#closed) return;
     this.#closeReason ||= reason;
-    sessionLog.info("closing connection: {reason}", { ...this.#logContext(), reason });
+    this.#log.info("closing connection: {reason}", { reason });
     this.#closed = true;
     this.#outbox.close();
     this.#closeSocket();
@@ -203,12 +208,11 @@ export class RtmpSession implements StreamSubscriber {
 
   /** Resolves once what is queued is written, or after `FLUSH_TIMEOUT_MS` if the peer stalls. */
   async #flushed(): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.#pumpDone,
-      new Promise<void>((resolve) => timer = setTimeout(resolve, FLUSH_TIMEOUT_MS)),
-    ]);
-    clearTimeout(timer);
+    try {
+      await deadline(this.#pumpDone, FLUSH_TIMEOUT_MS);
+    } catch (error) {
+      if (!isTimeout(error)) throw error;
+    }
   }
 
   async #shutdown(): Promise<void> {
@@ -223,8 +227,7 @@ export class RtmpSession implements StreamSubscriber {
       this.#closeSocket();
     }
     await this.#pumpDone;
-    sessionLog.debug("connection ended: {reason}", {
-      ...this.#logContext(),
+    this.#log.debug("connection ended: {reason}", {
       reason: this.#closeReason,
       bytes_in: this.#bytesIn,
       bytes_out: this.bytesOut,
@@ -237,7 +240,7 @@ export class RtmpSession implements StreamSubscriber {
     if (stream === undefined) return;
     if (role === "publisher") {
       const bytes_in = this.#bytesIn;
-      sessionLog.info("publisher left: {reason}", { ...this.#logContext(), reason, bytes_in });
+      this.#log.info("publisher left: {reason}", { reason, bytes_in });
     }
     this.#stream = undefined;
     if (role === "publisher") this.#deps.hub.publisherLeft(stream, reason);
@@ -372,7 +375,7 @@ export class RtmpSession implements StreamSubscriber {
         this.#leaveStream(intent.role, intent.reason);
         break;
       case "ignored":
-        sessionLog[intent.level](intent.message, { ...this.#logContext(), ...intent.fields });
+        this.#log[intent.level](intent.message, intent.fields);
         break;
       case "close":
         throw new SessionClosed(intent.reason);
@@ -394,9 +397,9 @@ export class RtmpSession implements StreamSubscriber {
   async #onPublish(key: string): Promise<void> {
     const hub = this.#deps.hub;
     const claim = hub.claim(key);
-    const context = { ...this.#logContext(), stream: redactKey(key) };
+    const publishLog = this.#connectionLog.with({ stream: redactKey(key) });
     if ("refused" in claim) {
-      sessionLog.warn("publish refused: {reason}", { ...context, reason: claim.refused });
+      publishLog.warn("publish refused: {reason}", { reason: claim.refused });
       return this.#act(this.#conversation.refusePublish(claim.refused));
     }
     let decision: PublishDecision;
@@ -416,7 +419,7 @@ export class RtmpSession implements StreamSubscriber {
     }
     if (!decision.allowed) {
       hub.refuse(claim, decision.reason);
-      sessionLog.warn("publish refused: {reason}", { ...context, reason: decision.reason });
+      publishLog.warn("publish refused: {reason}", { reason: decision.reason });
       return this.#act(this.#conversation.refusePublish("publish not authorised"));
     }
     this.#stream = claim.stream;
@@ -434,7 +437,7 @@ export class RtmpSession implements StreamSubscriber {
       : claim.kind === "resume"
       ? "publisher reconnected: the stream continues"
       : "stalled publisher replaced: the stream continues";
-    sessionLog.info(what, { ...context, encoder: this.encoderName });
+    publishLog.info(what, { encoder: this.encoderName });
   }
 
   #onPlay(key: string): void {
@@ -442,7 +445,7 @@ export class RtmpSession implements StreamSubscriber {
     this.#stream = stream;
     this.#sendAll(this.#conversation.acceptPlay());
     stream.subscribe(this);
-    sessionLog.info("player started", { ...this.#logContext(), live: stream.state === "live" });
+    this.#log.info("player started", { live: stream.state === "live" });
   }
 
   // ---- StreamSubscriber (player side) ----

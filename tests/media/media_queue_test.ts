@@ -1,6 +1,7 @@
 import { createMediaPacket, TagType } from "../../src/media/flv.ts";
 import { MediaQueue } from "../../src/media/media_queue.ts";
-import { assertEquals } from "../helpers/assert.ts";
+import { delay } from "../../src/async.ts";
+import { assert, assertEquals } from "../helpers/assert.ts";
 
 const video = (ts: number, keyframe: boolean, size: number) =>
   createMediaPacket(
@@ -60,4 +61,87 @@ Deno.test("MediaQueue keeps Enhanced RTMP sequence starts and resumes on an ExVi
   queue.takeAll();
   assertEquals(queue.pushMedia(ex(0xa6, 80, 10)), false, "an inter frame: still dropping");
   assertEquals(queue.pushMedia(ex(0x96, 120, 10)), true, "resumes on the multitrack keyframe");
+});
+
+const drain = async <T>(batches: AsyncIterable<T[]>): Promise<T[][]> => {
+  const seen: T[][] = [];
+  for await (const batch of batches) seen.push(batch);
+  return seen;
+};
+
+Deno.test("MediaQueue.batches() yields what is queued in order, one batch per wake, and ends on close", async () => {
+  const queue = new MediaQueue<string>(1000);
+  queue.pushControl("a");
+  queue.pushMedia(audio(0));
+  const draining = drain(queue.batches());
+  await delay(0); // the reader has taken the first batch and waits for more
+  queue.pushControl("b");
+  queue.pushControl("c");
+  queue.close();
+  queue.pushControl("after close");
+  const batches = await draining;
+  const names = batches.map((batch) =>
+    batch.map((item) => item.kind === "control" ? item.control : `media@${item.packet.timestamp}`)
+  );
+  assertEquals(names, [["a", "media@0"], ["b", "c"]]);
+  assertEquals(queue.queuedBytes, 0);
+});
+
+Deno.test("MediaQueue.batches() keeps the drop policy and yields what is left after close", async () => {
+  const queue = new MediaQueue<string>(100);
+  queue.pushMedia(video(0, true, 60));
+  queue.pushMedia(video(33, false, 50)); // over the limit: dropped
+  queue.pushMedia(audio(40)); // dropped with it
+  queue.pushMedia(video(66, true, 30)); // a keyframe that fits: resumes
+  queue.close();
+  const batches = await drain(queue.batches());
+  assertEquals(
+    batches.map((batch) => batch.map((item) => item.kind === "media" && item.packet.timestamp)),
+    [[0, 66]],
+  );
+  assertEquals(queue.droppedPackets, 2);
+});
+
+Deno.test("MediaQueue.batches() ends when its signal aborts, leaving what is queued", async () => {
+  const queue = new MediaQueue<string>(100);
+  const controller = new AbortController();
+  const draining = drain(queue.batches(controller.signal));
+  queue.pushControl("a");
+  await delay(0); // the reader has taken "a" and waits for more
+  controller.abort();
+  queue.pushControl("b");
+  assertEquals((await draining).flat().map((item) => item.kind === "control" && item.control), [
+    "a",
+  ]);
+  assertEquals(queue.closed, false);
+  assertEquals(queue.takeAll().length, 1, "an aborted reader leaves the rest queued");
+
+  // A reader blocked on an empty queue ends too, and one started on an aborted signal never runs.
+  const idle = new AbortController();
+  const waiting = drain(queue.batches(idle.signal));
+  await delay(0);
+  idle.abort();
+  assertEquals(await waiting, []);
+  queue.pushControl("c");
+  assertEquals(await drain(queue.batches(AbortSignal.abort())), []);
+});
+
+Deno.test("MediaQueue.oldestAgeMs() is the wait of the oldest queued item", () => {
+  const queue = new MediaQueue<string>(100);
+  assertEquals(queue.oldestAgeMs(), 0, "empty");
+  const before = performance.now();
+  queue.pushMedia(audio(0));
+  const after = performance.now();
+  queue.pushControl("later");
+  const now = after + 500;
+  const age = queue.oldestAgeMs(now);
+  assert(age >= now - after && age <= now - before, `age ${age}`);
+  queue.takeAll();
+  assertEquals(queue.oldestAgeMs(now), 0, "drained");
+  queue.pushControl("next");
+  assert(
+    queue.oldestAgeMs(performance.now() + 10) >= 10,
+    "counts from the first item after a drain",
+  );
+  assert(queue.oldestAgeMs(now) < 500, "not from the batch already taken");
 });

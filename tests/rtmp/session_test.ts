@@ -7,7 +7,7 @@
 import { encodeAmf0 } from "../../src/rtmp/amf0.ts";
 import { MessageType, type OutgoingMessage } from "../../src/rtmp/chunk.ts";
 import { command, setChunkSize } from "../../src/rtmp/messages.ts";
-import { assert, assertEquals } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { hex } from "../helpers/bytes.ts";
 import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
@@ -175,6 +175,14 @@ Deno.test("a silent publisher is dropped by the ping timeout", async () => {
   await waitFor(() => relay.service.hub.live().length === 0, "stream to end", 5_000);
   assert(performance.now() - started < 3_000, "the timeout should apply within about a second");
   assert(/ping timeout/.test(relay.logText()), "the reason is logged");
+  // Every line about a connection carries its id and peer, and its stream (redacted) once it has one.
+  const text = relay.logText();
+  const context = String.raw`session=\d+ remote=127\.0\.0\.1:\d+ stream=ping…\(13\)`;
+  assertMatch(text, new RegExp(String.raw` rtmp: publish accepted ${context} encoder=`));
+  assertMatch(
+    text,
+    new RegExp(String.raw` rtmp: closing connection: ping timeout[^\n]* ${context}\n`),
+  );
 });
 
 Deno.test("the server acknowledges received bytes once the peer's window is reached", async () => {
