@@ -111,6 +111,48 @@ export function renderMetrics(snapshot: Snapshot): string {
       (s) => s.error_count,
     ],
     [
+      "neustream_destination_input_bitrate_kbps",
+      "gauge",
+      "What the stream offers the destination, in kbit/s.",
+      (s) => s.input_bitrate_kbps,
+    ],
+    [
+      "neustream_destination_output_bitrate_kbps",
+      "gauge",
+      "What the engine wrote to the destination, in kbit/s.",
+      (s) => s.output_bitrate_kbps,
+    ],
+    [
+      "neustream_destination_out_bytes_total",
+      "counter",
+      "Bytes the engine wrote to the destination.",
+      (s) => s.bytes_out,
+    ],
+    [
+      "neustream_destination_queue_lag_seconds",
+      "gauge",
+      "Age of the oldest packet queued for the destination.",
+      (s) => s.queue_lag_ms / 1000,
+    ],
+    [
+      "neustream_destination_dropped_bytes_total",
+      "counter",
+      "Bytes dropped because the destination fell behind.",
+      (s) => s.dropped_bytes,
+    ],
+    [
+      "neustream_destination_availability_ratio",
+      "gauge",
+      "Seconds connected over seconds since the destination was added.",
+      (s) => s.availability,
+    ],
+    [
+      "neustream_destination_reconnects_total",
+      "counter",
+      "Connections after the first one.",
+      (s) => s.reconnects,
+    ],
+    [
       "neustream_destination_attempt",
       "gauge",
       "The current connection attempt since the destination last connected (from 1).",

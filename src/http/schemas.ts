@@ -55,6 +55,17 @@ export const DestinationStatusSchema = z.object({
   connected_at: z.string().nullable(),
   bitrate_kbps: z.number().nonnegative(),
   pid: z.number().nullable(),
+  input_bitrate_kbps: z.number().nonnegative(),
+  output_bitrate_kbps: z.number().nonnegative(),
+  bytes_out: z.number().nonnegative(),
+  queue_lag_ms: z.number().nonnegative(),
+  dropped_bytes: z.number().nonnegative(),
+  drop_episodes: z.number().int().nonnegative(),
+  live_seconds: z.number().nonnegative(),
+  published_seconds: z.number().nonnegative(),
+  availability: z.number().min(0).max(1),
+  time_to_live_ms: z.number().nonnegative().nullable(),
+  reconnects: z.number().int().nonnegative(),
 });
 
 /** A destination as `/api/streams/forwarding/{key}` returns it (the reference shape, plus status). */

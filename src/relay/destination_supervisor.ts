@@ -4,7 +4,9 @@
  * one ends, for as long as the stream lives. The queue means a slow or dead destination never
  * holds up the publisher or the other destinations.
  *
- * States: `starting` → `connected`; `retrying` (waiting in backoff after a failure);
+ * States: `starting` → `connected`, `degraded` while connected but not keeping up (queue lag over
+ * 2 s, or packets dropped in the last 10 s), back to `connected` once it keeps up again;
+ * `retrying` (waiting in backoff after a failure);
  * `failed` (the engine cannot carry the stream's codecs: waits for the configuration to change);
  * `exhausted` (`max_attempts` failed in a row: only a restart brings it back); `stopped` (a
  * termination, distinct from a failure).
@@ -67,6 +69,7 @@ export interface SupervisorOptions {
 export const DESTINATION_STATES = [
   "starting",
   "connected",
+  "degraded",
   "retrying",
   "failed",
   "exhausted",
@@ -96,9 +99,36 @@ export interface DestinationStatus {
   restarts: number;
   started_at: string | null;
   connected_at: string | null;
+  /** Rate of bytes written to the engine (what the engine took from us). */
   bitrate_kbps: number;
   pid: number | null;
+  /** What the stream offers this destination, dropped packets included. */
+  input_bitrate_kbps: number;
+  /** What the engine actually wrote to the destination. */
+  output_bitrate_kbps: number;
+  /** Bytes the engines wrote to the destination, every attempt. */
+  bytes_out: number;
+  /** Age of the oldest packet waiting in the queue: how far behind the stream it is. */
+  queue_lag_ms: number;
+  dropped_bytes: number;
+  /** Times the queue overflowed and dropped to the next keyframe. */
+  drop_episodes: number;
+  /** Seconds connected (`connected` or `degraded`) since the destination was added. */
+  live_seconds: number;
+  /** Seconds since the destination was added to the live stream. */
+  published_seconds: number;
+  /** `live_seconds / published_seconds`, 0 to 1. */
+  availability: number;
+  /** From the destination being added (at publish) to its first connection; null until then. */
+  time_to_live_ms: number | null;
+  /** Connections after the first one. */
+  reconnects: number;
 }
+
+/** Queue lag above which a connected destination is `degraded`. */
+export const DEGRADED_LAG_MS = 2_000;
+/** A drop this recent keeps a connected destination `degraded`. */
+export const DEGRADED_AFTER_DROP_MS = 10_000;
 
 const relayLog = log("relay");
 /** How often a stop checks a draining engine for progress. */
@@ -111,6 +141,19 @@ export class DestinationSupervisor implements StreamSubscriber {
   readonly #options: SupervisorOptions;
   readonly #backoff: Backoff;
   readonly #rate = new RateMeter();
+  readonly #inputRate = new RateMeter();
+  readonly #outputRate = new RateMeter();
+  /** `bytesOut` of the current attempt as last sampled. */
+  #outputSeen = 0;
+  #bytesOut = 0;
+  #droppedBytesBefore = 0;
+  #dropEpisodesBefore = 0;
+  #lastDropAt = -Infinity;
+  readonly #addedAt = performance.now();
+  #liveMs = 0;
+  #liveSince: number | undefined;
+  #timeToLiveMs: number | null = null;
+  #connections = 0;
   #state: DestinationState = "starting";
   #terminated = false;
   #attempt: EngineAttempt | undefined;
@@ -147,8 +190,12 @@ export class DestinationSupervisor implements StreamSubscriber {
       : new FfmpegEngine(options);
   }
 
+  /** The state, with `degraded` for a connected destination that is not keeping up. */
   get state(): DestinationState {
-    return this.#state;
+    if (this.#state !== "connected") return this.#state;
+    const now = performance.now();
+    const lagging = (this.#queue?.oldestAgeMs(now) ?? 0) > DEGRADED_LAG_MS;
+    return lagging || now - this.#lastDropAt < DEGRADED_AFTER_DROP_MS ? "degraded" : "connected";
   }
 
   #context(): Record<string, unknown> {
@@ -268,11 +315,16 @@ export class DestinationSupervisor implements StreamSubscriber {
         if (this.#attempt !== attempt) return;
         this.#state = "connected";
         this.#connectedAt = new Date();
+        const now = performance.now();
+        this.#liveSince = now;
+        this.#timeToLiveMs ??= Math.round(now - this.#addedAt);
+        this.#connections++;
         this.#attemptNumber = 1;
         relayLog.info("destination connected", this.#context());
       },
     });
     this.#attempt = attempt;
+    this.#outputSeen = 0;
     this.#startedAt = new Date();
     // Joining replays metadata, sequence headers and the GOP: the engine starts on a keyframe. A
     // queue handed over by a restart already holds the new stream from its first header.
@@ -280,9 +332,14 @@ export class DestinationSupervisor implements StreamSubscriber {
     relayLog.info("destination starting", { ...this.#context(), pid: attempt.pid });
     const pumpDone = this.#pump(attempt, queue);
     const failure = await attempt.ended;
+    this.#sampleOutput();
+    if (this.#liveSince !== undefined) this.#liveMs += performance.now() - this.#liveSince;
+    this.#liveSince = undefined;
     if (this.#nextQueue === undefined) this.#stream.unsubscribe(this);
     queue.close();
     this.#droppedBefore += queue.droppedPackets;
+    this.#droppedBytesBefore += queue.droppedBytes;
+    this.#dropEpisodesBefore += queue.dropEpisodes;
     this.#queue = undefined;
     this.#attempt = undefined;
     await pumpDone;
@@ -376,13 +433,7 @@ export class DestinationSupervisor implements StreamSubscriber {
   async #pump(attempt: EngineAttempt, queue: MediaQueue): Promise<void> {
     const checkCodecs = this.engine.name === "ffmpeg";
     try {
-      for (;;) {
-        await queue.wait();
-        const items = queue.takeAll();
-        if (items.length === 0) {
-          if (queue.closed) break;
-          continue;
-        }
+      for await (const items of queue.batches()) {
         const packets: MediaPacket[] = [];
         let bytes = 0;
         let headers = false;
@@ -401,6 +452,7 @@ export class DestinationSupervisor implements StreamSubscriber {
         this.#bytesSent += bytes;
         this.#packetsSent += packets.length;
         this.#rate.add(bytes);
+        this.#sampleOutput();
       }
       await attempt.finish();
     } catch (error) {
@@ -416,10 +468,25 @@ export class DestinationSupervisor implements StreamSubscriber {
     }
   }
 
+  /** Counts what the current attempt wrote to the destination since the last look. */
+  #sampleOutput(): void {
+    const written = this.#attempt?.bytesOut ?? this.#outputSeen;
+    if (written <= this.#outputSeen) return;
+    this.#outputRate.add(written - this.#outputSeen);
+    this.#bytesOut += written - this.#outputSeen;
+    this.#outputSeen = written;
+  }
+
   // ---- StreamSubscriber ----
 
   onPacket(packet: MediaPacket): void {
-    (this.#nextQueue ?? this.#queue)?.pushMedia(packet);
+    this.#inputRate.add(packet.payload.length);
+    const queue = this.#nextQueue ?? this.#queue;
+    if (queue === undefined) return;
+    const dropped = queue.droppedPackets;
+    queue.pushMedia(packet);
+    // A clock read only when a packet was dropped: the hot path stays as it was.
+    if (queue.droppedPackets !== dropped) this.#lastDropAt = performance.now();
   }
 
   /**
@@ -468,12 +535,17 @@ export class DestinationSupervisor implements StreamSubscriber {
   }
 
   status(): DestinationStatus {
+    this.#sampleOutput();
+    const now = performance.now();
+    const liveMs = this.#liveMs + (this.#liveSince === undefined ? 0 : now - this.#liveSince);
+    const publishedMs = now - this.#addedAt;
+    const queue = this.#queue;
     return {
       id: this.destination.id,
       platform: this.destination.platform,
       url: this.destination.displayUrl,
       engine: this.engine.name,
-      state: this.#state,
+      state: this.state,
       connected: this.#state === "connected",
       bytes_sent: this.#bytesSent,
       packets_sent: this.#packetsSent,
@@ -488,6 +560,17 @@ export class DestinationSupervisor implements StreamSubscriber {
       connected_at: this.#connectedAt?.toISOString() ?? null,
       bitrate_kbps: Math.round(this.#rate.bitsPerSecond() / 1000),
       pid: this.#attempt?.pid ?? null,
+      input_bitrate_kbps: Math.round(this.#inputRate.bitsPerSecond(now) / 1000),
+      output_bitrate_kbps: Math.round(this.#outputRate.bitsPerSecond(now) / 1000),
+      bytes_out: this.#bytesOut,
+      queue_lag_ms: Math.round(queue?.oldestAgeMs(now) ?? 0),
+      dropped_bytes: this.#droppedBytesBefore + (queue?.droppedBytes ?? 0),
+      drop_episodes: this.#dropEpisodesBefore + (queue?.dropEpisodes ?? 0),
+      live_seconds: Math.round(liveMs) / 1000,
+      published_seconds: Math.round(publishedMs) / 1000,
+      availability: publishedMs > 0 ? Math.min(1, liveMs / publishedMs) : 0,
+      time_to_live_ms: this.#timeToLiveMs,
+      reconnects: Math.max(0, this.#connections - 1),
     };
   }
 }
