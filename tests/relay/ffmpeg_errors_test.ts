@@ -109,6 +109,14 @@ const CASES: { what: string; lines: string[]; expected: Expected }[] = [
     expected: ["rejected", "rejected by destination: Publishing not allowed (stream key rejected)"],
   },
   {
+    what: "a destination that accepts the connection and never answers (-rw_timeout)",
+    lines: [
+      "[rtmp @ 0x55687a7d87c0] Cannot read RTMP handshake response",
+      "rtmp://127.0.0.1:39517/live/abcd: Connection timed out",
+    ],
+    expected: ["timeout", "destination timed out: Connection timed out"],
+  },
+  {
     what: "a destination that stopped reading (-rw_timeout)",
     lines: [
       "[flv @ 0x55e0c8a3d0c0] Failed to update header with correct duration.",
