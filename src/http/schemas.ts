@@ -115,6 +115,11 @@ export const AddDestinationBodySchema = z.strictObject({
   platform: z.string().max(64).default("custom"),
   rtmp_url: z.string().min(1).max(2048),
   stream_key: z.string().max(1024).default(""),
+  /** Default: `[streaming] engine`. */
+  engine: z.enum(ENGINE_NAMES).optional(),
+  /** Native engine: the Enhanced RTMP multitrack track ids to send. */
+  video_track: z.number().int().min(0).max(255).optional(),
+  audio_track: z.number().int().min(0).max(255).optional(),
 });
 
 export const ErrorSchema = z.object({ error: z.string(), field: z.string().optional() });

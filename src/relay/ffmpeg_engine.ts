@@ -93,12 +93,15 @@ class FfmpegAttempt implements EngineAttempt {
     this.#child = child;
     this.#options = options;
     this.#context = context;
-    this.#writer = child.stdin.getWriter();
+    const writer = child.stdin.getWriter();
+    this.#writer = writer;
     const recent: string[] = [];
     const stderrDone = this.#readStderr(child.stderr, recent);
     const progressDone = this.#readProgress(child.stdout);
     this.ended = (async () => {
       const status = await child.status;
+      // Its stdin goes with it (a pending write rejects): no pipe is left open, whoever ended it.
+      await writer.abort(new Deno.errors.BrokenPipe("ffmpeg exited")).catch(() => {});
       await Promise.all([stderrDone, progressDone]);
       if (this.#finished && status.success) return undefined;
       return ffmpegFailure(recent, status);

@@ -223,3 +223,34 @@ Deno.test("native engine sends the video_track each destination chose from a mul
     );
   }
 });
+
+Deno.test("a destination added through the API may name its engine; an unknown one is a 400", async () => {
+  const source = await fixture({ seconds: 10, gop: 30 });
+  await using relayB = await startTestRelay({ streams: [{ key: "added" }] });
+  await using relay = await startTestRelay({
+    http: { allow_unauthenticated_control: true },
+    streams: [{ key: KEY }],
+  });
+  await using _publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  await waitFor(() => relay.service.manager.relayFor(KEY), "the stream relay");
+  const add = (fields: Record<string, unknown>) =>
+    fetch(relay.httpUrl(`/api/streams/${KEY}/destinations`), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        id: "added",
+        rtmp_url: relayBase(relayB),
+        stream_key: "added",
+        ...fields,
+      }),
+    });
+  const unknown = await add({ engine: "gstreamer" });
+  assertEquals(unknown.status, 400);
+  assertEquals((await unknown.json()).field, "engine");
+  const added = await add({ engine: "native" });
+  assertEquals(added.status, 201, await added.text());
+  const destination = await destinationOf(relay, "added");
+  await waitFor(() => destination.state === "connected", "the added destination to connect");
+  assertEquals([destination.status().engine, destination.status().pid], ["native", null]);
+  await waitFor(() => relayB.service.hub.get("added")?.publisher, "publishing to relay B");
+});
