@@ -20,7 +20,7 @@ import {
   type SentTag,
   type Tag,
 } from "../helpers/ertmp.ts";
-import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
+import { assertContiguousRun, assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
 import { freePort, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
@@ -179,6 +179,37 @@ Deno.test("native engine carries Enhanced RTMP HEVC byte-exact while an FFmpeg d
     null,
   ]);
   assertEquals(relayB.service.hub.get("hevc-f")?.publisher, undefined, "nothing was sent");
+});
+
+Deno.test("an FFmpeg destination refused for its codec goes out once the returning publisher sends H.264", async () => {
+  await using dir = await tempDir();
+  const hevc = await encodeVideo(dir.path, "hevc", 30);
+  const source = await fixture({ seconds: 6, gop: 30 });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  await using relay = await startTestRelay({
+    streaming: { reconnect_grace_seconds: 20 },
+    streams: [{
+      key: KEY,
+      destinations: [{ id: "ffmpeg", rtmp_url: nginx.baseUrl, stream_key: "after-change" }],
+    }],
+  });
+  const hevcPublisher = await publishTags(relay, enhancedTags([{ trackId: 0, video: hevc }]));
+  const destination = await destinationOf(relay, "ffmpeg");
+  await waitFor(() => destination.state === "failed", "the codec refusal");
+  assertEquals(destination.status().failure, "codec");
+  hevcPublisher.close(); // the encoder drops; the stream waits for it
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  await waitFor(() => destination.state === "connected", "FFmpeg on the H.264 stream", 20_000);
+  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  assertEquals(destination.status().error_count, 0, "a codec refusal is not a failed attempt");
+  await relay.service.manager.relayFor(KEY)?.stop();
+  await settledFile(nginx.recording("after-change"));
+  // The H.264 stream from where FFmpeg joined it (a keyframe) to its end.
+  assertContiguousRun(
+    await framemd5(nginx.recording("after-change")),
+    await framemd5(source),
+    "after the change",
+  );
 });
 
 Deno.test("native engine sends the video_track each destination chose from a multitrack stream, as a single-track stream", async () => {
