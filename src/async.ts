@@ -11,10 +11,13 @@ export interface DelayOptions {
   signal?: AbortSignal;
 }
 
+/** Longest delay `setTimeout` takes; a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
- * Resolves after `ms` milliseconds (a negative or NaN `ms` counts as 0). Rejects with
- * `signal.reason` (an `AbortError` DOMException unless the caller gave another) when `signal`
- * aborts first.
+ * Resolves after `ms` milliseconds (a negative or NaN `ms` counts as 0; `Infinity`: never, only
+ * the signal ends the wait). Rejects with `signal.reason` (an `AbortError` DOMException unless
+ * the caller gave another) when `signal` aborts first.
  */
 export function delay(ms: number, options: DelayOptions = {}): Promise<void> {
   const { signal } = options;
@@ -24,10 +27,10 @@ export function delay(ms: number, options: DelayOptions = {}): Promise<void> {
       clearTimeout(timer);
       reject(signal!.reason);
     };
-    const timer = setTimeout(() => {
+    const timer = ms === Infinity ? undefined : setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
-    }, Math.max(0, ms) || 0);
+    }, Math.min(Math.max(0, ms) || 0, MAX_TIMER_MS));
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
@@ -83,4 +86,15 @@ export function deadline<T>(
 /** Whether `error` is the rejection of a `deadline` that ran out. */
 export function isTimeout(error: unknown): boolean {
   return error instanceof DOMException && error.name === "TimeoutError";
+}
+
+/** Whether `promise` settles within `ms` (a rejection counts as settled). */
+export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  try {
+    await deadline(promise.then(() => {}, () => {}), ms);
+    return true;
+  } catch (error) {
+    if (isTimeout(error)) return false;
+    throw error;
+  }
 }

@@ -10,6 +10,7 @@ import { parse as parseToml } from "smol-toml";
 import { z } from "zod";
 import { DestinationSchema, validateDestination } from "./control_plane/destination.ts";
 import { LOG_LEVELS } from "./log.ts";
+import { ENGINE_NAMES, isEngineName } from "./relay/relay_engine.ts";
 
 // 0 asks the OS for any free port (tests use it).
 const port = z.number().int().min(0).max(65535);
@@ -68,6 +69,13 @@ const StreamingSchema = z.strictObject({
    * system's roots (an operator's own ingest, a test CA).
    */
   tls_ca_file: z.string().min(1).optional(),
+  /**
+   * What pushes to destinations that do not name an engine: "ffmpeg" (one `ffmpeg -c copy` each)
+   * or "native" (our own RTMP publisher: no process, Enhanced RTMP and multitrack).
+   */
+  engine: z.enum(ENGINE_NAMES).default("ffmpeg"),
+  /** Failed attempts in a row before a destination gives up (`exhausted`); 0: never. */
+  max_attempts: z.number().int().min(0).max(1_000_000).default(0),
 });
 
 const LoggingSchema = z.strictObject({
@@ -99,6 +107,9 @@ export const ConfigSchema = z.strictObject({
 }).superRefine((config, context) => {
   config.streams.forEach((stream, streamIndex) => {
     stream.destinations.forEach((destination, index) => {
+      // An unknown engine is an error of that destination alone: it is skipped with a log line
+      // when the stream publishes (`selectDestinations`), the others go out.
+      if (destination.engine !== undefined && !isEngineName(destination.engine)) return;
       try {
         validateDestination(destination);
       } catch (error) {

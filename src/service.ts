@@ -19,6 +19,7 @@ import { StreamHub } from "./media/live_stream.ts";
 import { Thumbnailer } from "./media/thumbnail.ts";
 import type { BackoffOptions } from "./relay/backoff.ts";
 import { RelayManager } from "./relay/relay_manager.ts";
+import { ProcessPool } from "./relay/process_pool.ts";
 import { prepareTlsTrust, type TlsTrust } from "./relay/tls_trust.ts";
 import { RtmpServer } from "./rtmp/server.ts";
 
@@ -130,8 +131,8 @@ export class RelayService implements AsyncDisposable {
   /** What `GET /api/events` streams; closed on shutdown so no open event stream holds it up. */
   readonly events: RelayEvents;
   readonly startedAt = new Date();
-  /** Every FFmpeg child alive, for the last-resort kill. */
-  readonly #children = new Set<Deno.ChildProcess>();
+  /** Owns every child process (FFmpeg), for the last-resort kill. */
+  readonly #pool = new ProcessPool();
   /** What `rtmps://` destinations trust; every supervisor reads it when it starts an FFmpeg. */
   readonly #tls: { caFile: string | undefined } = { caFile: undefined };
   #current: Config;
@@ -171,7 +172,9 @@ export class RelayService implements AsyncDisposable {
         ioTimeoutSeconds: 10,
         tls: this.#tls,
         backoff: options.backoff,
-        children: this.#children,
+        pool: this.#pool,
+        engine: streaming.engine,
+        maxAttempts: streaming.max_attempts,
       },
     });
     this.hub.addListener(this.manager);
@@ -316,13 +319,7 @@ export class RelayService implements AsyncDisposable {
 
   /** Last resort (a second signal): SIGKILL every FFmpeg now, so none outlives us. */
   killChildren(): void {
-    for (const child of this.#children) {
-      try {
-        child.kill("SIGKILL");
-      } catch (error) {
-        if (!(error instanceof TypeError)) throw error; // exited meanwhile
-      }
-    }
+    this.#pool.killAll();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,4 +1,4 @@
-import { deadline, delay, isTimeout } from "../src/async.ts";
+import { deadline, delay, isTimeout, settlesWithin } from "../src/async.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
@@ -63,4 +63,21 @@ Deno.test("deadline() rejects with the signal's reason on abort and leaves no ti
     await rejection(deadline(promise, 60_000, { signal: AbortSignal.abort(reason) })),
     reason,
   );
+});
+
+Deno.test("delay(Infinity) waits for its signal alone", async () => {
+  const controller = new AbortController();
+  let done = false;
+  const waiting = delay(Infinity, { signal: controller.signal }).catch(() => done = true);
+  assertEquals(await settlesWithin(waiting, 100), false);
+  assertEquals(done, false);
+  controller.abort();
+  await waiting;
+  assertEquals(done, true);
+});
+
+Deno.test("settlesWithin() tells whether a promise settles in time, rejections included", async () => {
+  assertEquals(await settlesWithin(new Promise(() => {}), 10), false);
+  assertEquals(await settlesWithin(Promise.reject(new Error("x")), 1_000), true);
+  assertEquals(await settlesWithin(Promise.resolve(1), 1_000), true);
 });

@@ -175,3 +175,16 @@ Deno.test("config.toml documents every key of src/config.ts with its default", a
   // The documented values, examples included, form a valid file.
   validateConfig(documented, "config.toml");
 });
+
+Deno.test("validateConfig() keeps a file whose static destination names an unknown engine", () => {
+  const config = validateConfig({
+    streaming: { engine: "native", max_attempts: 3 },
+    streams: [{
+      key: "k",
+      destinations: [{ id: "typo", rtmp_url: "rtmp://host/live", engine: "gstreamer" }],
+    }],
+  }, "test");
+  assertEquals([config.streaming.engine, config.streaming.max_attempts], ["native", 3]);
+  assertEquals(config.streams[0]?.destinations[0]?.engine, "gstreamer");
+  assertThrows(() => validateConfig({ streaming: { engine: "gstreamer" } }, "test"), ConfigError);
+});

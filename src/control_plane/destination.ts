@@ -7,6 +7,7 @@
 
 import { z } from "zod";
 import { redactDestination } from "../redact.ts";
+import { ENGINE_NAMES, type EngineName, isEngineName } from "../relay/relay_engine.ts";
 
 /** A destination as the control plane's forwarding reply and `config.toml` give it. */
 export const DestinationSchema = z.looseObject({
@@ -15,6 +16,17 @@ export const DestinationSchema = z.looseObject({
   rtmp_url: z.string(),
   stream_key: z.string().default(""),
   enabled: z.boolean().default(true),
+  /**
+   * "ffmpeg" or "native"; absent: `[streaming] engine`. Any string here: an unknown engine is an
+   * error of this destination alone (see `validateDestination`), not of the whole reply or file.
+   */
+  engine: z.string().optional(),
+  /**
+   * Enhanced RTMP multitrack track ids the native engine sends (the others are dropped). FFmpeg
+   * 5.1 cannot read a multitrack stream at all: its destinations report a codec problem.
+   */
+  video_track: z.number().int().min(0).max(255).optional(),
+  audio_track: z.number().int().min(0).max(255).optional(),
 });
 export type DestinationInput = z.input<typeof DestinationSchema>;
 export type DestinationRecord = z.output<typeof DestinationSchema>;
@@ -29,6 +41,10 @@ export interface Destination {
   readonly pushUrl: string;
   /** The push target with the key redacted, for logs and the API. */
   readonly displayUrl: string;
+  /** Undefined: the service's default engine. */
+  readonly engine?: EngineName;
+  readonly videoTrack?: number;
+  readonly audioTrack?: number;
 }
 
 // deno-lint-ignore no-control-regex
@@ -71,6 +87,11 @@ export function validateDestination(record: DestinationRecord): Destination {
     );
   }
   if (parsed.hostname === "") throw new TypeError(`${what}: rtmp_url has no host`);
+  if (record.engine !== undefined && !isEngineName(record.engine)) {
+    throw new TypeError(
+      `${what}: unknown engine ${JSON.stringify(record.engine)} (${ENGINE_NAMES.join(" or ")})`,
+    );
+  }
   const pushUrl = joinPushUrl(record.rtmp_url, record.stream_key);
   return {
     id: record.id,
@@ -79,6 +100,9 @@ export function validateDestination(record: DestinationRecord): Destination {
     streamKey: record.stream_key,
     pushUrl,
     displayUrl: redactDestination(record.rtmp_url, record.stream_key),
+    engine: record.engine as EngineName | undefined,
+    videoTrack: record.video_track,
+    audioTrack: record.audio_track,
   };
 }
 

@@ -110,6 +110,63 @@ export function renderMetrics(snapshot: Snapshot): string {
       "Times the destination's FFmpeg failed.",
       (s) => s.error_count,
     ],
+    [
+      "neustream_destination_input_bitrate_kbps",
+      "gauge",
+      "What the stream offers the destination, in kbit/s.",
+      (s) => s.input_bitrate_kbps,
+    ],
+    [
+      "neustream_destination_output_bitrate_kbps",
+      "gauge",
+      "What the engine wrote to the destination, in kbit/s.",
+      (s) => s.output_bitrate_kbps,
+    ],
+    [
+      "neustream_destination_out_bytes_total",
+      "counter",
+      "Bytes the engine wrote to the destination.",
+      (s) => s.bytes_out,
+    ],
+    [
+      "neustream_destination_queue_lag_seconds",
+      "gauge",
+      "Age of the oldest packet queued for the destination.",
+      (s) => s.queue_lag_ms / 1000,
+    ],
+    [
+      "neustream_destination_dropped_bytes_total",
+      "counter",
+      "Bytes dropped because the destination fell behind.",
+      (s) => s.dropped_bytes,
+    ],
+    [
+      "neustream_destination_availability_ratio",
+      "gauge",
+      "Seconds connected over seconds since the destination was added.",
+      (s) => s.availability,
+    ],
+    [
+      "neustream_destination_reconnects_total",
+      "counter",
+      "Connections after the first one.",
+      (s) => s.reconnects,
+    ],
+    [
+      "neustream_destination_attempt",
+      "gauge",
+      "The current connection attempt since the destination last connected (from 1).",
+      (s) => s.attempt,
+    ],
+    [
+      "neustream_destination_next_attempt_seconds",
+      "gauge",
+      "Seconds until the next attempt while waiting in backoff, else 0.",
+      (s) =>
+        s.next_attempt_at === null
+          ? 0
+          : Math.max(0, (Date.parse(s.next_attempt_at) - Date.now()) / 1000),
+    ],
   ];
   for (const [name, type, help, value] of perDestination) {
     out.family(name, type, help);
@@ -118,8 +175,24 @@ export function renderMetrics(snapshot: Snapshot): string {
         stream,
         destination: status.id,
         platform: status.platform,
+        engine: status.engine,
       });
     }
+  }
+  out.family(
+    "neustream_destination_state",
+    "gauge",
+    "1 for the destination's state, with the kind of its last failure (none while it has none).",
+  );
+  for (const { stream, status } of destinations) {
+    out.sample("neustream_destination_state", 1, {
+      stream,
+      destination: status.id,
+      platform: status.platform,
+      engine: status.engine,
+      state: status.state,
+      failure: status.failure ?? "none",
+    });
   }
 
   const stats = snapshot.control_plane;

@@ -6,6 +6,9 @@
  */
 
 import { z } from "zod";
+import { ENGINE_NAMES } from "../relay/relay_engine.ts";
+import { FAILURE_KINDS } from "../relay/destination_failure.ts";
+import { DESTINATION_STATES } from "../relay/destination_supervisor.ts";
 
 export const HealthSchema = z.object({
   status: z.enum(["ok", "unavailable"]),
@@ -36,18 +39,33 @@ export const DestinationStatusSchema = z.object({
   id: z.string(),
   platform: z.string(),
   url: z.string(),
-  state: z.enum(["starting", "connected", "retrying", "stopped", "disabled"]),
+  engine: z.enum(ENGINE_NAMES),
+  state: z.enum([...DESTINATION_STATES, "disabled"]),
   connected: z.boolean(),
   bytes_sent: z.number().nonnegative(),
   packets_sent: z.number().nonnegative(),
   dropped_packets: z.number().nonnegative(),
   error_count: z.number().nonnegative(),
   last_error: z.string().nullable(),
+  failure: z.enum(FAILURE_KINDS).nullable(),
+  attempt: z.number().int().nonnegative(),
+  next_attempt_at: z.string().nullable(),
   restarts: z.number().nonnegative(),
   started_at: z.string().nullable(),
   connected_at: z.string().nullable(),
   bitrate_kbps: z.number().nonnegative(),
   pid: z.number().nullable(),
+  input_bitrate_kbps: z.number().nonnegative(),
+  output_bitrate_kbps: z.number().nonnegative(),
+  bytes_out: z.number().nonnegative(),
+  queue_lag_ms: z.number().nonnegative(),
+  dropped_bytes: z.number().nonnegative(),
+  drop_episodes: z.number().int().nonnegative(),
+  live_seconds: z.number().nonnegative(),
+  published_seconds: z.number().nonnegative(),
+  availability: z.number().min(0).max(1),
+  time_to_live_ms: z.number().nonnegative().nullable(),
+  reconnects: z.number().int().nonnegative(),
 });
 
 /** A destination as `/api/streams/forwarding/{key}` returns it (the reference shape, plus status). */
@@ -98,6 +116,11 @@ export const AddDestinationBodySchema = z.strictObject({
   platform: z.string().max(64).default("custom"),
   rtmp_url: z.string().min(1).max(2048),
   stream_key: z.string().max(1024).default(""),
+  /** Default: `[streaming] engine`. */
+  engine: z.enum(ENGINE_NAMES).optional(),
+  /** Native engine: the Enhanced RTMP multitrack track ids to send. */
+  video_track: z.number().int().min(0).max(255).optional(),
+  audio_track: z.number().int().min(0).max(255).optional(),
 });
 
 /** Body of `PUT /api/streams/{key}/destinations`: the stream's whole list, ids unique. */

@@ -1,7 +1,7 @@
 /**
  * Why a push to a destination failed, in the kinds both relay engines report (the native RTMP
- * publisher now, the FFmpeg engine later): what `last_error` shows and what the retry policy may
- * act on. Messages never hold a stream key.
+ * publisher, and FFmpeg's stderr as `ffmpeg_errors.ts` maps it): what `last_error` shows and what
+ * the retry policy may act on. Messages never hold a stream key.
  *
  * @module
  */
@@ -17,8 +17,20 @@ export type DestinationFailureKind =
   | "tls"
   /** The destination hung up, or ended the publish. */
   | "closed"
+  /** The stream's codecs are ones this engine cannot carry (HEVC on FFmpeg 5.1 …). */
+  | "codec"
   /** A fault on our side or a protocol violation we cannot classify further. */
   | "internal";
+
+export const FAILURE_KINDS = [
+  "rejected",
+  "unreachable",
+  "timeout",
+  "tls",
+  "closed",
+  "codec",
+  "internal",
+] as const satisfies readonly DestinationFailureKind[];
 
 export class DestinationFailure extends Error {
   override name = "DestinationFailure";

@@ -1,40 +1,52 @@
 /**
- * One destination of one stream: an FFmpeg child fed FLV on stdin, restarted with backoff whenever
- * it exits, for as long as the stream lives. Its own bounded queue means a slow or dead destination
- * never holds up the publisher or the other destinations.
+ * One destination of one stream: connection attempts by an engine (FFmpeg or native, see
+ * `relay_engine.ts`) fed from the destination's own bounded queue, restarted with backoff whenever
+ * one ends, for as long as the stream lives. The queue means a slow or dead destination never
+ * holds up the publisher or the other destinations.
  *
- * `stop()` is a termination (state "stopped"), distinct from a failure (state "retrying" with
- * `last_error`).
+ * States: `starting` → `connected`, `degraded` while connected but not keeping up (queue lag over
+ * 2 s, or packets dropped in the last 10 s), back to `connected` once it keeps up again;
+ * `retrying` (waiting in backoff after a failure);
+ * `failed` (the engine cannot carry the stream's codecs: waits for the configuration to change);
+ * `exhausted` (`max_attempts` failed in a row: only a restart brings it back); `stopped` (a
+ * termination, distinct from a failure).
  *
  * @module
  */
 
 import type { Destination } from "../control_plane/destination.ts";
-import { encodeFlvTags, flvFileHeader, type MediaPacket } from "../media/flv.ts";
+import type { MediaPacket } from "../media/flv.ts";
 import type { LiveStream, StreamSubscriber } from "../media/live_stream.ts";
 import type { ConfigurationChange } from "../media/stream_configuration.ts";
 import { MediaQueue } from "../media/media_queue.ts";
 import { RateMeter } from "../media/rate_meter.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
+import { delay, settlesWithin } from "../async.ts";
 import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { copyFollows } from "./copy_compatibility.ts";
-import { buildFfmpegArgs } from "./ffmpeg_args.ts";
-import { classifyFfmpegError } from "./ffmpeg_errors.ts";
+import { DestinationFailure, type DestinationFailureKind } from "./destination_failure.ts";
+import { ffmpegCodecProblem } from "./ffmpeg_codecs.ts";
+import { FfmpegEngine } from "./ffmpeg_engine.ts";
+import { NativeEngine } from "./native_engine.ts";
+import type { ProcessPool } from "./process_pool.ts";
+import type { EngineAttempt, EngineName, RelayEngine } from "./relay_engine.ts";
 
 export interface SupervisorOptions {
+  /** The engine of destinations that do not name one (`[streaming] engine`). */
+  engine?: EngineName;
   ffmpegPath: string;
   /** Media bytes queued for this destination before it drops to the next keyframe. */
   queueBytes: number;
   /**
-   * How long FFmpeg may go without any progress (see `#drains`) while it sends the end of the
-   * stream, before SIGTERM. As long as it makes progress it is never cut off: a SIGTERM would lose
-   * the end of the stream at the destination.
+   * How long an engine may go without any progress (see `#drains`) while it sends the end of the
+   * stream, before it is cut off. As long as it makes progress it is never cut off: that would
+   * lose the end of the stream at the destination.
    */
   drainStallMs: number;
   /**
-   * Once `shutdown` is aborted (the service itself stops), the most time FFmpeg gets to finish
-   * sending, progress or not, so the whole stop stays within `shutdown_grace_seconds`.
+   * Once `shutdown` is aborted (the service itself stops), the most time an engine gets to
+   * finish sending, progress or not, so the whole stop stays within `shutdown_grace_seconds`.
    */
   drainGraceMs: number;
   /** Time FFmpeg gets to exit after SIGTERM, before SIGKILL. */
@@ -42,23 +54,35 @@ export interface SupervisorOptions {
   /** Aborted when the service shuts down: draining becomes bounded by `drainGraceMs`. */
   shutdown?: AbortSignal;
   ioTimeoutSeconds: number;
-  /** Trust for `rtmps://`, read at each FFmpeg start (a reload may replace `caFile`). */
+  /** Trust for `rtmps://`, read at each start (a reload may replace `caFile`). */
   tls?: { readonly caFile: string | undefined };
   backoff?: BackoffOptions;
+  /** Failed attempts in a row before the state is `exhausted`; 0: no limit. */
+  maxAttempts?: number;
   /**
-   * Every FFmpeg running, across all streams, including those being stopped: the last-resort
-   * kill on a second signal reaches them all.
+   * Owns every FFmpeg, across all streams, including those being stopped: the last-resort kill
+   * on a second signal reaches them all.
    */
-  children?: Set<Deno.ChildProcess>;
+  pool: ProcessPool;
 }
 
-export type DestinationState = "starting" | "connected" | "retrying" | "stopped";
+export const DESTINATION_STATES = [
+  "starting",
+  "connected",
+  "degraded",
+  "retrying",
+  "failed",
+  "exhausted",
+  "stopped",
+] as const;
+export type DestinationState = typeof DESTINATION_STATES[number];
 
 /** Live status of a destination, as the API reports it. */
 export interface DestinationStatus {
   id: string;
   platform: string;
   url: string;
+  engine: EngineName;
   state: DestinationState;
   connected: boolean;
   bytes_sent: number;
@@ -66,64 +90,112 @@ export interface DestinationStatus {
   dropped_packets: number;
   error_count: number;
   last_error: string | null;
+  /** Kind of the last failure (`rejected`, `unreachable`, `timeout`, `tls`, `closed`, `codec`, `internal`). */
+  failure: DestinationFailureKind | null;
+  /** The current (or last) attempt since the destination last connected, from 1. */
+  attempt: number;
+  /** When the next attempt starts, while waiting in backoff. */
+  next_attempt_at: string | null;
   restarts: number;
   started_at: string | null;
   connected_at: string | null;
+  /** Rate of bytes written to the engine (what the engine took from us). */
   bitrate_kbps: number;
   pid: number | null;
+  /** What the stream offers this destination, dropped packets included. */
+  input_bitrate_kbps: number;
+  /** What the engine actually wrote to the destination. */
+  output_bitrate_kbps: number;
+  /** Bytes the engines wrote to the destination, every attempt. */
+  bytes_out: number;
+  /** Age of the oldest packet waiting in the queue: how far behind the stream it is. */
+  queue_lag_ms: number;
+  dropped_bytes: number;
+  /** Times the queue overflowed and dropped to the next keyframe. */
+  drop_episodes: number;
+  /** Seconds connected (`connected` or `degraded`) since the destination was added. */
+  live_seconds: number;
+  /** Seconds since the destination was added to the live stream. */
+  published_seconds: number;
+  /** `live_seconds / published_seconds`, 0 to 1. */
+  availability: number;
+  /** From the destination being added (at publish) to its first connection; null until then. */
+  time_to_live_ms: number | null;
+  /** Connections after the first one. */
+  reconnects: number;
 }
 
+/** Queue lag above which a connected destination is `degraded`. */
+export const DEGRADED_LAG_MS = 2_000;
+/** A drop this recent keeps a connected destination `degraded`. */
+export const DEGRADED_AFTER_DROP_MS = 10_000;
+
 const relayLog = log("relay");
-/** Most stderr kept per line and in total: FFmpeg must never make us buffer without bound. */
-const MAX_STDERR_LINE = 400;
-const STDERR_LINES_KEPT = 8;
-const ERROR_WORDS =
-  /error|fail|refused|invalid|denied|timed? ?out|broken|unable|cannot|not found|reset/i;
-/**
- * Global options put in front of the destination's arguments: FFmpeg reports on stdout, twice a
- * second while it works, how many bytes it has written to the destination (`total_size=`). That
- * is how a stop sees FFmpeg still sending after its stdin closed.
- */
-const PROGRESS_ARGS = ["-progress", "pipe:1", "-stats_period", "0.5"];
-/** How often a stop checks a draining FFmpeg for progress. */
+/** How often a stop checks a draining engine for progress. */
 const DRAIN_CHECK_MS = 250;
 
 export class DestinationSupervisor implements StreamSubscriber {
   readonly destination: Destination;
+  readonly engine: RelayEngine;
   readonly #stream: LiveStream;
   readonly #options: SupervisorOptions;
   readonly #backoff: Backoff;
   readonly #rate = new RateMeter();
+  readonly #inputRate = new RateMeter();
+  readonly #outputRate = new RateMeter();
+  /** `bytesOut` of the current attempt as last sampled. */
+  #outputSeen = 0;
+  #bytesOut = 0;
+  #droppedBytesBefore = 0;
+  #dropEpisodesBefore = 0;
+  #lastDropAt = -Infinity;
+  readonly #addedAt = performance.now();
+  #liveMs = 0;
+  #liveSince: number | undefined;
+  #timeToLiveMs: number | null = null;
+  #connections = 0;
   #state: DestinationState = "starting";
   #terminated = false;
-  #child: Deno.ChildProcess | undefined;
-  #queue: MediaQueue<Uint8Array> | undefined;
-  /** After a change FFmpeg cannot follow: the new stream from its start, for the next FFmpeg. */
-  #nextQueue: MediaQueue<Uint8Array> | undefined;
-  /** The running FFmpeg was ended on purpose to start the next one at once (not a failure). */
+  #attempt: EngineAttempt | undefined;
+  #queue: MediaQueue | undefined;
+  /** After a change the engine cannot follow: the new stream from its start, for the next attempt. */
+  #nextQueue: MediaQueue | undefined;
+  /** The running attempt was ended on purpose to start the next one at once (not a failure). */
   #restartRequested = false;
+  /** The engine cannot carry the stream's codecs: why, until the configuration changes. */
+  #codecProblem: string | undefined;
   #done: Promise<void> = Promise.resolve();
-  #wakeBackoff: (() => void) | undefined;
+  /** Aborted to cut the current wait (backoff, exhausted, codec) short. */
+  #wait: AbortController | undefined;
   #bytesSent = 0;
   #packetsSent = 0;
   #droppedBefore = 0;
   #errorCount = 0;
   #restarts = 0;
+  #attemptNumber = 0;
   #lastError: string | null = null;
+  #failure: DestinationFailureKind | null = null;
+  #nextAttemptAt: Date | null = null;
   #startedAt: Date | null = null;
   #connectedAt: Date | null = null;
-  /** Bytes the current FFmpeg says it has written to the destination. */
-  #outputBytes = 0;
 
   constructor(destination: Destination, stream: LiveStream, options: SupervisorOptions) {
     this.destination = destination;
     this.#stream = stream;
     this.#options = options;
     this.#backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+    const name = destination.engine ?? options.engine ?? "ffmpeg";
+    this.engine = name === "native"
+      ? new NativeEngine({ timeoutMs: options.ioTimeoutSeconds * 1000, tls: options.tls })
+      : new FfmpegEngine(options);
   }
 
+  /** The state, with `degraded` for a connected destination that is not keeping up. */
   get state(): DestinationState {
-    return this.#state;
+    if (this.#state !== "connected") return this.#state;
+    const now = performance.now();
+    const lagging = (this.#queue?.oldestAgeMs(now) ?? 0) > DEGRADED_LAG_MS;
+    return lagging || now - this.#lastDropAt < DEGRADED_AFTER_DROP_MS ? "degraded" : "connected";
   }
 
   #context(): Record<string, unknown> {
@@ -131,6 +203,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       stream: redactKey(this.#stream.key),
       destination: this.destination.id,
       url: this.destination.displayUrl,
+      engine: this.engine.name,
     };
   }
 
@@ -139,9 +212,13 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#done = this.run();
   }
 
-  /** Runs FFmpeg again and again until `stop()`. */
+  /** Runs attempts again and again until `stop()`. */
   async run(): Promise<void> {
     while (!this.#terminated) {
+      if (this.#checkCodecs()) {
+        await this.#waitForAnotherConfiguration();
+        continue;
+      }
       const started = performance.now();
       await this.runOnce();
       if (this.#terminated) break;
@@ -149,85 +226,132 @@ export class DestinationSupervisor implements StreamSubscriber {
         this.#restarts++;
         continue;
       }
-      const delay = this.#backoff.next(performance.now() - started);
-      this.#state = "retrying";
+      if (this.#codecProblem !== undefined) continue;
+      const maxAttempts = this.#options.maxAttempts ?? 0;
+      if (maxAttempts > 0 && this.#attemptNumber >= maxAttempts) {
+        relayLog.error("destination failed {attempts} times in a row, giving up: {reason}", {
+          ...this.#context(),
+          attempts: this.#attemptNumber,
+          reason: this.#lastError,
+        });
+        await this.#waitUntilWoken("exhausted", null);
+        continue;
+      }
+      const wait = this.#backoff.next(performance.now() - started);
       relayLog.warn("destination down, retrying in {seconds} s: {reason}", {
         ...this.#context(),
-        seconds: delay / 1000,
-        reason: this.#lastError ?? "ffmpeg exited",
+        seconds: wait / 1000,
+        reason: this.#lastError ?? "connection ended",
       });
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delay);
-        this.#wakeBackoff = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#wakeBackoff = undefined;
+      await this.#waitUntilWoken("retrying", wait);
       if (!this.#terminated) this.#restarts++;
     }
     this.#state = "stopped";
   }
 
-  /** One FFmpeg run, from spawn to reaped exit. Records why it ended; never throws. */
+  /** Waits in `state` for `ms` (null: until woken by a restart, a change or the stop). */
+  async #waitUntilWoken(state: DestinationState, ms: number | null): Promise<void> {
+    if (this.#terminated || this.#restartRequested) return;
+    this.#state = state;
+    const wait = new AbortController();
+    this.#wait = wait;
+    this.#nextAttemptAt = ms === null ? null : new Date(Date.now() + ms);
+    await delay(ms ?? Infinity, { signal: wait.signal }).catch(() => {});
+    this.#wait = undefined;
+    this.#nextAttemptAt = null;
+  }
+
+  /**
+   * Waits in `failed` until the publisher changes the stream's configuration (or a restart, or
+   * the stop). Subscribed meanwhile, without a queue, only to hear of the change.
+   */
+  async #waitForAnotherConfiguration(): Promise<void> {
+    this.#nextQueue?.close();
+    this.#nextQueue = undefined;
+    this.#restartRequested = false;
+    this.#stream.subscribe(this);
+    await this.#waitUntilWoken("failed", null);
+    this.#stream.unsubscribe(this);
+  }
+
+  /**
+   * True when the FFmpeg engine cannot carry the stream as it is configured now: the status says
+   * so (kind `codec`) instead of sending garbage.
+   */
+  #checkCodecs(): boolean {
+    if (this.engine.name !== "ffmpeg") return false;
+    const problem = ffmpegCodecProblem(this.#stream.configuration);
+    if (problem === undefined) {
+      this.#codecProblem = undefined;
+      return false;
+    }
+    if (this.#codecProblem !== problem) {
+      relayLog.error("destination cannot relay this stream: {reason}", {
+        ...this.#context(),
+        reason: problem,
+      });
+    }
+    this.#codecProblem = problem;
+    this.#lastError = problem;
+    this.#failure = "codec";
+    return true;
+  }
+
+  /** One attempt, from start to its end (the child reaped). Records why it ended; never throws. */
   async runOnce(): Promise<void> {
     this.#restartRequested = false;
     this.#state = "starting";
     this.#connectedAt = null;
-    let child: Deno.ChildProcess;
-    try {
-      child = new Deno.Command(this.#options.ffmpegPath, {
-        args: [
-          ...PROGRESS_ARGS,
-          ...buildFfmpegArgs(this.destination, {
-            ioTimeoutSeconds: this.#options.ioTimeoutSeconds,
-            caFile: this.#options.tls?.caFile,
-          }),
-        ],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (error) {
-      this.#errorCount++;
-      this.#lastError = `cannot start ${this.#options.ffmpegPath}: ${(error as Error).message}`;
-      return;
-    }
-    this.#child = child;
-    this.#outputBytes = 0;
-    this.#options.children?.add(child);
-    this.#startedAt = new Date();
+    this.#attemptNumber++;
     const queue = this.#nextQueue ?? this.#newQueue();
     const handedOver = queue === this.#nextQueue;
     this.#nextQueue = undefined;
     this.#queue = queue;
-    // Joining replays metadata, sequence headers and the GOP: FFmpeg starts on a keyframe. A
+    const attempt = this.engine.start({
+      destination: this.destination,
+      configuration: this.#stream.configuration,
+      logContext: this.#context(),
+      onConnected: () => {
+        if (this.#attempt !== attempt) return;
+        this.#state = "connected";
+        this.#connectedAt = new Date();
+        const now = performance.now();
+        this.#liveSince = now;
+        this.#timeToLiveMs ??= Math.round(now - this.#addedAt);
+        this.#connections++;
+        this.#attemptNumber = 1;
+        relayLog.info("destination connected", this.#context());
+      },
+    });
+    this.#attempt = attempt;
+    this.#outputSeen = 0;
+    this.#startedAt = new Date();
+    // Joining replays metadata, sequence headers and the GOP: the engine starts on a keyframe. A
     // queue handed over by a restart already holds the new stream from its first header.
     if (!handedOver) this.#stream.subscribe(this);
-    relayLog.info("destination starting", { ...this.#context(), pid: child.pid });
-    const recentLines: string[] = [];
-    const stderrDone = this.#readStderr(child.stderr, recentLines);
-    const progressDone = this.#readProgress(child.stdout);
-    const pumpDone = this.#pump(child.stdin, queue);
-    const status = await child.status;
-    this.#options.children?.delete(child);
+    relayLog.info("destination starting", { ...this.#context(), pid: attempt.pid });
+    const pumpDone = this.#pump(attempt, queue);
+    const failure = await attempt.ended;
+    this.#sampleOutput();
+    if (this.#liveSince !== undefined) this.#liveMs += performance.now() - this.#liveSince;
+    this.#liveSince = undefined;
     if (this.#nextQueue === undefined) this.#stream.unsubscribe(this);
     queue.close();
     this.#droppedBefore += queue.droppedPackets;
+    this.#droppedBytesBefore += queue.droppedBytes;
+    this.#dropEpisodesBefore += queue.dropEpisodes;
     this.#queue = undefined;
-    this.#child = undefined;
-    await Promise.all([pumpDone, stderrDone, progressDone]);
+    this.#attempt = undefined;
+    await pumpDone;
     this.#connectedAt = null;
-    if (this.#terminated || this.#restartRequested) return;
+    if (this.#terminated || this.#restartRequested || this.#codecProblem !== undefined) return;
     this.#errorCount++;
-    const reason = recentLines.findLast((line) => ERROR_WORDS.test(line)) ?? recentLines.at(-1);
-    this.#lastError = classifyFfmpegError(recentLines) ??
-      `ffmpeg exited with ${status.signal ? `signal ${status.signal}` : `code ${status.code}`}${
-        reason ? `: ${reason}` : ""
-      }`;
+    const why = failure ?? new DestinationFailure("closed", "the destination ended the publish");
+    this.#lastError = why.message;
+    this.#failure = why.kind;
   }
 
-  /** Stops for good: stdin closed, then SIGTERM, then SIGKILL; resolves once FFmpeg is reaped. */
+  /** Stops for good: the attempt drains, then is cut off; resolves once it is over. */
   async stop(): Promise<void> {
     this.#terminated = true;
     if (this.#nextQueue !== undefined) {
@@ -235,57 +359,58 @@ export class DestinationSupervisor implements StreamSubscriber {
       this.#nextQueue = undefined;
       this.#stream.unsubscribe(this);
     }
-    this.#wakeBackoff?.();
-    await this.#stopChild();
+    this.#wait?.abort();
+    await this.#stopAttempt();
     await this.#done;
     this.#state = "stopped";
   }
 
-  /** Ends the current FFmpeg so that the loop starts a new one at once (the API's restart). */
+  /**
+   * Starts a new attempt at once (the API's restart): from backoff, `exhausted` or `failed`
+   * without waiting, or ending the running attempt. Not counted as an error.
+   */
   async restart(): Promise<void> {
-    this.#wakeBackoff?.();
-    await this.#stopChild();
+    if (this.#terminated) return;
+    this.#restartRequested = true;
+    this.#attemptNumber = 0;
+    this.#codecProblem = undefined;
+    this.#wait?.abort();
+    await this.#stopAttempt();
   }
 
-  async #stopChild(): Promise<void> {
-    const child = this.#child;
+  async #stopAttempt(): Promise<void> {
+    const attempt = this.#attempt;
     const queue = this.#queue;
-    if (child === undefined) return;
-    queue?.close(); // the pump closes stdin once the queue is drained: FFmpeg flushes and exits
-    if (await this.#drains(child)) return;
-    this.#signal(child, "SIGTERM");
-    if (await this.#exitsWithin(child, this.#options.stopGraceMs)) return;
-    relayLog.warn("destination ignored SIGTERM: SIGKILL", this.#context());
-    this.#signal(child, "SIGKILL");
-    await child.status;
+    if (attempt === undefined) return;
+    queue?.close(); // the pump finishes the attempt once the queue is drained
+    if (await this.#drains(attempt)) return;
+    await attempt.abort();
   }
 
   /**
-   * Waits while FFmpeg sends the end of the stream: true once it exited, false when it made no
-   * progress for `drainStallMs` or the service's shutdown deadline passed (logged).
+   * Waits while the engine sends the end of the stream: true once the attempt is over, false when
+   * it made no progress for `drainStallMs` or the service's shutdown deadline passed (logged).
    *
    * A fixed timer here cut off the end of streams on a busy machine, where FFmpeg is slow but
-   * working. Progress is what we can see without reading /proc (Deno allows /proc/<pid>/* only
-   * with --allow-all): bytes of our stdin writes that FFmpeg took (it is reading its input) plus
-   * the bytes FFmpeg reports written to the destination on its progress output (it is sending,
-   * which also covers the tail it holds after its stdin closed). Both come from FFmpeg doing the
-   * work itself, so a blocked destination or a hung FFmpeg shows as a stall, while a slow one is
-   * given the time it needs.
+   * working. Progress is the bytes of our writes the engine took (it is reading its input) plus
+   * the bytes it reports written to the destination (it is sending, which also covers the tail
+   * FFmpeg holds after its stdin closed). Both come from the engine doing the work, so a blocked
+   * destination or a hung FFmpeg shows as a stall, while a slow one is given the time it needs.
    */
-  async #drains(child: Deno.ChildProcess): Promise<boolean> {
+  async #drains(attempt: EngineAttempt): Promise<boolean> {
     const { drainStallMs, drainGraceMs, shutdown } = this.#options;
-    const progress = () => this.#bytesSent + this.#outputBytes;
+    const progress = () => this.#bytesSent + attempt.bytesOut;
     let last = progress();
     let lastProgressAt = performance.now();
     let shutdownAt: number | undefined;
     for (;;) {
-      if (await this.#exitsWithin(child, DRAIN_CHECK_MS)) return true;
+      if (await settlesWithin(attempt.ended, DRAIN_CHECK_MS)) return true;
       const now = performance.now();
       if (progress() !== last) {
         last = progress();
         lastProgressAt = now;
       } else if (now - lastProgressAt >= drainStallMs) {
-        relayLog.warn("destination made no progress for {seconds} s while draining: SIGTERM", {
+        relayLog.warn("destination made no progress for {seconds} s while draining: cut off", {
           ...this.#context(),
           seconds: drainStallMs / 1000,
         });
@@ -294,7 +419,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       if (shutdown?.aborted) {
         shutdownAt ??= now;
         if (now - shutdownAt >= drainGraceMs) {
-          relayLog.warn("destination still draining {seconds} s into shutdown: SIGTERM", {
+          relayLog.warn("destination still draining {seconds} s into shutdown: cut off", {
             ...this.#context(),
             seconds: drainGraceMs / 1000,
           });
@@ -304,135 +429,81 @@ export class DestinationSupervisor implements StreamSubscriber {
     }
   }
 
-  #signal(child: Deno.ChildProcess, signal: Deno.Signal): void {
+  /** Moves queued packets to the engine, a batch at a time; finishes the attempt at the end. */
+  async #pump(attempt: EngineAttempt, queue: MediaQueue): Promise<void> {
+    const checkCodecs = this.engine.name === "ffmpeg";
     try {
-      child.kill(signal);
-    } catch (error) {
-      // Already exited between our check and the signal: nothing left to stop.
-      if (!(error instanceof TypeError)) throw error;
-    }
-  }
-
-  async #exitsWithin(child: Deno.ChildProcess, ms: number): Promise<boolean> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const exited = await Promise.race([
-      child.status.then(() => true),
-      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms)),
-    ]);
-    clearTimeout(timer);
-    return exited;
-  }
-
-  async #pump(stdin: WritableStream<Uint8Array>, queue: MediaQueue<Uint8Array>): Promise<void> {
-    const writer = stdin.getWriter();
-    const packets: MediaPacket[] = [];
-    try {
-      for (;;) {
-        await queue.wait();
-        const items = queue.takeAll();
-        if (items.length === 0) {
-          if (queue.closed) break;
-          continue;
-        }
-        packets.length = 0;
+      for await (const items of queue.batches()) {
+        const packets: MediaPacket[] = [];
+        let bytes = 0;
+        let headers = false;
         for (const item of items) {
-          if (item.kind === "control") {
-            if (packets.length > 0) {
-              await this.#write(writer, encodeFlvTags(packets), packets.length);
-            }
-            packets.length = 0;
-            await this.#write(writer, item.control, 0);
-          } else {
-            packets.push(item.packet);
-          }
+          if (item.kind !== "media") continue;
+          packets.push(item.packet);
+          bytes += item.packet.payload.length;
+          if (item.packet.sequenceHeader) headers = true;
         }
-        if (packets.length > 0) await this.#write(writer, encodeFlvTags(packets), packets.length);
+        // A sequence header is where a codec shows itself: FFmpeg must not get one it cannot read.
+        if (checkCodecs && headers && this.#checkCodecs()) {
+          await attempt.abort();
+          return;
+        }
+        await attempt.write(packets);
+        this.#bytesSent += bytes;
+        this.#packetsSent += packets.length;
+        this.#rate.add(bytes);
+        this.#sampleOutput();
       }
-      await writer.close();
+      await attempt.finish();
     } catch (error) {
-      // FFmpeg went away while we wrote (its exit is what the supervisor reports); anything
-      // else is a bug worth seeing.
-      if (!(error instanceof Deno.errors.BrokenPipe) && !(error instanceof TypeError)) {
-        relayLog.error("writing to ffmpeg failed: {reason}", {
+      // The attempt failed while we wrote: its `ended` says why. Anything else is a bug worth
+      // seeing, and the attempt must not outlive it.
+      if (!(error instanceof DestinationFailure) && !isGone(error)) {
+        relayLog.error("writing to the destination failed: {reason}", {
           ...this.#context(),
           reason: (error as Error).message,
         });
-      }
-      writer.releaseLock();
-    }
-  }
-
-  async #write(
-    writer: WritableStreamDefaultWriter<Uint8Array>,
-    bytes: Uint8Array,
-    packets: number,
-  ): Promise<void> {
-    await writer.write(bytes);
-    this.#bytesSent += bytes.length;
-    this.#packetsSent += packets;
-    this.#rate.add(bytes.length);
-  }
-
-  /** Follows FFmpeg's progress reports (`key=value` lines) for the bytes it has sent. */
-  async #readProgress(stdout: ReadableStream<Uint8Array>): Promise<void> {
-    const decoder = new TextDecoder();
-    let carry = "";
-    for await (const chunk of stdout) {
-      carry += decoder.decode(chunk, { stream: true });
-      const lines = carry.split("\n");
-      carry = (lines.pop() ?? "").slice(-MAX_STDERR_LINE);
-      for (const line of lines) {
-        const size = /^total_size=(\d+)/.exec(line);
-        if (size) this.#outputBytes = Number(size[1]);
+        await attempt.abort();
       }
     }
   }
 
-  async #readStderr(stderr: ReadableStream<Uint8Array>, recent: string[]): Promise<void> {
-    const decoder = new TextDecoder();
-    let carry = "";
-    const onLine = (raw: string) => {
-      const line = this.#redact(raw.trim()).slice(0, MAX_STDERR_LINE);
-      if (line === "") return;
-      if (line.startsWith("Output #0")) {
-        this.#state = "connected";
-        this.#connectedAt = new Date();
-        relayLog.info("destination connected", this.#context());
-      }
-      recent.push(line);
-      if (recent.length > STDERR_LINES_KEPT) recent.shift();
-    };
-    for await (const chunk of stderr) {
-      carry += decoder.decode(chunk, { stream: true });
-      const lines = carry.split(/\r?\n|\r/);
-      carry = lines.pop() ?? "";
-      if (carry.length > MAX_STDERR_LINE * 4) carry = carry.slice(-MAX_STDERR_LINE);
-      for (const line of lines) onLine(line);
-    }
-    onLine(carry);
-  }
-
-  /** FFmpeg prints its output URL; the key in it never reaches our logs or the API. */
-  #redact(line: string): string {
-    const { pushUrl, streamKey, displayUrl } = this.destination;
-    let out = line.replaceAll(pushUrl, displayUrl);
-    if (streamKey.length >= 4) out = out.replaceAll(streamKey, redactKey(streamKey));
-    return out;
+  /** Counts what the current attempt wrote to the destination since the last look. */
+  #sampleOutput(): void {
+    const written = this.#attempt?.bytesOut ?? this.#outputSeen;
+    if (written <= this.#outputSeen) return;
+    this.#outputRate.add(written - this.#outputSeen);
+    this.#bytesOut += written - this.#outputSeen;
+    this.#outputSeen = written;
   }
 
   // ---- StreamSubscriber ----
 
   onPacket(packet: MediaPacket): void {
-    (this.#nextQueue ?? this.#queue)?.pushMedia(packet);
+    this.#inputRate.add(packet.payload.length);
+    const queue = this.#nextQueue ?? this.#queue;
+    if (queue === undefined) return;
+    const dropped = queue.droppedPackets;
+    queue.pushMedia(packet);
+    // A clock read only when a packet was dropped: the hot path stays as it was.
+    if (queue.droppedPackets !== dropped) this.#lastDropAt = performance.now();
   }
 
   /**
-   * A change FFmpeg cannot carry (a track added or removed, another codec): the running FFmpeg
-   * gets everything before this point and ends cleanly, the next one starts at once with the new
-   * stream from its first header, so nothing of either stream is lost or mixed.
+   * A change the engine cannot carry (a track added or removed, another codec): the running
+   * attempt gets everything before this point and ends cleanly, the next one starts at once with
+   * the new stream from its first header, so nothing of either stream is lost or mixed. A
+   * destination waiting on a codec problem tries again.
    */
   onConfigurationChange(change: ConfigurationChange): void {
-    if (this.#terminated || copyFollows(change)) return;
+    if (this.#terminated) return;
+    if (this.#codecProblem !== undefined && this.#attempt === undefined) {
+      this.#codecProblem = undefined;
+      this.#attemptNumber = 0;
+      this.#wait?.abort();
+      return;
+    }
+    if (this.engine.name === "native" || copyFollows(change)) return;
     relayLog.info("stream changed ({change}): restarting FFmpeg on the new stream", {
       ...this.#context(),
       change: change.description,
@@ -440,8 +511,8 @@ export class DestinationSupervisor implements StreamSubscriber {
     this.#nextQueue?.close();
     this.#nextQueue = this.#newQueue();
     this.#restartRequested = true;
-    this.#wakeBackoff?.();
-    this.#stopChild().catch((error: Error) => {
+    this.#wait?.abort();
+    this.#stopAttempt().catch((error: Error) => {
       relayLog.error("stopping FFmpeg for a restart failed: {reason}", {
         ...this.#context(),
         reason: error.message,
@@ -449,16 +520,14 @@ export class DestinationSupervisor implements StreamSubscriber {
     });
   }
 
-  #newQueue(): MediaQueue<Uint8Array> {
-    const queue = new MediaQueue<Uint8Array>(this.#options.queueBytes, (stats) => {
+  #newQueue(): MediaQueue {
+    return new MediaQueue(this.#options.queueBytes, (stats) => {
       relayLog.warn("destination too slow, dropping until the next keyframe", {
         ...this.#context(),
         queued_bytes: stats.queuedBytes,
         episode: stats.dropEpisodes,
       });
     });
-    queue.pushControl(flvFileHeader());
-    return queue;
   }
 
   onEnd(_reason: string): void {
@@ -466,22 +535,48 @@ export class DestinationSupervisor implements StreamSubscriber {
   }
 
   status(): DestinationStatus {
+    this.#sampleOutput();
+    const now = performance.now();
+    const liveMs = this.#liveMs + (this.#liveSince === undefined ? 0 : now - this.#liveSince);
+    const publishedMs = now - this.#addedAt;
+    const queue = this.#queue;
     return {
       id: this.destination.id,
       platform: this.destination.platform,
       url: this.destination.displayUrl,
-      state: this.#state,
+      engine: this.engine.name,
+      state: this.state,
       connected: this.#state === "connected",
       bytes_sent: this.#bytesSent,
       packets_sent: this.#packetsSent,
       dropped_packets: this.#droppedBefore + (this.#queue?.droppedPackets ?? 0),
       error_count: this.#errorCount,
       last_error: this.#lastError,
+      failure: this.#failure,
+      attempt: this.#attemptNumber,
+      next_attempt_at: this.#nextAttemptAt?.toISOString() ?? null,
       restarts: this.#restarts,
       started_at: this.#startedAt?.toISOString() ?? null,
       connected_at: this.#connectedAt?.toISOString() ?? null,
       bitrate_kbps: Math.round(this.#rate.bitsPerSecond() / 1000),
-      pid: this.#child?.pid ?? null,
+      pid: this.#attempt?.pid ?? null,
+      input_bitrate_kbps: Math.round(this.#inputRate.bitsPerSecond(now) / 1000),
+      output_bitrate_kbps: Math.round(this.#outputRate.bitsPerSecond(now) / 1000),
+      bytes_out: this.#bytesOut,
+      queue_lag_ms: Math.round(queue?.oldestAgeMs(now) ?? 0),
+      dropped_bytes: this.#droppedBytesBefore + (queue?.droppedBytes ?? 0),
+      drop_episodes: this.#dropEpisodesBefore + (queue?.dropEpisodes ?? 0),
+      live_seconds: Math.round(liveMs) / 1000,
+      published_seconds: Math.round(publishedMs) / 1000,
+      availability: publishedMs > 0 ? Math.min(1, liveMs / publishedMs) : 0,
+      time_to_live_ms: this.#timeToLiveMs,
+      reconnects: Math.max(0, this.#connections - 1),
     };
   }
+}
+
+/** The engine went away while we wrote (a closed pipe or stream). */
+function isGone(error: unknown): boolean {
+  return error instanceof Deno.errors.BrokenPipe || error instanceof TypeError ||
+    (error instanceof DOMException && error.name === "AbortError");
 }

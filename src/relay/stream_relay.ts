@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { EngineName } from "./relay_engine.ts";
 import { isDeepStrictEqual } from "node:util";
 import {
   type Destination,
@@ -134,7 +135,7 @@ export class StreamRelay {
       return {
         destination: entry.destination,
         enabled: false,
-        status: () => disabledStatus(entry),
+        status: () => disabledStatus(entry, this.#options.engine ?? "ffmpeg"),
       };
     });
   }
@@ -324,13 +325,15 @@ export class StreamRelay {
   }
 }
 
-/** A disabled destination's status: no FFmpeg, the counters of its last run. */
-function disabledStatus(entry: Entry): RelayDestinationStatus {
+/** A disabled destination's status: no engine running, the counters of its last run. */
+function disabledStatus(entry: Entry, defaultEngine: EngineName): RelayDestinationStatus {
+  const destination = entry.destination;
   const last = entry.last;
   return {
-    id: entry.destination.id,
-    platform: entry.destination.platform,
-    url: entry.destination.displayUrl,
+    id: destination.id,
+    platform: destination.platform,
+    url: destination.displayUrl,
+    engine: last?.engine ?? destination.engine ?? defaultEngine,
     state: "disabled",
     connected: false,
     bytes_sent: last?.bytes_sent ?? 0,
@@ -338,10 +341,24 @@ function disabledStatus(entry: Entry): RelayDestinationStatus {
     dropped_packets: last?.dropped_packets ?? 0,
     error_count: last?.error_count ?? 0,
     last_error: last?.last_error ?? null,
+    failure: last?.failure ?? null,
+    attempt: 0,
+    next_attempt_at: null,
     restarts: last?.restarts ?? 0,
     started_at: last?.started_at ?? null,
     connected_at: last?.connected_at ?? null,
     bitrate_kbps: 0,
     pid: null,
+    input_bitrate_kbps: 0,
+    output_bitrate_kbps: 0,
+    bytes_out: last?.bytes_out ?? 0,
+    queue_lag_ms: 0,
+    dropped_bytes: last?.dropped_bytes ?? 0,
+    drop_episodes: last?.drop_episodes ?? 0,
+    live_seconds: last?.live_seconds ?? 0,
+    published_seconds: last?.published_seconds ?? 0,
+    availability: last?.availability ?? 0,
+    time_to_live_ms: last?.time_to_live_ms ?? null,
+    reconnects: last?.reconnects ?? 0,
   };
 }

@@ -54,3 +54,21 @@ Deno.test("selectDestinations() skips invalid ones and caps the count", () => {
   assertEquals(selection.accepted.map((d) => d.id), ["a", "c"]);
   assertEquals(selection.rejected.map((r) => r.id), ["b", "d", "a"]);
 });
+
+Deno.test("selectDestinations() skips a destination with an unknown engine, the others go out", () => {
+  const parse = (fields: Record<string, unknown>) =>
+    DestinationSchema.parse({ rtmp_url: "rtmp://host/live", stream_key: "abcd", ...fields });
+  const selection = selectDestinations([
+    parse({ id: "typo", engine: "gstreamer" }),
+    parse({ id: "native", engine: "native", video_track: 1, audio_track: 0 }),
+    parse({ id: "default" }),
+  ], 10);
+  assertEquals(selection.rejected, [{
+    id: "typo",
+    reason: 'destination "typo": unknown engine "gstreamer" (ffmpeg or native)',
+  }]);
+  assertEquals(
+    selection.accepted.map((d) => [d.id, d.engine, d.videoTrack, d.audioTrack]),
+    [["native", "native", 1, 0], ["default", undefined, undefined, undefined]],
+  );
+});

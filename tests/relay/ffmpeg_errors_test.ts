@@ -1,9 +1,11 @@
 /**
  * `classifyFfmpegError()` against the stderr Debian's FFmpeg 5.1 (GnuTLS) printed, as the
- * supervisor keeps it (trimmed, key redacted), for each way an rtmps destination failed.
+ * supervisor keeps it (trimmed, key redacted), for each way a destination failed: the kind (the
+ * same the native engine reports) and the sentence.
  */
 
-import { classifyFfmpegError } from "../../src/relay/ffmpeg_errors.ts";
+import type { DestinationFailureKind } from "../../src/relay/destination_failure.ts";
+import { classifyFfmpegError, ffmpegFailure } from "../../src/relay/ffmpeg_errors.ts";
 import { assertEquals } from "../helpers/assert.ts";
 
 const OPEN_FAILED = "[rtmps @ 0x55630fba8fc0] Cannot open connection tls://127.0.0.1:28038";
@@ -11,11 +13,12 @@ const IO_ERROR = "rtmps://127.0.0.1:28038/live/rtmp…(26): Input/output error";
 const NOT_TRUSTED =
   "TLS certificate not trusted: the chain does not verify against the trusted CAs (unknown issuer, self-signed, expired or not yet valid)";
 
-const CASES: { what: string; lines: string[]; expected: string | undefined }[] = [
+type Expected = [DestinationFailureKind, string] | undefined;
+const CASES: { what: string; lines: string[]; expected: Expected }[] = [
   {
     what: "a self-signed certificate, or one from a CA not configured",
     lines: ["[tls @ 0x55630fbdd300] Peer certificate failed verification", OPEN_FAILED, IO_ERROR],
-    expected: NOT_TRUSTED,
+    expected: ["tls", NOT_TRUSTED],
   },
   {
     what: "an expired certificate (GnuTLS prints the same line)",
@@ -25,7 +28,7 @@ const CASES: { what: string; lines: string[]; expected: string | undefined }[] =
       OPEN_FAILED,
       IO_ERROR,
     ],
-    expected: NOT_TRUSTED,
+    expected: ["tls", NOT_TRUSTED],
   },
   {
     what: "a trusted certificate for another host",
@@ -34,8 +37,10 @@ const CASES: { what: string; lines: string[]; expected: string | undefined }[] =
       OPEN_FAILED,
       IO_ERROR,
     ],
-    expected:
+    expected: [
+      "tls",
       "TLS certificate not trusted: host name mismatch (the certificate is not valid for 127.0.0.1)",
+    ],
   },
   {
     what: "a -ca_file FFmpeg cannot read (it then trusts nothing)",
@@ -45,13 +50,15 @@ const CASES: { what: string; lines: string[]; expected: string | undefined }[] =
       OPEN_FAILED,
       IO_ERROR,
     ],
-    expected:
+    expected: [
+      "tls",
       "TLS trust store unreadable: FFmpeg could not read its CA bundle (check [streaming] tls_ca_file and state_dir)",
+    ],
   },
   {
     what: "a server that does not speak TLS",
     lines: ["[tls @ 0x55f7188fb900] An unexpected TLS packet was received.", OPEN_FAILED, IO_ERROR],
-    expected: "TLS handshake failed: An unexpected TLS packet was received.",
+    expected: ["tls", "TLS handshake failed: An unexpected TLS packet was received."],
   },
   {
     what: "a server that closes the connection at once",
@@ -61,22 +68,88 @@ const CASES: { what: string; lines: string[]; expected: string | undefined }[] =
       "[rtmps @ 0x5565c7c54f80] Cannot open connection tls://127.0.0.1:29342",
       "rtmps://127.0.0.1:29342/live/rtmp…(26): End of file",
     ],
-    expected: "TLS handshake failed: Error in the pull function.; IO error: End of file",
+    expected: ["tls", "TLS handshake failed: Error in the pull function.; IO error: End of file"],
   },
   {
-    what: "a refused TCP connection (not TLS: FFmpeg's own line is reported)",
+    what: "a refused TCP connection under rtmps (not TLS)",
     lines: [
       "[tcp @ 0x563bfbbb3040] Connection to tcp://127.0.0.1:19443 failed: Connection refused",
       "[rtmps @ 0x563bfbc1dfc0] Cannot open connection tls://127.0.0.1:19443",
       "rtmps://127.0.0.1:19443/live/rtmp…(26): Connection refused",
     ],
-    expected: undefined,
+    expected: ["unreachable", "destination unreachable: tcp://127.0.0.1:19443: Connection refused"],
+  },
+  {
+    what: "a refused TCP connection",
+    lines: [
+      "[tcp @ 0x5627e6a72e40] Connection to tcp://127.0.0.1:1?tcp_nodelay=0 failed: Connection refused",
+      "[rtmp @ 0x5627e6a759c0] Cannot open connection tcp://127.0.0.1:1?tcp_nodelay=0",
+      "rtmp://127.0.0.1:1/live/abcd: Connection refused",
+    ],
+    expected: ["unreachable", "destination unreachable: tcp://127.0.0.1:1: Connection refused"],
+  },
+  {
+    what: "a host name that does not resolve",
+    lines: [
+      "[tcp @ 0x558e2ead8e40] Failed to resolve hostname nonexistent.invalid: Name or service not known",
+      "[rtmp @ 0x558e2eadb9c0] Cannot open connection tcp://nonexistent.invalid:1935?tcp_nodelay=0",
+      "rtmp://nonexistent.invalid/live/abcd: Input/output error",
+    ],
+    expected: [
+      "unreachable",
+      "destination unreachable: cannot resolve nonexistent.invalid: Name or service not known",
+    ],
+  },
+  {
+    what: "a key refused by the destination (onStatus NetStream.Publish.BadName)",
+    lines: [
+      "[rtmp @ 0x55d0c1a4e9c0] Server error: Publishing not allowed (stream key rejected)",
+      "rtmp://127.0.0.1:1935/live/wron…(9): Operation not permitted",
+    ],
+    expected: ["rejected", "rejected by destination: Publishing not allowed (stream key rejected)"],
+  },
+  {
+    what: "a destination that accepts the connection and never answers (-rw_timeout)",
+    lines: [
+      "[rtmp @ 0x55687a7d87c0] Cannot read RTMP handshake response",
+      "rtmp://127.0.0.1:39517/live/abcd: Connection timed out",
+    ],
+    expected: ["timeout", "destination timed out: Connection timed out"],
+  },
+  {
+    what: "a destination that stopped reading (-rw_timeout)",
+    lines: [
+      "[flv @ 0x55e0c8a3d0c0] Failed to update header with correct duration.",
+      "av_interleaved_write_frame(): Connection timed out",
+    ],
+    expected: ["timeout", "destination timed out: Connection timed out"],
+  },
+  {
+    what: "a destination that hung up mid-stream",
+    lines: [
+      "av_interleaved_write_frame(): Broken pipe",
+      "[flv @ 0x55e0c8a3d0c0] Failed to update header with correct duration.",
+      "Error writing trailer of rtmp://127.0.0.1:1935/live/abcd: Broken pipe",
+    ],
+    expected: ["closed", "destination closed the connection: Broken pipe"],
   },
   { what: "no stderr at all", lines: [], expected: undefined },
 ];
 
 for (const { what, lines, expected } of CASES) {
   Deno.test(`classifyFfmpegError() explains ${what}`, () => {
-    assertEquals(classifyFfmpegError(lines), expected);
+    const failure = classifyFfmpegError(lines);
+    assertEquals(failure === undefined ? undefined : [failure.kind, failure.message], expected);
   });
 }
+
+Deno.test("ffmpegFailure() reports an unknown exit as internal with FFmpeg's telling line", () => {
+  const failure = ffmpegFailure(
+    ["Stream mapping:", "[flv @ 0x1] Invalid data found when processing input", "Exiting"],
+    { code: 1, signal: null },
+  );
+  assertEquals(
+    [failure.kind, failure.message],
+    ["internal", "ffmpeg exited with code 1: [flv @ 0x1] Invalid data found when processing input"],
+  );
+});

@@ -1,0 +1,198 @@
+/**
+ * The FFmpeg engine: one `ffmpeg -c copy` child per attempt, fed FLV on its stdin, spawned and
+ * reaped by the process pool. "Connected" is FFmpeg's `Output #0` line (printed once the
+ * destination accepted the publish); its stderr gives the typed failure.
+ *
+ * @module
+ */
+
+import type { Destination } from "../control_plane/destination.ts";
+import { encodeFlvTags, flvFileHeader, type MediaPacket } from "../media/flv.ts";
+import { log } from "../log.ts";
+import { redactKey } from "../redact.ts";
+import { DestinationFailure } from "./destination_failure.ts";
+import { buildFfmpegArgs } from "./ffmpeg_args.ts";
+import { ffmpegFailure } from "./ffmpeg_errors.ts";
+import type { ProcessPool } from "./process_pool.ts";
+import type { EngineAttempt, EngineContext, RelayEngine } from "./relay_engine.ts";
+
+export interface FfmpegEngineOptions {
+  ffmpegPath: string;
+  pool: ProcessPool;
+  ioTimeoutSeconds: number;
+  /** Trust for `rtmps://`, read at each start (a reload may replace `caFile`). */
+  tls?: { readonly caFile: string | undefined };
+  /** Time FFmpeg gets to exit after SIGTERM, before SIGKILL. */
+  stopGraceMs: number;
+}
+
+const engineLog = log("relay");
+/** Most stderr kept per line and in total: FFmpeg must never make us buffer without bound. */
+const MAX_STDERR_LINE = 400;
+const STDERR_LINES_KEPT = 8;
+/**
+ * Global options put in front of the destination's arguments: FFmpeg reports on stdout, twice a
+ * second while it works, how many bytes it has written to the destination (`total_size=`). That
+ * is how a drain sees FFmpeg still sending after its stdin closed.
+ */
+const PROGRESS_ARGS = ["-progress", "pipe:1", "-stats_period", "0.5"];
+
+export class FfmpegEngine implements RelayEngine {
+  readonly name = "ffmpeg";
+  readonly #options: FfmpegEngineOptions;
+
+  constructor(options: FfmpegEngineOptions) {
+    this.#options = options;
+  }
+
+  start(context: EngineContext): EngineAttempt {
+    const options = this.#options;
+    try {
+      const child = options.pool.spawn(options.ffmpegPath, [
+        ...PROGRESS_ARGS,
+        ...buildFfmpegArgs(context.destination, {
+          ioTimeoutSeconds: options.ioTimeoutSeconds,
+          caFile: options.tls?.caFile,
+        }),
+      ], { stdin: "piped", stdout: "piped", stderr: "piped" });
+      return new FfmpegAttempt(child, options, context);
+    } catch (error) {
+      const failure = new DestinationFailure(
+        "internal",
+        `cannot start ${options.ffmpegPath}: ${(error as Error).message}`,
+        { cause: error },
+      );
+      return failedAttempt(failure);
+    }
+  }
+}
+
+/** An attempt that failed before it began. */
+export function failedAttempt(failure: DestinationFailure): EngineAttempt {
+  return {
+    pid: null,
+    bytesOut: 0,
+    write: () => Promise.reject(failure),
+    finish: () => Promise.resolve(),
+    abort: () => Promise.resolve(),
+    ended: Promise.resolve(failure),
+  };
+}
+
+class FfmpegAttempt implements EngineAttempt {
+  readonly #child: Deno.ChildProcess;
+  readonly #options: FfmpegEngineOptions;
+  readonly #context: EngineContext;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #headerSent = false;
+  #finished = false;
+  #bytesOut = 0;
+  readonly ended: Promise<DestinationFailure | undefined>;
+
+  constructor(child: Deno.ChildProcess, options: FfmpegEngineOptions, context: EngineContext) {
+    this.#child = child;
+    this.#options = options;
+    this.#context = context;
+    const writer = child.stdin.getWriter();
+    this.#writer = writer;
+    const recent: string[] = [];
+    const stderrDone = this.#readStderr(child.stderr, recent);
+    const progressDone = this.#readProgress(child.stdout);
+    this.ended = (async () => {
+      const status = await child.status;
+      // Its stdin goes with it (a pending write rejects): no pipe is left open, whoever ended it.
+      await writer.abort(new Deno.errors.BrokenPipe("ffmpeg exited")).catch(() => {});
+      await Promise.all([stderrDone, progressDone]);
+      if (this.#finished && status.success) return undefined;
+      return ffmpegFailure(recent, status);
+    })();
+  }
+
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  get bytesOut(): number {
+    return this.#bytesOut;
+  }
+
+  async write(packets: readonly MediaPacket[]): Promise<void> {
+    const tags = encodeFlvTags(packets);
+    if (!this.#headerSent) {
+      this.#headerSent = true;
+      const header = flvFileHeader();
+      const first = new Uint8Array(header.length + tags.length);
+      first.set(header);
+      first.set(tags, header.length);
+      await this.#writer.write(first);
+      return;
+    }
+    await this.#writer.write(tags);
+  }
+
+  async finish(): Promise<void> {
+    this.#finished = true;
+    try {
+      if (!this.#headerSent) {
+        this.#headerSent = true;
+        await this.#writer.write(flvFileHeader());
+      }
+      await this.#writer.close();
+    } catch (error) {
+      // FFmpeg already gone: its exit is what `ended` reports.
+      if (!(error instanceof Deno.errors.BrokenPipe) && !(error instanceof TypeError)) throw error;
+    }
+  }
+
+  async abort(): Promise<void> {
+    await this.#options.pool.terminate(
+      this.#child,
+      this.#options.stopGraceMs,
+      () => engineLog.warn("destination ignored SIGTERM: SIGKILL", this.#context.logContext),
+    );
+    await this.ended;
+  }
+
+  /** Follows FFmpeg's progress reports (`key=value` lines) for the bytes it has sent. */
+  async #readProgress(stdout: ReadableStream<Uint8Array>): Promise<void> {
+    const decoder = new TextDecoder();
+    let carry = "";
+    for await (const chunk of stdout) {
+      carry += decoder.decode(chunk, { stream: true });
+      const lines = carry.split("\n");
+      carry = (lines.pop() ?? "").slice(-MAX_STDERR_LINE);
+      for (const line of lines) {
+        const size = /^total_size=(\d+)/.exec(line);
+        if (size) this.#bytesOut = Number(size[1]);
+      }
+    }
+  }
+
+  async #readStderr(stderr: ReadableStream<Uint8Array>, recent: string[]): Promise<void> {
+    const decoder = new TextDecoder();
+    let carry = "";
+    const onLine = (raw: string) => {
+      const line = redactLine(this.#context.destination, raw.trim()).slice(0, MAX_STDERR_LINE);
+      if (line === "") return;
+      if (line.startsWith("Output #0")) this.#context.onConnected();
+      recent.push(line);
+      if (recent.length > STDERR_LINES_KEPT) recent.shift();
+    };
+    for await (const chunk of stderr) {
+      carry += decoder.decode(chunk, { stream: true });
+      const lines = carry.split(/\r?\n|\r/);
+      carry = lines.pop() ?? "";
+      if (carry.length > MAX_STDERR_LINE * 4) carry = carry.slice(-MAX_STDERR_LINE);
+      for (const line of lines) onLine(line);
+    }
+    onLine(carry);
+  }
+}
+
+/** FFmpeg prints its output URL; the key in it never reaches our logs or the API. */
+function redactLine(destination: Destination, line: string): string {
+  const { pushUrl, streamKey, displayUrl } = destination;
+  let out = line.replaceAll(pushUrl, displayUrl);
+  if (streamKey.length >= 4) out = out.replaceAll(streamKey, redactKey(streamKey));
+  return out;
+}
