@@ -117,9 +117,8 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   await page.waitForSelector('[data-destination-id="yt"] .state[data-state="connected"]', {
     timeout: 15_000,
   });
-  // Refused by its server: retrying, and the error says so.
-  // TODO(typed failures): once the supervisor reports failure kinds, switch this on:
-  //   await waitForText(page, '[data-destination-id="refused"] .state', /rejected/);
+  // Refused by its server: retrying, the failure's kind shown as `rejected`, and the error says so.
+  await waitForText(page, '[data-destination-id="refused"] .state', /rejected/);
   await page.waitForSelector('[data-destination-id="refused"] .state[data-state="retrying"]', {
     timeout: 15_000,
   });
@@ -141,8 +140,11 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   await page.evaluate(`(() => {
     const badge = document.querySelector('[data-destination-id="yt"] .state');
     const states = window.ytStates = [];
-    new MutationObserver(() => states.push(badge.dataset.state))
-      .observe(badge, { attributes: true, attributeFilter: ["data-state"] });
+    // Each record's old value, then the value now: one callback may carry several changes.
+    new MutationObserver((records) => {
+      for (const record of records) states.push(record.oldValue);
+      states.push(badge.dataset.state);
+    }).observe(badge, { attributes: true, attributeOldValue: true, attributeFilter: ["data-state"] });
   })()`);
   const pidBefore = relay.service.manager.relayFor(KEY)?.get("yt")?.status().pid;
   // Locator clicks wait for the button to stand still: a card's text may reflow as numbers change.

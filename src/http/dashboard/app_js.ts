@@ -15,10 +15,12 @@ export const APP_JS = String.raw`"use strict";
   var THUMBNAIL_MS = 5000;
   var KNOWN = ["id", "platform", "url", "state", "connected", "bytes_sent", "packets_sent",
     "dropped_packets", "error_count", "last_error", "restarts", "started_at", "connected_at",
-    "bitrate_kbps", "pid", "engine", "enabled", "lag_ms", "next_attempt_at", "attempt",
-    "exhausted", "degraded", "failure_kind", "failure"];
+    "bitrate_kbps", "pid", "engine", "next_attempt_at", "attempt", "failure",
+    "input_bitrate_kbps", "output_bitrate_kbps", "bytes_out", "queue_lag_ms", "dropped_bytes",
+    "drop_episodes", "live_seconds", "published_seconds", "availability", "time_to_live_ms",
+    "reconnects"];
   var COLOURS = { connected: "ok", starting: "warn", retrying: "bad", degraded: "warn",
-    stopped: "idle", disabled: "idle", exhausted: "bad" };
+    stopped: "idle", disabled: "idle", exhausted: "bad", failed: "bad" };
 
   var token = sessionStorage.getItem(TOKEN_KEY) || "";
   var streams = new Map();
@@ -186,7 +188,7 @@ export const APP_JS = String.raw`"use strict";
       stream.destinations.forEach(function (destination) {
         var key = stream.id + "/" + destination.id;
         var samples = history.get(key) || [];
-        samples.push([at, destination.status.bitrate_kbps || 0]);
+        samples.push([at, outputKbps(destination.status)]);
         while (samples.length && samples[0][0] < at - HISTORY_MS) samples.shift();
         history.set(key, samples);
       });
@@ -364,10 +366,13 @@ export const APP_JS = String.raw`"use strict";
   }
 
   function stateWord(status) {
-    if (status.enabled === false) return "disabled";
-    if (status.exhausted === true) return "exhausted";
-    if (status.degraded === true && status.state === "connected") return "degraded";
     return status.state;
+  }
+
+  /** What the engine wrote to the destination; older relays report only what it took from us. */
+  function outputKbps(status) {
+    return typeof status.output_bitrate_kbps === "number" ? status.output_bitrate_kbps
+      : status.bitrate_kbps || 0;
   }
 
   function updateDestination(row, streamId, destination) {
@@ -375,20 +380,23 @@ export const APP_JS = String.raw`"use strict";
     setText(row, ".destination-name", destination.id + " · " + (destination.platform || status.platform || ""));
     setText(row, ".engine", status.engine ? String(status.engine) : "");
     var word = stateWord(status);
-    var kind = status.failure_kind || status.failure;
+    var kind = status.failure;
     var state = row.querySelector(".state");
     var label = word + (kind && word !== "connected" ? " · " + kind : "");
     if (state.textContent !== label) state.textContent = label;
     state.dataset.state = status.state;
     state.dataset.colour = COLOURS[word] || "idle";
-    setText(row, ".out-bitrate", "out " + kbps(status.bitrate_kbps || 0));
+    setText(row, ".out-bitrate", "out " + kbps(outputKbps(status)));
     drawSpark(row.querySelector(".spark"), history.get(streamId + "/" + destination.id) || []);
-    setText(row, ".fact-lag", typeof status.lag_ms === "number" ? "lag " + status.lag_ms + " ms" : "");
+    setText(row, ".fact-lag", typeof status.queue_lag_ms === "number"
+      ? "lag " + status.queue_lag_ms + " ms" : "");
     setText(row, ".fact-drops", "drops " + (status.dropped_packets || 0));
     setText(row, ".fact-restarts", "restarts " + (status.restarts || 0) +
-      (status.attempt ? " · attempt " + status.attempt : ""));
+      (status.attempt ? " · attempt " + status.attempt : "") +
+      (typeof status.availability === "number"
+        ? " · up " + Math.round(status.availability * 100) + "%" : ""));
     var retry = "";
-    if (status.exhausted === true) retry = "retries exhausted";
+    if (status.state === "exhausted") retry = "retries exhausted";
     else if (status.next_attempt_at) {
       var next = typeof status.next_attempt_at === "number" ? status.next_attempt_at
         : Date.parse(status.next_attempt_at);
@@ -402,9 +410,10 @@ export const APP_JS = String.raw`"use strict";
     }).map(function (name) { return name + ": " + status[name]; }).join(" · ");
     setText(row, ".extra", extra);
     var toggle = row.querySelector(".toggle");
-    toggle.hidden = typeof status.enabled !== "boolean";
-    toggle.dataset.enabled = String(status.enabled);
-    toggle.textContent = status.enabled === false ? "Enable" : "Disable";
+    var enabled = status.state !== "disabled";
+    toggle.hidden = false;
+    toggle.dataset.enabled = String(enabled);
+    toggle.textContent = enabled ? "Disable" : "Enable";
   }
 
   function drawSpark(svg, samples) {
