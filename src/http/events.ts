@@ -10,7 +10,7 @@
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { log } from "../log.ts";
-import type { ReadModel, Snapshot, StreamView } from "./read_model.ts";
+import type { DestinationView, ReadModel, Snapshot, StreamView } from "./read_model.ts";
 
 /** A stream began a live period. */
 export interface StreamStartedEvent {
@@ -68,18 +68,8 @@ type Listener = (event: RelayEvent) => void;
 const eventsLog = log("http");
 
 /** Why a destination is in its state, from whatever its status carries. */
-function reasonOf(status: Record<string, unknown>): string | null {
-  const parts: string[] = [];
-  for (const field of ["failure_kind", "failure", "kind"]) {
-    const value = status[field];
-    if (typeof value === "string" && value !== "") {
-      parts.push(value);
-      break;
-    }
-  }
-  if (typeof status.last_error === "string" && status.last_error !== "") {
-    parts.push(status.last_error);
-  }
+function reasonOf(status: DestinationView["status"]): string | null {
+  const parts = [status.failure, status.last_error].filter((part) => !!part);
   return parts.length > 0 ? parts.join(": ") : null;
 }
 
@@ -109,7 +99,7 @@ export function diffSnapshots(before: Snapshot, after: Snapshot): RelayEvent[] {
         destination_id: destination.id,
         from,
         to,
-        reason: reasonOf(status),
+        reason: reasonOf(destination.status),
         status,
       });
       const to = destination.status.state;

@@ -71,7 +71,8 @@ Deno.test("GET /api/events streams a stream's start, its destinations' states an
   assertEquals((await events.next(destinationTo("yt", "connected"), "yt connected")).stream_id, id);
   const failed = await events.next(destinationTo("dead", "retrying"), "dead retrying");
   assert(failed.reason !== null && failed.reason.length > 0, "a failure says why");
-  assertEquals(failed.reason, failed.status?.last_error);
+  assertEquals(failed.status?.failure, "unreachable");
+  assertEquals(failed.reason, `unreachable: ${failed.status?.last_error}`);
   const snapshot = await events.next(
     (event) => event.type === "snapshot" && event.streams.length === 1,
     "a snapshot with the stream",

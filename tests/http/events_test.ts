@@ -36,6 +36,7 @@ function destination(
       dropped_packets: 0,
       error_count: 0,
       last_error: null,
+      failure: null,
       restarts: 0,
       started_at: "2026-11-25T10:00:00.000Z",
       connected_at: null,
@@ -106,7 +107,7 @@ Deno.test("diffSnapshots() reports streams starting and ending and destinations 
     stream("s1", [
       destination("a", "retrying", {
         last_error: "Server error: publish not authorised",
-        failure_kind: "rejected",
+        failure: "rejected",
       }),
       destination("b", "starting"),
     ]),
