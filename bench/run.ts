@@ -371,6 +371,8 @@ interface EngineRow {
   engine: Engine;
   streams: number;
   cpuPercent: number;
+  /** The part of `cpuPercent` spent in the kernel (system time). */
+  kernelPercent: number;
   idlePss: number;
   loadedPss: number;
   processes: number;
@@ -424,14 +426,14 @@ async function measureEngine(engine: Engine, count: number): Promise<EngineRow> 
     await sleep(5_000);
     const tree0 = await target.pids();
     const [cpu0, load0, t0] = [
-      await cpuSeconds(tree0),
+      await cpuTimes(tree0),
       await cpuSeconds(workerPids),
       performance.now(),
     ];
     await sleep(10_000);
     const tree1 = await target.pids();
     const [cpu1, load1, t1] = [
-      await cpuSeconds(tree1),
+      await cpuTimes(tree1),
       await cpuSeconds(workerPids),
       performance.now(),
     ];
@@ -454,7 +456,8 @@ async function measureEngine(engine: Engine, count: number): Promise<EngineRow> 
     return {
       engine,
       streams: count,
-      cpuPercent: ((cpu1 - cpu0) / seconds) * 100,
+      cpuPercent: ((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / seconds) * 100,
+      kernelPercent: ((cpu1.system - cpu0.system) / seconds) * 100,
       idlePss,
       loadedPss,
       processes: tree1.length,
@@ -480,9 +483,11 @@ function reportEngine(row: EngineRow): void {
       (row.drops.heapUsed / MB).toFixed(1)
     } MiB, external ${(row.drops.external / MB).toFixed(1)} MiB`;
   report(
-    `${row.engine} ${row.streams} x 3 at 3 Mbit/s: CPU ${row.cpuPercent.toFixed(0)}%, PSS ${
-      (row.loadedPss / MB).toFixed(1)
-    } MiB (idle ${(row.idlePss / MB).toFixed(1)}; ${
+    `${row.engine} ${row.streams} x 3 at 3 Mbit/s: CPU ${row.cpuPercent.toFixed(0)}% (${
+      row.kernelPercent.toFixed(0)
+    }% in the kernel), PSS ${(row.loadedPss / MB).toFixed(1)} MiB (idle ${
+      (row.idlePss / MB).toFixed(1)
+    }; ${
       perStream.toFixed(2)
     } MiB per stream above idle; ${row.processes} processes), sinks: ${row.lost} packets lost, ${row.missingStreams} streams missing, ${row.delivered}/${row.expected} packets delivered; ${drops}; load workers (${row.publisherWorkers} publisher + 3 sink processes) CPU ${
       row.loadCpuPercent.toFixed(0)
@@ -552,8 +557,8 @@ async function latency(): Promise<void> {
 /** Issue 16's figures as a Markdown table, from whatever of latency/fanout/scale ran. */
 function engineTable(): string {
   const lines = engineRows.length === 0 ? [] : [
-    "| streams × 3 dest. | engine | CPU % | PSS MiB (idle) | MiB/stream above idle | MiB/stream marginal | lost | delivered | drop episodes | load CPU % |",
-    "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| streams × 3 dest. | engine | CPU % | of it kernel % | PSS MiB (idle) | MiB/stream above idle | MiB/stream marginal | lost | delivered | drop episodes | load CPU % |",
+    "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const row of engineRows) {
     // PSS per extra stream between this size and the next smaller one of the same engine: fixed
@@ -569,8 +574,8 @@ function engineTable(): string {
       : "";
     lines.push(
       `| ${row.streams} | ${row.engine} | ${row.cpuPercent.toFixed(0)}${ratio} | ${
-        (row.loadedPss / MB).toFixed(0)
-      } (${(row.idlePss / MB).toFixed(0)}) | ${
+        row.kernelPercent.toFixed(0)
+      } | ${(row.loadedPss / MB).toFixed(0)} (${(row.idlePss / MB).toFixed(0)}) | ${
         ((row.loadedPss - row.idlePss) / row.streams / MB).toFixed(2)
       } | ${marginal} | ${row.lost}${
         row.missingStreams ? ` (${row.missingStreams} streams missing)` : ""
