@@ -70,11 +70,10 @@ async function pacedPublish(
   }
 }
 
-/** An in-process RTMP server standing for a platform: accepts any key, counts what arrives. */
+/** An in-process RTMP server standing for a platform: accepts any key, timestamps video arrivals. */
 class BenchSink implements AsyncDisposable {
   readonly hub = new StreamHub({ gopCache: false, gopCacheMaxBytes: 0 });
   readonly server: RtmpServer;
-  bytes = 0;
   onVideo: ((timestamp: number, at: number) => void) | undefined;
 
   constructor() {
@@ -97,7 +96,6 @@ class BenchSink implements AsyncDisposable {
       onLive: (stream) =>
         stream.subscribe({
           onPacket: (packet) => {
-            this.bytes += packet.payload.length;
             if (packet.type === 9 && !packet.sequenceHeader) {
               this.onVideo?.(packet.timestamp, performance.now());
             }
