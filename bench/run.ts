@@ -1,8 +1,11 @@
 /**
- * `deno task bench [section...]`: throughput, idle memory, relay latency, fan-out cost next to
- * nginx-rtmp, start-up time. The relay runs as its own process (`deno run main.ts`), measured
- * from /proc; load generators and sinks run in this process. Sections: throughput idle latency
- * fanout startup (default: all).
+ * `deno task bench [section...]`: throughput, idle memory, relay latency, fan-out cost of the
+ * native and ffmpeg engines next to nginx-rtmp `push`, scale, start-up time. The relay runs as its
+ * own process (`deno run main.ts`), measured from /proc. Sections: throughput idle latency fanout
+ * scale startup (default: all); `engines` is latency, fanout and scale (issue 16's figures, printed
+ * as a table at the end). Latency's publisher and sink run in this process; fanout's and scale's
+ * run in `bench/load_worker.ts` children (publishers, 50 streams per process, and one sink process
+ * per destination).
  */
 
 import { StreamHub } from "../src/media/live_stream.ts";
@@ -14,11 +17,14 @@ import { fixture } from "../tests/helpers/media.ts";
 import { freePort, run, sleep, tempDir, TestProcess, waitFor } from "../tests/helpers/process.ts";
 import { spawnRelay } from "../tests/helpers/relay.ts";
 import { TestRtmpClient } from "../tests/helpers/rtmp_client.ts";
+import { loadFixture } from "../tests/reliability/harness.ts";
 import { readFlvTags } from "./flv_file.ts";
+import type { SentCounts, SinkReport } from "./load_worker.ts";
 import { cpuSeconds, cpuTimes, processTree, pssBytes, rssBytes } from "./proc.ts";
 
-const ALL = ["throughput", "idle", "latency", "fanout", "startup"];
-const sections = Deno.args.length > 0 ? Deno.args : ALL;
+const ALL = ["throughput", "idle", "latency", "fanout", "scale", "startup"];
+const GROUPS: Record<string, string[]> = { engines: ["latency", "fanout", "scale"] };
+const sections = (Deno.args.length > 0 ? Deno.args : ALL).flatMap((name) => GROUPS[name] ?? name);
 const results: string[] = [];
 const MB = 1024 * 1024;
 
@@ -64,11 +70,10 @@ async function pacedPublish(
   }
 }
 
-/** An in-process RTMP server standing for a platform: accepts any key, counts what arrives. */
+/** An in-process RTMP server standing for a platform: accepts any key, timestamps video arrivals. */
 class BenchSink implements AsyncDisposable {
   readonly hub = new StreamHub({ gopCache: false, gopCacheMaxBytes: 0 });
   readonly server: RtmpServer;
-  bytes = 0;
   onVideo: ((timestamp: number, at: number) => void) | undefined;
 
   constructor() {
@@ -91,7 +96,6 @@ class BenchSink implements AsyncDisposable {
       onLive: (stream) =>
         stream.subscribe({
           onPacket: (packet) => {
-            this.bytes += packet.payload.length;
             if (packet.type === 9 && !packet.sequenceHeader) {
               this.onVideo?.(packet.timestamp, performance.now());
             }
@@ -195,134 +199,397 @@ async function idle(): Promise<void> {
   );
 }
 
-async function latency(): Promise<void> {
-  const source = await fixture({ seconds: 20, gop: 60, videoBitrate: "3M", size: "1280x720" });
-  const packets = await readFlvTags(source);
-  await using sink = new BenchSink();
-  await using dir = await tempDir();
-  await using relay = await spawnRelay(
-    dir.path,
-    `[[streams]]\nkey = "bench-latency"\n[[streams.destinations]]\nid = "sink"\nrtmp_url = "${sink.url}"\nstream_key = "lat"\n`,
-  );
-  const sent = new Map<number, number>();
-  const arrived = new Map<number, number>();
-  sink.onVideo = (ts, at) => arrived.set(ts, at);
-  const { client, streamId } = await publisher(relay.rtmpPort, "bench-latency");
-  await pacedPublish(
-    client,
-    streamId,
-    packets,
-    performance.now() + 18_000,
-    (ts, at) => sent.set(ts, at),
-  );
-  await sleep(1_000);
-  client.close();
-  const samples: number[] = [];
-  for (const [ts, at] of sent) {
-    const got = arrived.get(ts);
-    if (got !== undefined && ts > 3_000) samples.push(got - at); // after FFmpeg's start-up
+/** The three ways of pushing one stream to several destinations that `engines` compares. */
+type Engine = "native" | "ffmpeg" | "nginx";
+
+/** A relay under test: where publishers go, and what to measure. */
+interface Target extends AsyncDisposable {
+  port: number;
+  /** The processes doing the relaying (the relay and its FFmpeg children, or nginx). */
+  pids(): Promise<number[]>;
+  /** Drops the relay itself reports (undefined for nginx-rtmp, which reports none). */
+  drops(): Promise<
+    | {
+      droppedPackets: number;
+      episodes: number;
+      logLines: number;
+      /** The relay's own view of its memory (`/stats`), to see what its PSS is made of. */
+      heapUsed: number;
+      external: number;
+    }
+    | undefined
+  >;
+}
+
+async function portOpen(port: number): Promise<boolean> {
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+    return true;
+  } catch {
+    return false;
   }
-  samples.sort((a, b) => a - b);
-  report(
-    `latency publisher -> relay -> FFmpeg -> sink at 3 Mbit/s: median ${
-      percentile(samples, 50).toFixed(1)
-    } ms, p99 ${percentile(samples, 99).toFixed(1)} ms (${samples.length} video frames; ${
-      sent.size - samples.length
-    } not matched or in warm-up)`,
+}
+
+/** nginx-rtmp with `push` of every stream of application `live` to each of `sinkUrls`. */
+async function startNginx(dir: string, sinkUrls: string[]): Promise<Target> {
+  const port = freePort();
+  await Deno.mkdir(`${dir}/nginx`);
+  await Deno.writeTextFile(
+    `${dir}/nginx/nginx.conf`,
+    `daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log ${dir}/nginx/error.log warn;\npid ${dir}/nginx/nginx.pid;\n` +
+      `load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\nevents { worker_connections 4096; }\n` +
+      `rtmp { server { listen 127.0.0.1:${port}; chunk_size 4096; application live { live on; ` +
+      sinkUrls.map((url) => `push ${url};`).join(" ") + ` } } }\n`,
+  );
+  const nginx = new TestProcess("nginx", [
+    "-p",
+    `${dir}/nginx`,
+    "-e",
+    `${dir}/nginx/error.log`,
+    "-c",
+    `${dir}/nginx/nginx.conf`,
+  ]);
+  await waitFor(() => {
+    if (nginx.exited) throw new Error(`nginx exited:\n${nginx.stderr}`);
+    return portOpen(port);
+  }, "nginx");
+  return {
+    port,
+    pids: () => Promise.resolve([nginx.pid]),
+    drops: () => Promise.resolve(undefined),
+    [Symbol.asyncDispose]: () => nginx[Symbol.asyncDispose](),
+  };
+}
+
+/** Our relay as its own process, every destination on `engine`. */
+async function startRelay(
+  dir: string,
+  engine: "native" | "ffmpeg",
+  keys: string[],
+  sinkUrls: string[],
+): Promise<Target> {
+  // NEUSTREAM_BENCH_CPU_PROF=DIR: the relay writes a V8 CPU profile there when it exits.
+  const profileDir = Deno.env.get("NEUSTREAM_BENCH_CPU_PROF");
+  const body = `[streaming]\nengine = "${engine}"\nreconnect_grace_seconds = 0\n` +
+    `state_dir = "${dir}/state"\n` +
+    keys.map((key) =>
+      `[[streams]]\nkey = "${key}"\n` +
+      sinkUrls.map((url, i) =>
+        `[[streams.destinations]]\nid = "d${i}"\nrtmp_url = "${url}"\nstream_key = "${key}"\n`
+      ).join("")
+    ).join("");
+  const relay = await spawnRelay(
+    dir,
+    body,
+    "",
+    profileDir === undefined ? undefined : [
+      "--cpu-prof",
+      `--cpu-prof-dir=${profileDir}`,
+      "--allow-net",
+      "--allow-read",
+      `--allow-write=${dir}`,
+      "--allow-env",
+      "--allow-run=ffmpeg",
+    ],
+  );
+  return {
+    port: relay.rtmpPort,
+    pids: () => processTree(relay.process.pid),
+    async drops() {
+      const reply = await fetch(`http://127.0.0.1:${relay.httpPort}/api/streams`);
+      const { streams } = await reply.json() as {
+        streams: {
+          destinations: { status: { dropped_packets: number; drop_episodes: number } }[];
+        }[];
+      };
+      let droppedPackets = 0;
+      let episodes = 0;
+      for (const stream of streams) {
+        for (const { status } of stream.destinations) {
+          droppedPackets += status.dropped_packets;
+          episodes += status.drop_episodes;
+        }
+      }
+      const logLines = relay.process.stderr.split("dropping until the next keyframe").length - 1;
+      const { memory } = await fetch(`http://127.0.0.1:${relay.httpPort}/stats`).then((r) =>
+        r.json()
+      ) as { memory: { heap_used_bytes: number; external_bytes: number } };
+      return {
+        droppedPackets,
+        episodes,
+        logLines,
+        heapUsed: memory.heap_used_bytes,
+        external: memory.external_bytes,
+      };
+    },
+    [Symbol.asyncDispose]: () => relay[Symbol.asyncDispose](),
+  };
+}
+
+function startTarget(
+  engine: Engine,
+  dir: string,
+  keys: string[],
+  sinkUrls: string[],
+): Promise<Target> {
+  return engine === "nginx" ? startNginx(dir, sinkUrls) : startRelay(dir, engine, keys, sinkUrls);
+}
+
+/** A `bench/load_worker.ts` child (see there); it gets only loopback and the fixture cache. */
+function loadWorker(args: string[]): TestProcess {
+  return new TestProcess("deno", [
+    "run",
+    "--allow-net=127.0.0.1",
+    "--allow-read",
+    "--allow-write=/tmp",
+    "--allow-env",
+    "--allow-run=ffmpeg",
+    new URL("./load_worker.ts", import.meta.url).pathname,
+    ...args,
+  ], { stdin: "piped" });
+}
+
+/** The first JSON line the worker printed that has `field`. */
+async function workerSays<T>(worker: TestProcess, field: string, timeoutMs: number): Promise<T> {
+  return await waitFor(
+    () => {
+      for (const text of worker.stdout.split("\n")) {
+        if (text.startsWith("{") && text.includes(`"${field}"`)) return JSON.parse(text) as T;
+      }
+      if (worker.exited) throw new Error(`${worker.name} exited:\n${worker.stderr}`);
+      return undefined;
+    },
+    `${field} from the load worker`,
+    timeoutMs,
+    100,
   );
 }
 
-async function measureLoad(
-  pids: () => Promise<number[]>,
-  port: number,
-  keys: string[],
-  packets: MediaPacket[],
-): Promise<{ cpuPercent: number; pss: number; processes: number }> {
-  const until = performance.now() + 16_000;
-  const publishers = await Promise.all(keys.map((key) => publisher(port, key)));
-  const sending = publishers.map(({ client, streamId }) =>
-    pacedPublish(client, streamId, packets, until)
+interface EngineRow {
+  engine: Engine;
+  streams: number;
+  cpuPercent: number;
+  /** The part of `cpuPercent` spent in the kernel (system time). */
+  kernelPercent: number;
+  idlePss: number;
+  loadedPss: number;
+  processes: number;
+  lost: number;
+  delivered: number;
+  expected: number;
+  missingStreams: number;
+  drops: Awaited<ReturnType<Target["drops"]>>;
+  loadCpuPercent: number;
+  publisherWorkers: number;
+}
+
+const engineRows: EngineRow[] = [];
+const latencyRows: { engine: Engine; median: number; p99: number; frames: number }[] = [];
+
+/** Streams per publisher worker: one event loop paces at most this many 3 Mbit/s publishers. */
+const STREAMS_PER_PUBLISHER = 50;
+
+/**
+ * `count` streams × 3 destinations at 3 Mbit/s through `engine`: publishers and 3 sinks (one per
+ * destination) in worker processes; the relay's tree measured over 10 s after 5 s of warm-up.
+ */
+async function measureEngine(engine: Engine, count: number): Promise<EngineRow> {
+  const keys = Array.from({ length: count }, (_, i) => `bench-${engine}-${i}`);
+  await using dir = await tempDir();
+  await using sink0 = loadWorker(["sink"]);
+  await using sink1 = loadWorker(["sink"]);
+  await using sink2 = loadWorker(["sink"]);
+  const sinks = [sink0, sink1, sink2];
+  const sinkUrls: string[] = [];
+  for (const sink of sinks) {
+    const { port } = await workerSays<{ port: number }>(sink, "port", 60_000);
+    sinkUrls.push(`rtmp://127.0.0.1:${port}/live`);
+  }
+  await using target = await startTarget(engine, dir.path, keys, sinkUrls);
+  await waitFor(async () => (await target.pids()).length > 0, "relay process");
+  await sleep(1_000);
+  const idlePss = await pssBytes(await target.pids());
+
+  const seconds = 17;
+  const groups: string[][] = [];
+  for (let i = 0; i < keys.length; i += STREAMS_PER_PUBLISHER) {
+    groups.push(keys.slice(i, i + STREAMS_PER_PUBLISHER));
+  }
+  const publishers = groups.map((group) =>
+    loadWorker(["publish", String(target.port), String(seconds), ...group])
   );
-  await sleep(5_000);
-  const tree0 = await pids();
-  const [cpu0, t0] = [await cpuSeconds(tree0), performance.now()];
-  await sleep(10_000);
-  const tree1 = await pids();
-  const [cpu1, t1] = [await cpuSeconds(tree1), performance.now()];
-  const pss = await pssBytes(tree1);
-  await Promise.all(sending);
-  for (const { client } of publishers) client.close();
-  await sleep(1_500);
-  return { cpuPercent: ((cpu1 - cpu0) / ((t1 - t0) / 1000)) * 100, pss, processes: tree1.length };
+  try {
+    for (const publisher of publishers) await workerSays(publisher, "started", 60_000);
+    const workerPids = [...sinks, ...publishers].map((worker) => worker.pid);
+    await sleep(5_000);
+    const tree0 = await target.pids();
+    const [cpu0, load0, t0] = [
+      await cpuTimes(tree0),
+      await cpuSeconds(workerPids),
+      performance.now(),
+    ];
+    await sleep(10_000);
+    const tree1 = await target.pids();
+    const [cpu1, load1, t1] = [
+      await cpuTimes(tree1),
+      await cpuSeconds(workerPids),
+      performance.now(),
+    ];
+    const loadedPss = await pssBytes(tree1);
+    const drops = await target.drops();
+    const sent: SentCounts = {};
+    for (const publisher of publishers) {
+      Object.assign(sent, (await workerSays<{ sent: SentCounts }>(publisher, "sent", 60_000)).sent);
+    }
+    const request = new TextEncoder().encode(JSON.stringify({ sent }) + "\n");
+    const reports: SinkReport[] = [];
+    for (const sink of sinks) {
+      const writer = sink.child.stdin.getWriter();
+      await writer.write(request);
+      await writer.close();
+    }
+    for (const sink of sinks) reports.push(await workerSays<SinkReport>(sink, "lost", 120_000));
+    for (const report of reports) for (const text of report.reports) console.log(`  ${text}`);
+    const seconds = (t1 - t0) / 1000;
+    return {
+      engine,
+      streams: count,
+      cpuPercent: ((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / seconds) * 100,
+      kernelPercent: ((cpu1.system - cpu0.system) / seconds) * 100,
+      idlePss,
+      loadedPss,
+      processes: tree1.length,
+      lost: reports.reduce((sum, r) => sum + r.lost, 0),
+      delivered: reports.reduce((sum, r) => sum + r.delivered, 0),
+      expected: reports.reduce((sum, r) => sum + r.expected, 0),
+      missingStreams: reports.reduce((sum, r) => sum + r.missingStreams, 0),
+      drops,
+      loadCpuPercent: ((load1 - load0) / seconds) * 100,
+      publisherWorkers: publishers.length,
+    };
+  } finally {
+    for (const publisher of publishers) await publisher[Symbol.asyncDispose]();
+  }
+}
+
+function reportEngine(row: EngineRow): void {
+  engineRows.push(row);
+  const perStream = (row.loadedPss - row.idlePss) / row.streams / MB;
+  const drops = row.drops === undefined
+    ? "drops not reported by nginx-rtmp"
+    : `${row.drops.episodes} drop episodes (${row.drops.droppedPackets} packets dropped, ${row.drops.logLines} log lines); V8 heap used ${
+      (row.drops.heapUsed / MB).toFixed(1)
+    } MiB, external ${(row.drops.external / MB).toFixed(1)} MiB`;
+  report(
+    `${row.engine} ${row.streams} x 3 at 3 Mbit/s: CPU ${row.cpuPercent.toFixed(0)}% (${
+      row.kernelPercent.toFixed(0)
+    }% in the kernel), PSS ${(row.loadedPss / MB).toFixed(1)} MiB (idle ${
+      (row.idlePss / MB).toFixed(1)
+    }; ${
+      perStream.toFixed(2)
+    } MiB per stream above idle; ${row.processes} processes), sinks: ${row.lost} packets lost, ${row.missingStreams} streams missing, ${row.delivered}/${row.expected} packets delivered; ${drops}; load workers (${row.publisherWorkers} publisher + 3 sink processes) CPU ${
+      row.loadCpuPercent.toFixed(0)
+    }%`,
+  );
 }
 
 async function fanout(): Promise<void> {
-  const source = await fixture({ seconds: 20, gop: 60, videoBitrate: "3M", size: "1280x720" });
-  const packets = await readFlvTags(source);
+  await loadFixture();
   for (const count of [1, 10, 30]) {
-    const keys = Array.from({ length: count }, (_, i) => `bench-fan-${i}`);
-    await using sinkA = new BenchSink();
-    await using sinkB = new BenchSink();
-    await using sinkC = new BenchSink();
-    const sinks = [sinkA, sinkB, sinkC];
+    for (const engine of ["native", "ffmpeg", "nginx"] as const) {
+      reportEngine(await measureEngine(engine, count));
+    }
+  }
+}
 
+async function scale(): Promise<void> {
+  await loadFixture();
+  report("scale: 100 x 3 not run with the ffmpeg engine (300 FFmpeg processes do not fit 2 cores)");
+  for (const engine of ["native", "nginx"] as const) {
+    reportEngine(await measureEngine(engine, 100));
+  }
+}
+
+async function latency(): Promise<void> {
+  const packets = await loadFixture();
+  for (const engine of ["native", "ffmpeg", "nginx"] as const) {
+    await using sink = new BenchSink();
     await using dir = await tempDir();
-    const body = keys.map((key) =>
-      `[[streams]]\nkey = "${key}"\n` +
-      sinks.map((sink, i) =>
-        `[[streams.destinations]]\nid = "d${i}"\nrtmp_url = "${sink.url}"\nstream_key = "${key}"\n`
-      )
-        .join("")
-    ).join("");
-    const relay = await spawnRelay(dir.path, body);
-    const ours = await measureLoad(
-      () => processTree(relay.process.pid),
-      relay.rtmpPort,
-      keys,
+    await using target = await startTarget(engine, dir.path, ["bench-latency"], [sink.url]);
+    const sent = new Map<number, number>();
+    const arrived = new Map<number, number>();
+    sink.onVideo = (ts, at) => arrived.set(ts, at);
+    const { client, streamId } = await publisher(target.port, "bench-latency");
+    await pacedPublish(
+      client,
+      streamId,
       packets,
+      performance.now() + 15_000,
+      (ts, at) => sent.set(ts, at),
     );
-    const ffmpegCount = ours.processes - 1;
-    await relay[Symbol.asyncDispose]();
-    const oursBytes = sinks.reduce((sum, sink) => sum + sink.bytes, 0);
-
-    for (const sink of sinks) sink.bytes = 0;
-    const nginxPort = freePort();
-    await Deno.mkdir(`${dir.path}/nginx`);
-    await Deno.writeTextFile(
-      `${dir.path}/nginx/nginx.conf`,
-      `daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log ${dir.path}/nginx/error.log warn;\npid ${dir.path}/nginx/nginx.pid;\n` +
-        `load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\nevents { worker_connections 1024; }\n` +
-        `rtmp { server { listen 127.0.0.1:${nginxPort}; chunk_size 4096; application live { live on; ` +
-        sinks.map((sink) => `push ${sink.url};`).join(" ") + ` } } }\n`,
-    );
-    await using nginx = new TestProcess("nginx", [
-      "-p",
-      `${dir.path}/nginx`,
-      "-e",
-      `${dir.path}/nginx/error.log`,
-      "-c",
-      `${dir.path}/nginx/nginx.conf`,
-    ]);
-    await waitFor(async () => {
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port: nginxPort })).close();
-        return true;
-      } catch {
-        return false;
-      }
-    }, "nginx");
-    const theirs = await measureLoad(() => Promise.resolve([nginx.pid]), nginxPort, keys, packets);
-    const theirBytes = sinks.reduce((sum, sink) => sum + sink.bytes, 0);
+    await sleep(1_000);
+    client.close();
+    const samples: number[] = [];
+    for (const [ts, at] of sent) {
+      const got = arrived.get(ts);
+      if (got !== undefined && ts > 3_000) samples.push(got - at); // after FFmpeg's start-up
+    }
+    samples.sort((a, b) => a - b);
+    const row = {
+      engine,
+      median: percentile(samples, 50),
+      p99: percentile(samples, 99),
+      frames: samples.length,
+    };
+    latencyRows.push(row);
     report(
-      `fan-out ${count} stream(s) x 3 destinations at 3 Mbit/s: neustream CPU ${
-        ours.cpuPercent.toFixed(0)
-      }%, PSS ${(ours.pss / MB).toFixed(0)} MiB (relay + ${ffmpegCount} FFmpeg; ${
-        (ours.pss / count / MB).toFixed(1)
-      } MiB per stream), sinks got ${(oursBytes / MB).toFixed(0)} MiB | nginx-rtmp push CPU ${
-        theirs.cpuPercent.toFixed(0)
-      }%, PSS ${(theirs.pss / MB).toFixed(0)} MiB, sinks got ${(theirBytes / MB).toFixed(0)} MiB`,
+      `latency publisher -> ${engine} -> sink at 3 Mbit/s: median ${
+        row.median.toFixed(1)
+      } ms, p99 ${row.p99.toFixed(1)} ms (${samples.length} video frames; ${
+        sent.size - samples.length
+      } not matched or in warm-up)`,
     );
   }
+}
+
+/** Issue 16's figures as a Markdown table, from whatever of latency/fanout/scale ran. */
+function engineTable(): string {
+  const lines = engineRows.length === 0 ? [] : [
+    "| streams × 3 dest. | engine | CPU % | of it kernel % | PSS MiB (idle) | MiB/stream above idle | MiB/stream marginal | lost | delivered | drop episodes | load CPU % |",
+    "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
+  for (const row of engineRows) {
+    // PSS per extra stream between this size and the next smaller one of the same engine: fixed
+    // costs (a heap grown once, code compiled once) fall out.
+    const smaller = engineRows.filter((r) => r.engine === row.engine && r.streams < row.streams)
+      .at(-1);
+    const marginal = smaller === undefined
+      ? "-"
+      : ((row.loadedPss - smaller.loadedPss) / (row.streams - smaller.streams) / MB).toFixed(2);
+    const nginx = engineRows.find((r) => r.engine === "nginx" && r.streams === row.streams);
+    const ratio = nginx && row.engine !== "nginx"
+      ? ` (${(row.cpuPercent / nginx.cpuPercent).toFixed(1)}× nginx)`
+      : "";
+    lines.push(
+      `| ${row.streams} | ${row.engine} | ${row.cpuPercent.toFixed(0)}${ratio} | ${
+        row.kernelPercent.toFixed(0)
+      } | ${(row.loadedPss / MB).toFixed(0)} (${(row.idlePss / MB).toFixed(0)}) | ${
+        ((row.loadedPss - row.idlePss) / row.streams / MB).toFixed(2)
+      } | ${marginal} | ${row.lost}${
+        row.missingStreams ? ` (${row.missingStreams} streams missing)` : ""
+      } | ${row.delivered}/${row.expected} | ${row.drops?.episodes ?? "n/a"} | ${
+        row.loadCpuPercent.toFixed(0)
+      } |`,
+    );
+  }
+  for (const row of latencyRows) {
+    lines.push(
+      `latency ${row.engine}: median ${row.median.toFixed(1)} ms, p99 ${
+        row.p99.toFixed(1)
+      } ms (${row.frames} frames)`,
+    );
+  }
+  return lines.join("\n");
 }
 
 async function timeToAccept(command: string, args: string[], port: number): Promise<number> {
@@ -388,12 +655,21 @@ const cpuModel = (await run("cat", ["/proc/cpuinfo"])).match(/model name\s*:\s*(
 console.log(
   `machine: ${navigator.hardwareConcurrency} cores ${cpuModel}, Deno ${Deno.version.deno}; shared and noisy: compare within one run\n`,
 );
-const table: Record<string, () => Promise<void>> = { throughput, idle, latency, fanout, startup };
+const table: Record<string, () => Promise<void>> = {
+  throughput,
+  idle,
+  latency,
+  fanout,
+  scale,
+  startup,
+};
 for (const section of sections) {
   const bench = table[section];
   if (bench === undefined) {
-    throw new TypeError(`unknown section ${section}; choose from ${ALL.join(", ")}`);
+    throw new TypeError(`unknown section ${section}; choose from ${ALL.join(", ")} or engines`);
   }
   await bench();
 }
 console.log("\nsummary:\n" + results.map((line) => `  ${line}`).join("\n"));
+const engines = engineTable();
+if (engines) console.log(`\n${engines}`);
