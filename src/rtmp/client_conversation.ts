@@ -16,16 +16,13 @@
 
 import { type AmfObject, type AmfValue, isAmfObject } from "./amf0.ts";
 import { MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
+import { AcknowledgementWindow, answerUserControl } from "./acknowledgement_window.ts";
 import {
-  acknowledgement,
   type Command,
   command,
   parseCommand,
   parseU32,
-  parseUserControl,
-  pingResponse,
   setChunkSize,
-  UserControlEvent,
   windowAckSize,
 } from "./messages.ts";
 
@@ -165,8 +162,7 @@ export class ClientConversation {
   readonly #fourCcList: readonly string[] | undefined;
   #state: ClientState = "idle";
   #streamId = 0;
-  #peerWindow = 0;
-  #lastAckSent = 0;
+  readonly #window = new AcknowledgementWindow();
   /** The Window Acknowledgement Size we last announced (answering Set Peer Bandwidth). */
   #announcedWindow = 0;
 
@@ -207,12 +203,7 @@ export class ClientConversation {
    * crossed the window the server asked for since the last one, if any.
    */
   acknowledgementFor(totalBytes: number): OutgoingMessage | undefined {
-    if (this.#peerWindow === 0 || totalBytes - this.#lastAckSent < this.#peerWindow) {
-      return undefined;
-    }
-    this.#lastAckSent = totalBytes;
-    // The sequence number is a 32-bit counter that wraps.
-    return acknowledgement(totalBytes >>> 0);
+    return this.#window.acknowledgementFor(totalBytes);
   }
 
   /** Ends a publish politely: what FFmpeg and OBS send before closing the socket. */
@@ -244,17 +235,10 @@ export class ClientConversation {
       case MessageType.CommandAmf0:
       case MessageType.CommandAmf3:
         return this.#onCommand(parseCommand(message));
-      case MessageType.UserControl: {
-        const event = parseUserControl(message.payload);
-        if (event.event === UserControlEvent.PingRequest) {
-          return { replies: [pingResponse(event.value)] };
-        }
-        return { replies: NO_REPLIES }; // Stream Begin, Stream EOF and the like: nothing to do
-      }
+      case MessageType.UserControl: // a ping is answered; Stream Begin, Stream EOF: nothing to do
+        return { replies: answerUserControl(message.payload) };
       case MessageType.WindowAckSize: {
-        const size = parseU32(message.payload, "Window Acknowledgement Size");
-        if (size === 0) throw new RangeError("Window Acknowledgement Size of 0");
-        this.#peerWindow = size;
+        this.#window.receiveWindowSize(message.payload);
         return { replies: NO_REPLIES };
       }
       case MessageType.SetPeerBandwidth: {

@@ -14,23 +14,19 @@
 
 import { type AmfObject, type AmfValue, isAmfObject } from "./amf0.ts";
 import { MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
+import { AcknowledgementWindow, answerUserControl } from "./acknowledgement_window.ts";
 import {
-  acknowledgement,
   type Command,
   command,
   commandResult,
   netStatus,
   parseCommand,
   parseData,
-  parseU32,
-  parseUserControl,
-  pingResponse,
   setChunkSize,
   setPeerBandwidth,
   statusInfo,
   streamBegin,
   streamEof,
-  UserControlEvent,
   windowAckSize,
 } from "./messages.ts";
 import { createMediaPacket, type MediaPacket, stripSetDataFrame, TagType } from "../media/flv.ts";
@@ -112,8 +108,7 @@ export class ServerConversation {
   #mediaStreamId = 0;
   #createdStreams = new Set<number>();
   #nextStreamId = 1;
-  #peerWindow = 0;
-  #lastAckSent = 0;
+  readonly #window = new AcknowledgementWindow();
 
   constructor(options: ServerConversationOptions) {
     this.#options = options;
@@ -147,11 +142,7 @@ export class ServerConversation {
    * crossed the window the peer asked for since the last one, if any.
    */
   acknowledgementFor(totalBytes: number): OutgoingMessage | undefined {
-    if (this.#peerWindow === 0 || totalBytes - this.#lastAckSent < this.#peerWindow) {
-      return undefined;
-    }
-    this.#lastAckSent = totalBytes;
-    return acknowledgement(totalBytes);
+    return this.#window.acknowledgementFor(totalBytes);
   }
 
   /** One message from the client. Never throws on bad input: that is a `protocolError` intent. */
@@ -244,17 +235,10 @@ export class ServerConversation {
       case MessageType.CommandAmf0:
       case MessageType.CommandAmf3:
         return this.#onCommand(parseCommand(message), message);
-      case MessageType.UserControl: {
-        const event = parseUserControl(message.payload);
-        const replies = event.event === UserControlEvent.PingRequest
-          ? [pingResponse(event.value)]
-          : [];
-        return { replies };
-      }
+      case MessageType.UserControl:
+        return { replies: answerUserControl(message.payload) };
       case MessageType.WindowAckSize: {
-        const size = parseU32(message.payload, "Window Acknowledgement Size");
-        if (size === 0) throw new RangeError("Window Acknowledgement Size of 0");
-        this.#peerWindow = size;
+        this.#window.receiveWindowSize(message.payload);
         return { replies: NO_REPLIES };
       }
       case MessageType.SetChunkSize:
