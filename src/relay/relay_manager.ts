@@ -13,7 +13,7 @@ import { selectDestinations } from "../control_plane/destination.ts";
 import type { CallStats } from "../control_plane/http_client.ts";
 import type { StreamAuthority } from "../control_plane/stream_authority.ts";
 import type { LiveStream, StreamHubListener } from "../media/live_stream.ts";
-import type { PublishDecision, PublishRequest } from "../rtmp/session.ts";
+import type { PublishDecision, PublishRequest } from "../rtmp/publish_authorizer.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import type { SupervisorOptions } from "./destination_supervisor.ts";

@@ -6,7 +6,8 @@
 
 import type { StreamHub } from "../media/live_stream.ts";
 import { log } from "../log.ts";
-import { type PublishAuthorizer, RtmpSession, type SessionOptions } from "./session.ts";
+import type { PublishAuthorizer } from "./publish_authorizer.ts";
+import { RtmpSession, type SessionOptions } from "./session.ts";
 
 const serverLog = log("rtmp");
 

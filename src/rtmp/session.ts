@@ -9,6 +9,7 @@
  * @module
  */
 
+import type { PublishAuthorizer, PublishDecision } from "./publish_authorizer.ts";
 import { splitAggregate } from "./aggregate.ts";
 import type { AmfObject } from "./amf0.ts";
 import { ChunkDecoder, MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
@@ -35,22 +36,6 @@ export interface SessionOptions {
   /** Media bytes queued for a slow player before it drops to the next keyframe. */
   playerQueueBytes: number;
 }
-
-/** What the authorisation hook is asked. */
-export interface PublishRequest {
-  key: string;
-  app: string;
-  remoteAddress: string;
-  sessionId: number;
-}
-
-/** `forward`: whether the stream goes to its destinations (carried to the hub with the publisher). */
-export type PublishDecision =
-  | { allowed: true; forward?: boolean }
-  | { allowed: false; reason: string };
-
-/** Decides whether a key may publish. Must settle within its own timeout. */
-export type PublishAuthorizer = (request: PublishRequest) => Promise<PublishDecision>;
 
 export interface SessionDeps {
   hub: StreamHub;
