@@ -43,18 +43,6 @@ function describe(tags: readonly Tag[]): Promise<string[]> {
   }));
 }
 
-async function player(port: number, key: string): Promise<TestRtmpClient> {
-  const client = await TestRtmpClient.connect(port);
-  try {
-    await client.handshake();
-    await client.play(key);
-    return client;
-  } catch (error) {
-    client.close();
-    throw error;
-  }
-}
-
 /** The next `count` audio, video and data messages `client` receives, as tags. */
 async function receive(client: TestRtmpClient, count: number): Promise<Tag[]> {
   const tags: Tag[] = [];
@@ -76,7 +64,7 @@ Deno.test("aggregate messages reach players packet for packet, on the aggregate'
   await using relay = await startTestRelay({ streams: [{ key }] });
   const out = `${dir.path}/played.flv`;
   await using ffmpeg = ffmpegPlay(relay.rtmpUrl(key), out);
-  await using early = await player(relay.rtmpPort, key);
+  await using early = await TestRtmpClient.player(relay.rtmpPort, key);
   await waitFor(() => relay.service.hub.get(key)?.subscriberCount === 2, "two players");
 
   await using publisher = await TestRtmpClient.connect(relay.rtmpPort);
@@ -96,7 +84,7 @@ Deno.test("aggregate messages reach players packet for packet, on the aggregate'
 
   // A player joining now starts from the GOP cache: metadata, sequence headers, then the frames
   // from the last keyframe, so keyframes and headers were recognised inside the aggregates.
-  await using late = await player(relay.rtmpPort, key);
+  await using late = await TestRtmpClient.player(relay.rtmpPort, key);
   const lastKeyframe = tags.findLastIndex((tag) => tag.keyframe);
   const expected = [
     tags.find((tag) => tag.type === 18)!,

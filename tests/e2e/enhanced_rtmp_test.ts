@@ -25,22 +25,10 @@ import {
   type TrackInput,
 } from "../helpers/ertmp.ts";
 import { tempDir, waitFor } from "../helpers/process.ts";
-import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
+import { startTestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 const FRAMES = 30; // keyframes every 10: a late player starts at frame 20
-
-async function player(relay: TestRelay, key: string): Promise<TestRtmpClient> {
-  const client = await TestRtmpClient.connect(relay.rtmpPort);
-  try {
-    await client.handshake();
-    await client.play(key);
-    return client;
-  } catch (error) {
-    client.close();
-    throw error;
-  }
-}
 
 /** Decodes the video in `tags` (single-track) and returns FFmpeg's per-frame MD5s. */
 async function decode(dir: string, name: string, tags: readonly Tag[]): Promise<string[]> {
@@ -66,13 +54,13 @@ interface RoundTrip {
  */
 async function roundTrip(key: string, tags: readonly SentTag[]): Promise<RoundTrip> {
   await using relay = await startTestRelay({ streams: [{ key }] });
-  await using early = await player(relay, key);
+  await using early = await TestRtmpClient.player(relay.rtmpPort, key);
   await waitFor(() => relay.service.hub.get(key)?.subscriberCount === 1, "the first player");
   await using publisher = await TestRtmpClient.connect(relay.rtmpPort);
   await publisher.handshake();
   const streamId = await publishEnhanced(publisher, key, tags);
   const received = await early.receiveTags(tags.length);
-  await using late = await player(relay, key);
+  await using late = await TestRtmpClient.player(relay.rtmpPort, key);
   const lateReceived = await late.receiveTags(lateJoinerView(tags).length);
   await publisher.call(streamId, "deleteStream", null, streamId);
   const properties = publisher.connected?.values[1];

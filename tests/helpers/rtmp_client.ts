@@ -87,6 +87,19 @@ export class TestRtmpClient implements AsyncDisposable {
     return new TestRtmpClient(conn);
   }
 
+  /** A player of ours: connected, handshaken and playing `key` (closed again if any step fails). */
+  static async player(port: number, key: string): Promise<TestRtmpClient> {
+    const client = await TestRtmpClient.connect(port);
+    try {
+      await client.handshake();
+      await client.play(key);
+      return client;
+    } catch (error) {
+      client.close();
+      throw error;
+    }
+  }
+
   async write(bytes: Uint8Array): Promise<void> {
     let written = 0;
     while (written < bytes.length) written += await this.conn.write(bytes.subarray(written));
