@@ -7,6 +7,14 @@
  */
 
 import { StreamsSchema } from "../../src/http/schemas.ts";
+import {
+  createMediaPacket,
+  encodeFlvTags,
+  flvFileHeader,
+  type MediaPacket,
+  TagType,
+  type TagTypeId,
+} from "../../src/media/flv.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
 import {
@@ -92,12 +100,70 @@ async function frameSizesOf(file: string): Promise<string[]> {
   return text.split("\n").flatMap((line) => line.match(/^\d+x\d+/)?.[0] ?? []);
 }
 
-/** Decodes all of `file`; returns FFmpeg's complaints (empty when every frame decodes cleanly). */
-async function decodeErrorsOf(file: string): Promise<string> {
-  const decode = new TestProcess("ffmpeg", ["-v", "error", "-i", file, "-f", "null", "-"]);
+/**
+ * Decodes all of `file`; returns FFmpeg's complaints (empty when every frame decodes cleanly).
+ *
+ * `-enc_time_base -1` keeps the file's own millisecond time base. By default the null muxer gets
+ * 1/30 s ticks: 30 fps frames are 33 or 34 ms apart, and after a join at some gaps two frames
+ * round to the same tick, so FFmpeg reports "non monotonically increasing dts" for a file whose
+ * DTS do increase (about 1 run in 10 of the resolution test below). In milliseconds an equal or
+ * backward DTS is still reported.
+ */
+async function decodeErrorsOf(file: string, timeBase: "file" | "ffmpeg default" = "file") {
+  const decode = new TestProcess("ffmpeg", [
+    "-v",
+    "error",
+    "-i",
+    file,
+    ...(timeBase === "file" ? ["-enc_time_base", "-1"] : []),
+    "-f",
+    "null",
+    "-",
+  ]);
   const status = await decode.wait();
   return status.code === 0 ? decode.stderr.trim() : `exit ${status.code}: ${decode.stderr}`;
 }
+
+/** The tags of an FLV file, as packets (enough for joining two test files). */
+async function flvPackets(file: string): Promise<MediaPacket[]> {
+  const bytes = await Deno.readFile(file);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const packets: MediaPacket[] = [];
+  for (let at = view.getUint32(5) + 4; at + 11 <= bytes.length;) {
+    const size = view.getUint32(at) & 0xffffff;
+    const timestamp = ((bytes[at + 7]! << 24) | (view.getUint32(at + 4) >>> 8)) >>> 0;
+    const type = bytes[at]!;
+    packets.push(
+      createMediaPacket(type as TagTypeId, timestamp, bytes.subarray(at + 11, at + 11 + size)),
+    );
+    at += 11 + size + 4;
+  }
+  return packets;
+}
+
+Deno.test("decodeErrorsOf() accepts a join that FFmpeg's default time base misreports, and reports an equal DTS", async () => {
+  await using dir = await tempDir();
+  // Three seconds at 320x240, then five at 640x360 (without its metadata, as in a recording).
+  const before = await flvPackets(await fixture({ seconds: 3, gop: 30 }));
+  before.splice(before.findIndex((packet) => packet.timestamp > 3_000));
+  const after = (await flvPackets(await fixture({ seconds: 5, gop: 30, size: "640x360" })))
+    .filter((packet) => packet.type !== TagType.Script);
+  const last = before.at(-1)!.timestamp;
+  const joined = async (gap: number) => {
+    const file = `${dir.path}/joined_${gap}.flv`;
+    const moved = after.map((p) => ({ ...p, timestamp: p.timestamp + last + gap }));
+    const tags = encodeFlvTags([...before, ...moved]);
+    await Deno.writeFile(file, new Uint8Array([...flvFileHeader(), ...tags]));
+    return file;
+  };
+  // A gap found by trying every millisecond from 3,000 to 3,034 with FFmpeg 5.1: the only one
+  // its 1/30 s ticks misreport. (The relay's join gap is the real time between the publishers.)
+  const misreported = await joined(3_032);
+  assertMatch(await decodeErrorsOf(misreported, "ffmpeg default"), /non monotonically/);
+  assertEquals(await decodeErrorsOf(misreported), "");
+  assertEquals(await decodeErrorsOf(await joined(3_031)), "");
+  assertMatch(await decodeErrorsOf(await joined(0)), /non monotonically increasing dts/);
+});
 
 /** The relay's one destination for KEY, once its FFmpeg has connected to the sink. */
 async function connectedDestination(relay: TestRelay) {
