@@ -199,8 +199,11 @@ async function idle(): Promise<void> {
   );
 }
 
-/** The three ways of pushing one stream to several destinations that `engines` compares. */
-type Engine = "native" | "ffmpeg" | "nginx";
+/**
+ * The ways of pushing one stream to several destinations that `engines` compares, and `tee`: no
+ * relay at all but the floor under one written for Deno (`bench/tcp_tee.ts`).
+ */
+type Engine = "native" | "ffmpeg" | "nginx" | "tee";
 
 /** A relay under test: where publishers go, and what to measure. */
 interface Target extends AsyncDisposable {
@@ -326,13 +329,35 @@ async function startRelay(
   };
 }
 
+/** `bench/tcp_tee.ts`: what the reads and writes alone cost a Deno process (see there). */
+async function startTee(sinkUrls: string[]): Promise<Target> {
+  const port = freePort();
+  const sinkPorts = sinkUrls.map((url) => new URL(url.replace(/^rtmp:/, "http:")).port);
+  const tee = new TestProcess("deno", [
+    "run",
+    "--allow-net=127.0.0.1",
+    new URL("./tcp_tee.ts", import.meta.url).pathname,
+    String(port),
+    ...sinkPorts,
+  ]);
+  await workerSays(tee, "port", 30_000);
+  return {
+    port,
+    pids: () => Promise.resolve([tee.pid]),
+    drops: () => Promise.resolve(undefined),
+    [Symbol.asyncDispose]: () => tee[Symbol.asyncDispose](),
+  };
+}
+
 function startTarget(
   engine: Engine,
   dir: string,
   keys: string[],
   sinkUrls: string[],
 ): Promise<Target> {
-  return engine === "nginx" ? startNginx(dir, sinkUrls) : startRelay(dir, engine, keys, sinkUrls);
+  if (engine === "nginx") return startNginx(dir, sinkUrls);
+  if (engine === "tee") return startTee(sinkUrls);
+  return startRelay(dir, engine, keys, sinkUrls);
 }
 
 /** A `bench/load_worker.ts` child (see there); it gets only loopback and the fixture cache. */
@@ -476,7 +501,7 @@ function reportEngine(row: EngineRow): void {
   engineRows.push(row);
   const perStream = (row.loadedPss - row.idlePss) / row.streams / MB;
   const drops = row.drops === undefined
-    ? "drops not reported by nginx-rtmp"
+    ? `drops not reported by ${row.engine === "tee" ? "the tee" : "nginx-rtmp"}`
     : `${row.drops.episodes} drop episodes (${row.drops.droppedPackets} packets dropped, ${row.drops.logLines} log lines); V8 heap used ${
       (row.drops.heapUsed / MB).toFixed(1)
     } MiB, external ${(row.drops.external / MB).toFixed(1)} MiB`;
@@ -496,7 +521,7 @@ function reportEngine(row: EngineRow): void {
 async function fanout(): Promise<void> {
   await loadFixture();
   for (const count of [1, 10, 30]) {
-    for (const engine of ["native", "ffmpeg", "nginx"] as const) {
+    for (const engine of ["native", "ffmpeg", "nginx", "tee"] as const) {
       reportEngine(await measureEngine(engine, count));
     }
   }
@@ -505,7 +530,7 @@ async function fanout(): Promise<void> {
 async function scale(): Promise<void> {
   await loadFixture();
   report("scale: 100 x 3 not run with the ffmpeg engine (300 FFmpeg processes do not fit 2 cores)");
-  for (const engine of ["native", "nginx"] as const) {
+  for (const engine of ["native", "nginx", "tee"] as const) {
     reportEngine(await measureEngine(engine, 100));
   }
 }

@@ -35,8 +35,12 @@ const mediaLog = log("media");
 
 /** A reader of a live stream. Its methods are called synchronously and must not block. */
 export interface StreamSubscriber {
-  /** One packet of the stream, in publish order. */
-  onPacket(packet: MediaPacket): void;
+  /**
+   * One packet of the stream, in publish order. `now` is when it arrived (`performance.now()`),
+   * read once for all readers: a clock read per packet per reader cost more than the rest of
+   * the hand-over.
+   */
+  onPacket(packet: MediaPacket, now: number): void;
   /** The stream ended (the publisher left for good or was stopped). Already unsubscribed. */
   onEnd(reason: string): void;
   /**
@@ -176,8 +180,11 @@ export class LiveStream {
     this.reconnects++;
   }
 
-  /** Passes one packet to the cache and every subscriber, on the stream's own timeline. */
-  write(packet: MediaPacket): void {
+  /**
+   * Passes one packet to the cache and every subscriber, on the stream's own timeline. `now` is
+   * when it arrived (`performance.now()`), when the caller has read the clock already.
+   */
+  write(packet: MediaPacket, now: number = performance.now()): void {
     if (this.#resumeAt !== undefined) {
       this.#timestampOffset = (this.#resumeAt - packet.timestamp + TIMESTAMP_MODULUS) %
         TIMESTAMP_MODULUS;
@@ -190,10 +197,10 @@ export class LiveStream {
       };
     }
     this.#lastTimestamp = packet.timestamp;
-    this.#lastWriteAt = performance.now();
+    this.#lastWriteAt = now;
     this.bytesIn += packet.payload.length;
     this.packetsIn++;
-    this.bitrate.add(packet.payload.length);
+    this.bitrate.add(packet.payload.length, now);
     const opening = this.#opening;
     if (opening !== undefined) {
       // A returning publisher: its headers alone do not say whether a track went away, its
@@ -205,9 +212,9 @@ export class LiveStream {
       }
       this.#opening = undefined;
       this.#adoptOpening(opening, packet);
-      for (const held of opening) this.#deliver(held);
+      for (const held of opening) this.#deliver(held, now);
     }
-    this.#deliver(packet);
+    this.#deliver(packet, now);
   }
 
   /**
@@ -238,7 +245,7 @@ export class LiveStream {
   }
 
   /** Passes one packet to the GOP cache and every subscriber. */
-  #deliver(packet: MediaPacket): void {
+  #deliver(packet: MediaPacket, now: number): void {
     this.#configuration = withPacket(this.#configuration, packet);
     if (packet.type === TagType.Video) this.#sawVideo = true;
     if (packet.sequenceHeader) {
@@ -252,7 +259,7 @@ export class LiveStream {
         if (packet.keyframe || (!this.#sawVideo && !packet.sequenceHeader)) state.started = true;
         else if (!packet.sequenceHeader && packet.type !== TagType.Script) continue;
       }
-      subscriber.onPacket(packet);
+      subscriber.onPacket(packet, now);
     }
   }
 
@@ -264,9 +271,10 @@ export class LiveStream {
     const state: SubscriberState = { started: false };
     if (this.#state !== "idle") {
       const replay = this.#useGopCache ? this.gop.snapshot() : this.gop.headers();
+      const now = performance.now();
       for (const packet of replay) {
         if (packet.keyframe) state.started = true;
-        subscriber.onPacket(packet);
+        subscriber.onPacket(packet, now);
       }
     }
     this.#subscribers.set(subscriber, state);

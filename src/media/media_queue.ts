@@ -67,8 +67,11 @@ export class MediaQueue<Control = never> {
     };
   }
 
-  /** Queues a media packet unless the drop policy says no. Returns whether it was queued. */
-  pushMedia(packet: MediaPacket): boolean {
+  /**
+   * Queues a media packet unless the drop policy says no. Returns whether it was queued. `now`
+   * (`performance.now()`) is when it arrived, for `oldestAgeMs`.
+   */
+  pushMedia(packet: MediaPacket, now: number = performance.now()): boolean {
     if (this.#closed) return false;
     if (packet.type === TagType.Video) this.#sawVideo = true;
     // Headers are tiny and a reader cannot decode anything without them: never drop them.
@@ -91,7 +94,7 @@ export class MediaQueue<Control = never> {
         return false;
       }
     }
-    if (this.#items.length === 0) this.#oldestAt = performance.now();
+    if (this.#items.length === 0) this.#oldestAt = now;
     this.#items.push({ kind: "media", packet });
     this.#queuedBytes += packet.payload.length;
     this.#notify();

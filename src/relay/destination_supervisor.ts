@@ -449,10 +449,11 @@ export class DestinationSupervisor implements StreamSubscriber {
           return;
         }
         await attempt.write(packets);
+        const now = performance.now();
         this.#bytesSent += bytes;
         this.#packetsSent += packets.length;
-        this.#rate.add(bytes);
-        this.#sampleOutput();
+        this.#rate.add(bytes, now);
+        this.#sampleOutput(now);
       }
       await attempt.finish();
     } catch (error) {
@@ -469,22 +470,22 @@ export class DestinationSupervisor implements StreamSubscriber {
   }
 
   /** Counts what the current attempt wrote to the destination since the last look. */
-  #sampleOutput(): void {
+  #sampleOutput(now: number = performance.now()): void {
     const written = this.#attempt?.bytesOut ?? this.#outputSeen;
     if (written <= this.#outputSeen) return;
-    this.#outputRate.add(written - this.#outputSeen);
+    this.#outputRate.add(written - this.#outputSeen, now);
     this.#bytesOut += written - this.#outputSeen;
     this.#outputSeen = written;
   }
 
   // ---- StreamSubscriber ----
 
-  onPacket(packet: MediaPacket): void {
-    this.#inputRate.add(packet.payload.length);
+  onPacket(packet: MediaPacket, now: number): void {
+    this.#inputRate.add(packet.payload.length, now);
     const queue = this.#nextQueue ?? this.#queue;
     if (queue === undefined) return;
     const dropped = queue.droppedPackets;
-    queue.pushMedia(packet);
+    queue.pushMedia(packet, now);
     // A clock read only when a packet was dropped: the hot path stays as it was.
     if (queue.droppedPackets !== dropped) this.#lastDropAt = performance.now();
   }

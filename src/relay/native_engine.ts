@@ -100,9 +100,10 @@ class NativeAttempt implements EngineAttempt {
     return this.#publisher?.bytesOut ?? 0;
   }
 
-  async write(packets: readonly MediaPacket[]): Promise<void> {
-    const publisher = await this.#opening;
-    await publisher.write(this.#selection === undefined ? packets : this.#select(packets));
+  write(packets: readonly MediaPacket[]): Promise<void> {
+    const publisher = this.#publisher;
+    if (publisher === undefined) return this.#opening.then(() => this.write(packets));
+    return publisher.write(this.#selection === undefined ? packets : this.#select(packets));
   }
 
   #select(packets: readonly MediaPacket[]): MediaPacket[] {

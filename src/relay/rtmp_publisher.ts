@@ -52,7 +52,11 @@ export interface RtmpPublisherOptions {
 }
 
 export const DEFAULT_PUBLISH_TIMEOUT_MS = 10_000;
-const READ_BUFFER_SIZE = 64 * 1024;
+/**
+ * What a destination sends us is small (acknowledgements, pings, answers): a small read buffer,
+ * one per destination, is enough.
+ */
+const READ_BUFFER_SIZE = 8 * 1024;
 /** How long `close()` waits for the goodbye (`FCUnpublish`, `deleteStream`) to leave. */
 const CLOSE_FLUSH_TIMEOUT_MS = 2_000;
 
@@ -111,6 +115,8 @@ export class RtmpPublisher implements AsyncDisposable {
   #writer: MessageWriter | undefined;
   /** Writes in order, one at a time: the encoder's header state is shared by every batch. */
   #sending: Promise<void> = Promise.resolve();
+  /** Batches given to `#send` and not yet written (or failed). */
+  #inFlight = 0;
   #reading: Promise<void> = Promise.resolve();
   #phase = "connecting";
   #error: Error | undefined;
@@ -177,19 +183,24 @@ export class RtmpPublisher implements AsyncDisposable {
    * stream, as one write; resolves when the socket took them, which is the backpressure. Rejects
    * with the connection's failure once it has one.
    */
-  async write(packets: readonly MediaPacket[]): Promise<void> {
-    if (this.#error) throw this.#error;
+  write(packets: readonly MediaPacket[]): Promise<void> {
+    // Not an async function: one promise per batch on the hot path, the socket write's own.
+    if (this.#error) return Promise.reject(this.#error);
     if (this.#conversation.state !== "published") {
-      throw new TypeError("write() before the publish started, or after close()");
+      return Promise.reject(
+        new TypeError("write() before the publish started, or after close()"),
+      );
     }
     const streamId = this.#conversation.streamId;
-    const messages = packets.map((packet) =>
-      packet.type === TagType.Script
+    const messages: OutgoingMessage[] = new Array(packets.length);
+    for (let i = 0; i < packets.length; i++) {
+      const packet = packets[i]!;
+      messages[i] = packet.type === TagType.Script
         ? dataMessage(packet, streamId)
-        : mediaMessage(packet, streamId)
-    );
-    await this.#send(messages);
+        : mediaMessage(packet, streamId);
+    }
     this.#packetsOut += packets.length;
+    return this.#send(messages);
   }
 
   /**
@@ -446,29 +457,42 @@ export class RtmpPublisher implements AsyncDisposable {
 
   // ---- Writing ----
 
-  /** Queues one batch behind the others; rejects with the connection's failure. */
+  /**
+   * Sends one batch behind the others; rejects with the connection's failure. With nothing in
+   * flight (the usual case: a batch per packet, each written before the next arrives) the batch
+   * goes out at once rather than through the chain.
+   */
   #send(messages: readonly OutgoingMessage[]): Promise<void> {
-    const sent = this.#sending.then(async () => {
-      if (this.#error) throw this.#error;
-      try {
-        await this.#writer!.send(messages);
-      } catch (error) {
-        if (this.#error) throw this.#error;
-        // `close()` gave up waiting for the goodbye and closed the socket under it: not a failure.
-        if (this.#closing) throw error;
-        const hungUp = error instanceof Deno.errors.BrokenPipe ||
-          error instanceof Deno.errors.ConnectionReset;
-        throw this.#fail(
-          hungUp ? "closed" : "internal",
-          hungUp
-            ? `closed by destination: the server hung up ${this.#where()}`
-            : `writing to destination failed: ${(error as Error).message}`,
-          error,
-        );
-      }
-    });
-    this.#sending = sent.catch(() => {});
+    const sent = this.#inFlight === 0
+      ? this.#transmit(messages)
+      : this.#sending.then(() => this.#transmit(messages));
+    this.#inFlight++;
+    this.#sending = sent.then(this.#sent, this.#sent);
     return sent;
+  }
+
+  readonly #sent = () => {
+    this.#inFlight--;
+  };
+
+  async #transmit(messages: readonly OutgoingMessage[]): Promise<void> {
+    if (this.#error) throw this.#error;
+    try {
+      await this.#writer!.send(messages);
+    } catch (error) {
+      if (this.#error) throw this.#error;
+      // `close()` gave up waiting for the goodbye and closed the socket under it: not a failure.
+      if (this.#closing) throw error;
+      const hungUp = error instanceof Deno.errors.BrokenPipe ||
+        error instanceof Deno.errors.ConnectionReset;
+      throw this.#fail(
+        hungUp ? "closed" : "internal",
+        hungUp
+          ? `closed by destination: the server hung up ${this.#where()}`
+          : `writing to destination failed: ${(error as Error).message}`,
+        error,
+      );
+    }
   }
 
   // ---- Ending ----

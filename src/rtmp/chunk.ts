@@ -448,9 +448,13 @@ export class ChunkEncoder {
    * hot path allocates nothing), otherwise into a new buffer. Returns the bytes written.
    */
   encodeInto(scratch: Uint8Array | undefined, messages: readonly OutgoingMessage[]): Uint8Array {
-    const plans = messages.map((message) => this.#plan(message));
+    const plans: ChunkPlan[] = new Array(messages.length);
     let total = 0;
-    for (const plan of plans) total += plan.size;
+    for (let i = 0; i < messages.length; i++) {
+      const plan = this.#plan(messages[i]!);
+      plans[i] = plan;
+      total += plan.size;
+    }
     const out = scratch !== undefined && scratch.length >= total ? scratch : new Uint8Array(total);
     let pos = 0;
     for (const plan of plans) pos = this.#write(out, pos, plan);
@@ -533,6 +537,11 @@ export class ChunkEncoder {
       pos += 4;
     };
     if (extended) writeExtended();
+    if (payload.length <= chunkSize) {
+      // Most audio and many video messages fit one chunk: no view of the payload needed.
+      out.set(payload, pos);
+      return pos + payload.length;
+    }
     let sent = 0;
     for (;;) {
       const count = Math.min(chunkSize, payload.length - sent);

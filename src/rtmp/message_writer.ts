@@ -10,9 +10,13 @@ import { ChunkEncoder, type OutgoingMessage } from "./chunk.ts";
 import { mediaMessage } from "./messages.ts";
 import type { MediaQueue } from "../media/media_queue.ts";
 
-/** Output buffer sizes per connection: it grows to the largest batch, up to the cap. */
+/**
+ * Output buffer sizes per connection: it grows to the largest batch up to the cap; a larger
+ * batch (a GOP cache replay, a big keyframe) gets a buffer of its own that is then let go.
+ * Kept buffers are most of a connection's memory, and a stream has one per destination.
+ */
 const SCRATCH_INITIAL_SIZE = 64 * 1024;
-const SCRATCH_MAX_SIZE = 4 * 1024 * 1024;
+const SCRATCH_MAX_SIZE = 256 * 1024;
 
 export class MessageWriter {
   readonly #conn: Deno.Conn;
@@ -65,12 +69,12 @@ export class MessageWriter {
    * Encodes `messages` and writes them in one call. The caller awaits each `send` before the next
    * (the encoder's header state and the output buffer are shared between batches).
    */
-  async send(messages: readonly OutgoingMessage[]): Promise<void> {
+  send(messages: readonly OutgoingMessage[]): Promise<void> {
     const bytes = this.#encoder.encodeInto(this.#scratch, messages);
     if (bytes.buffer !== this.#scratch.buffer && bytes.length <= SCRATCH_MAX_SIZE) {
       this.#scratch = new Uint8Array(bytes.buffer); // grown: keep the larger one
     }
-    await this.writeAll(bytes);
+    return this.writeAll(bytes);
   }
 
   /** Writes raw bytes (the handshake, before any chunk stream). */
