@@ -5,7 +5,8 @@
  * scale startup (default: all); `engines` is latency, fanout and scale (issue 16's figures, printed
  * as a table at the end). Latency's publisher and sink run in this process; fanout's and scale's
  * run in `bench/load_worker.ts` children (publishers, 50 streams per process, and one sink process
- * per destination).
+ * per destination). Fanout and scale also measure `bench/tcp_tee.ts`, a TCP tee in Deno that parses
+ * nothing: the floor under any relay written for Deno, with the same reads and writes.
  */
 
 import { StreamHub } from "../src/media/live_stream.ts";
