@@ -44,6 +44,11 @@ export class MessageWriter {
     this.#mediaStreamId = mediaStreamId;
   }
 
+  /** Bytes of output buffer kept between writes: what this connection's writer costs idle. */
+  get keptBufferBytes(): number {
+    return this.#scratch.length;
+  }
+
   /** Every byte written, handshake included. */
   get bytesOut(): number {
     return this.#bytesOut;

@@ -159,3 +159,29 @@ Deno.test("LiveStream reports a new sequence header on resume and keeps an uncha
   assertEquals(stream.gop.snapshot().map((p) => p.payload.at(-1)), [2, 0x10, 0]);
   hub.endAll("test over");
 });
+
+Deno.test("LiveStream.write() hands every reader the arrival time it was given, and idleMs() counts from it", () => {
+  const hub = new StreamHub({ gopCache: true, gopCacheMaxBytes: 1024 * 1024 });
+  const claim = hub.claim("key");
+  assert(!("refused" in claim));
+  hub.accept(claim, publisher(1, []));
+  const stream = claim.stream;
+  const seen: [number, number][] = [];
+  const reader = (name: number) => ({
+    onPacket: (_packet: MediaPacket, now: number) => void seen.push([name, now]),
+    onEnd: () => {},
+  });
+  stream.subscribe(reader(1));
+  stream.subscribe(reader(2));
+  stream.write(video(0, true), 1_000);
+  stream.write(video(33), 1_033);
+  assertEquals(seen, [[1, 1_000], [2, 1_000], [1, 1_033], [2, 1_033]]);
+  assertEquals(stream.idleMs(1_533), 500);
+  // A reader joining gets the GOP cache at the time it joins.
+  seen.length = 0;
+  const before = performance.now();
+  stream.subscribe(reader(3));
+  assertEquals(seen.map(([name]) => name), [3, 3]);
+  assert(seen.every(([, now]) => now >= before && now <= performance.now()));
+  hub.end(stream, "done");
+});

@@ -145,3 +145,13 @@ Deno.test("MediaQueue.oldestAgeMs() is the wait of the oldest queued item", () =
   );
   assert(queue.oldestAgeMs(now) < 500, "not from the batch already taken");
 });
+
+Deno.test("MediaQueue.oldestAgeMs() counts from the arrival time pushMedia() was given", () => {
+  const queue = new MediaQueue(100);
+  queue.pushMedia(audio(0), 1_000);
+  queue.pushMedia(audio(23), 1_023);
+  assertEquals(queue.oldestAgeMs(1_500), 500, "from the first packet's arrival");
+  queue.takeAll();
+  queue.pushMedia(audio(46), 2_000);
+  assertEquals(queue.oldestAgeMs(2_100), 100, "from the first packet after a drain");
+});

@@ -107,6 +107,26 @@ Deno.test("ChunkEncoder.encode() writes extended timestamps on every chunk and r
   assertEquals([...bytes.subarray(16 + 128, 16 + 128 + 5)], [0xc4, 1, 0, 0, 0]);
 });
 
+Deno.test("ChunkEncoder.encode() splits a message only past the chunk size, from byte fixtures", () => {
+  const encoder = new ChunkEncoder(4);
+  const bytes = encoder.encode(
+    message({ payload: new Uint8Array([1, 2, 3, 4]), timestamp: 0x10 }),
+    message({ payload: new Uint8Array([5, 6, 7, 8, 9]), timestamp: 0x20 }),
+    message({ payload: new Uint8Array([]), timestamp: 0x30 }),
+  );
+  assertEquals(
+    bytes,
+    hex(
+      // type 0: exactly one chunk of 4
+      "04 000010 000004 08 01000000 01020304" +
+        // type 1 (length changed), delta 0x10: 4 bytes, then a type-3 chunk with the fifth
+        "44 000010 000005 08 05060708 c4 09" +
+        // type 1 again, empty: a header and no body
+        "44 000010 000000 08",
+    ),
+  );
+});
+
 Deno.test("ChunkEncoder.encode() writes 1-, 2- and 3-byte chunk stream ids", () => {
   const encoder = new ChunkEncoder();
   for (const id of [2, 63, 64, 319, 320, 65599]) {

@@ -88,3 +88,26 @@ Deno.test("MessageWriter.run() rejects when the socket is gone", async () => {
   queue.pushControl(setChunkSize(4096));
   await assertRejects(() => running, Deno.errors.BadResource);
 });
+
+Deno.test("MessageWriter.send() keeps a grown output buffer only up to 256 KiB", async () => {
+  using pair = await socketPair();
+  const writer = new MessageWriter(pair.client);
+  const reading = readMessages(pair.server);
+  const video = (size: number, timestamp: number) => ({
+    chunkStreamId: 6,
+    typeId: MessageType.Video,
+    timestamp,
+    streamId: 1,
+    payload: new Uint8Array(size).map((_, i) => (i * 7) & 0xff),
+  });
+  const sent = [video(100 * 1024, 0), video(1024 * 1024, 40), video(10, 80)];
+  await writer.send([sent[0]!]);
+  assertEquals(writer.keptBufferBytes >= 100 * 1024, true, "a 100 KiB batch's buffer is kept");
+  // A GOP cache replay: written whole from a buffer of its own, which is then let go.
+  await writer.send([sent[1]!]);
+  assertEquals(writer.keptBufferBytes <= 256 * 1024, true, `kept ${writer.keptBufferBytes}`);
+  await writer.send([sent[2]!]);
+  pair.client.close();
+  const { messages } = await reading;
+  assertEquals(messages.map((m) => m.payload), sent.map((m) => m.payload));
+});
