@@ -184,7 +184,7 @@ export class RtmpPublisher implements AsyncDisposable {
    * with the connection's failure once it has one.
    */
   write(packets: readonly MediaPacket[]): Promise<void> {
-    // Not an async function: one promise per batch on the hot path, the socket write's own.
+    // Not an async function: one promise fewer per batch on the hot path.
     if (this.#error) return Promise.reject(this.#error);
     if (this.#conversation.state !== "published") {
       return Promise.reject(
