@@ -7,14 +7,8 @@
  */
 
 import { StreamsSchema } from "../../src/http/schemas.ts";
-import {
-  createMediaPacket,
-  encodeFlvTags,
-  flvFileHeader,
-  type MediaPacket,
-  TagType,
-  type TagTypeId,
-} from "../../src/media/flv.ts";
+import { encodeFlvTags, flvFileHeader, TagType } from "../../src/media/flv.ts";
+import { readFlvTags } from "../../bench/flv_file.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
 import {
@@ -124,29 +118,12 @@ async function decodeErrorsOf(file: string, timeBase: "file" | "ffmpeg default" 
   return status.code === 0 ? decode.stderr.trim() : `exit ${status.code}: ${decode.stderr}`;
 }
 
-/** The tags of an FLV file, as packets (enough for joining two test files). */
-async function flvPackets(file: string): Promise<MediaPacket[]> {
-  const bytes = await Deno.readFile(file);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const packets: MediaPacket[] = [];
-  for (let at = view.getUint32(5) + 4; at + 11 <= bytes.length;) {
-    const size = view.getUint32(at) & 0xffffff;
-    const timestamp = ((bytes[at + 7]! << 24) | (view.getUint32(at + 4) >>> 8)) >>> 0;
-    const type = bytes[at]!;
-    packets.push(
-      createMediaPacket(type as TagTypeId, timestamp, bytes.subarray(at + 11, at + 11 + size)),
-    );
-    at += 11 + size + 4;
-  }
-  return packets;
-}
-
 Deno.test("decodeErrorsOf() accepts a join that FFmpeg's default time base misreports, and reports an equal DTS", async () => {
   await using dir = await tempDir();
   // Three seconds at 320x240, then five at 640x360 (without its metadata, as in a recording).
-  const before = await flvPackets(await fixture({ seconds: 3, gop: 30 }));
+  const before = await readFlvTags(await fixture({ seconds: 3, gop: 30 }));
   before.splice(before.findIndex((packet) => packet.timestamp > 3_000));
-  const after = (await flvPackets(await fixture({ seconds: 5, gop: 30, size: "640x360" })))
+  const after = (await readFlvTags(await fixture({ seconds: 5, gop: 30, size: "640x360" })))
     .filter((packet) => packet.type !== TagType.Script);
   const last = before.at(-1)!.timestamp;
   const joined = async (gap: number) => {
