@@ -52,6 +52,11 @@ export interface StreamSubscriber {
 }
 
 /** Who publishes a stream. `detach` ends that connection's hold on the stream, not the stream. */
+/** Whether `bytes` is a view into a larger buffer (a payload cut from a slab). */
+function isPartOfLarger(bytes: Uint8Array): boolean {
+  return bytes.byteLength !== bytes.buffer.byteLength;
+}
+
 export interface PublisherInfo {
   readonly sessionId: number;
   readonly remoteAddress: string;
@@ -195,6 +200,13 @@ export class LiveStream {
         ...packet,
         timestamp: (packet.timestamp + this.#timestampOffset) % TIMESTAMP_MODULUS,
       };
+    }
+    if (
+      (packet.sequenceHeader || packet.type === TagType.Script) && isPartOfLarger(packet.payload)
+    ) {
+      // Kept for the stream's life (GOP cache, configuration): a payload cut from the decoder's
+      // slab would keep the whole slab alive with it.
+      packet = { ...packet, payload: packet.payload.slice() };
     }
     this.#lastTimestamp = packet.timestamp;
     this.#lastWriteAt = now;

@@ -138,8 +138,9 @@ export class MediaQueue<Control = never> {
   }
 
   /**
-   * Removes and returns everything queued, oldest first. Readers drain with `batches()`; this and
-   * `wait` stay public only until the FFmpeg pump (src/relay) moves to it.
+   * Removes and returns everything queued, oldest first. With `wait`, the cheaper way to drain for
+   * a reader that takes one packet at a time most of the time (a destination's pump): no async
+   * generator in between.
    */
   takeAll(): QueueItem<Control>[] {
     const items = this.#items;

@@ -433,7 +433,15 @@ export class DestinationSupervisor implements StreamSubscriber {
   async #pump(attempt: EngineAttempt, queue: MediaQueue): Promise<void> {
     const checkCodecs = this.engine.name === "ffmpeg";
     try {
-      for await (const items of queue.batches()) {
+      // takeAll/wait rather than `for await (… of queue.batches())`: an async generator costs
+      // several promises per batch, and here a batch is usually one packet.
+      for (;;) {
+        const items = queue.takeAll();
+        if (items.length === 0) {
+          if (queue.closed) break;
+          await queue.wait();
+          continue;
+        }
         const packets: MediaPacket[] = [];
         let bytes = 0;
         let headers = false;

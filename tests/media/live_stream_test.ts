@@ -185,3 +185,34 @@ Deno.test("LiveStream.write() hands every reader the arrival time it was given, 
   assert(seen.every(([, now]) => now >= before && now <= performance.now()));
   hub.end(stream, "done");
 });
+
+Deno.test("LiveStream.write() keeps headers it holds for the stream's life in buffers of their own", () => {
+  const hub = new StreamHub({ gopCache: true, gopCacheMaxBytes: 1024 * 1024 });
+  const claim = hub.claim("key");
+  assert(!("refused" in claim));
+  hub.accept(claim, publisher(1, []));
+  const stream = claim.stream;
+  const seen: MediaPacket[] = [];
+  stream.subscribe({ onPacket: (packet) => void seen.push(packet), onEnd: () => {} });
+  // Payloads as the chunk decoder gives them: views into one shared slab.
+  const slab = new Uint8Array(4096);
+  slab.set(hex("17 00 000000 01640028"), 0);
+  slab.set(hex("af 00 1210"), 100);
+  slab.set(hex("17 01 000000 65888000"), 200);
+  const header = createMediaPacket(TagType.Video, 0, slab.subarray(0, 9));
+  const audioHeader = createMediaPacket(TagType.Audio, 0, slab.subarray(100, 104));
+  const frame = createMediaPacket(TagType.Video, 0, slab.subarray(200, 209));
+  for (const packet of [header, audioHeader, frame]) stream.write(packet);
+  const kept = [stream.gop.videoSequenceHeader!, stream.gop.audioSequenceHeader!];
+  for (const [packet, sent] of [[kept[0]!, header], [kept[1]!, audioHeader]] as const) {
+    assertEquals(packet.payload, sent.payload);
+    assertEquals(packet.payload.buffer.byteLength, sent.payload.length, "not a view of the slab");
+  }
+  assertEquals(stream.configuration.video?.header?.buffer.byteLength, header.payload.length);
+  assertEquals(
+    seen.map((packet) => packet.payload),
+    [header, audioHeader, frame].map((p) => p.payload),
+  );
+  assert(seen[2] === frame, "frames pass as they came: the GOP cache lets them go within seconds");
+  hub.end(stream, "done");
+});

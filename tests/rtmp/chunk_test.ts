@@ -5,6 +5,7 @@ import {
   type OutgoingMessage,
   type RtmpMessage,
 } from "../../src/rtmp/chunk.ts";
+import { setChunkSize } from "../../src/rtmp/messages.ts";
 import { hex } from "../helpers/bytes.ts";
 import { assertEquals, assertThrows } from "../helpers/assert.ts";
 
@@ -229,4 +230,36 @@ Deno.test("ChunkDecoder.push() allocates only as the bytes of a large declared m
   decodeAll(hex("04 000000 ffffff 09 01000000 00 00 00 00"), decoder);
   // 16 MiB declared, 4 bytes sent: the decoder holds far less than the declared length.
   assertEquals(decoder.bufferedBytes <= 64 * 1024, true);
+});
+
+Deno.test("ChunkDecoder.push() gives each small message bytes of its own, cut from small slabs", () => {
+  const encoder = new ChunkEncoder();
+  const sent = Array.from(
+    { length: 300 },
+    (_, i) => message({ timestamp: i, payload: new Uint8Array(1000 + i).fill(i & 0xff) }),
+  );
+  const decoder = new ChunkDecoder();
+  const received = decodeAll(encoder.encode(...sent), decoder, 777);
+  // Every payload intact after all the others were decoded: no piece of a slab is reused.
+  assertEquals(received.map((m) => m.payload), sent.map((m) => m.payload));
+  assertEquals(decoder.slabBytes, 64 * 1024, "a busy connection's slabs grow to 64 KiB");
+  // A connection that only gets small control messages (a destination's) keeps a small slab.
+  const quiet = new ChunkDecoder();
+  decodeAll(hex("02 000000 000004 03 00000000 00001000".repeat(50)), quiet);
+  assertEquals(quiet.slabBytes, 4 * 1024);
+  // The largest piece, in one chunk, as a connection's first message: the first slab is made
+  // big enough for it.
+  const [, first] = decodeAll(
+    new ChunkEncoder().encode(
+      setChunkSize(64 * 1024),
+      message({ timestamp: 500, payload: new Uint8Array(16 * 1024).fill(9) }),
+    ),
+  );
+  assertEquals(first!.payload, new Uint8Array(16 * 1024).fill(9));
+  // Large messages (keyframes) still get a buffer of their own, not a slab piece.
+  const [big] = decodeAll(
+    encoder.encode(message({ timestamp: 400, payload: new Uint8Array(100_000).fill(7) })),
+    decoder,
+  );
+  assertEquals(big!.payload.buffer.byteLength, 100_000);
 });
