@@ -51,12 +51,12 @@ export interface StreamSubscriber {
   onConfigurationChange?(change: ConfigurationChange): void;
 }
 
-/** Who publishes a stream. `detach` ends that connection's hold on the stream, not the stream. */
 /** Whether `bytes` is a view into a larger buffer (a payload cut from a slab). */
 function isPartOfLarger(bytes: Uint8Array): boolean {
   return bytes.byteLength !== bytes.buffer.byteLength;
 }
 
+/** Who publishes a stream. `detach` ends that connection's hold on the stream, not the stream. */
 export interface PublisherInfo {
   readonly sessionId: number;
   readonly remoteAddress: string;

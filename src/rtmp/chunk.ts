@@ -62,7 +62,7 @@ const INITIAL_PAYLOAD_CAPACITY = 64 * 1024;
  * Payloads up to `SLAB_PIECE_MAX` bytes (audio, most video frames at live bitrates) are cut from
  * slabs of `MIN_SLAB_SIZE` growing to `SLAB_SIZE`. A slab lives as long as any payload in it (the
  * GOP cache holds seconds of them), so slabs stay small: 128 KiB ones saved no more CPU than 64
- * KiB and kept 0.3 MiB more per stream.
+ * KiB and kept 0.35 MiB more per stream.
  */
 const SLAB_SIZE = 64 * 1024;
 const MIN_SLAB_SIZE = 4 * 1024;

@@ -160,12 +160,17 @@ Deno.test("LiveStream reports a new sequence header on resume and keeps an uncha
   hub.endAll("test over");
 });
 
-Deno.test("LiveStream.write() hands every reader the arrival time it was given, and idleMs() counts from it", () => {
+/** A hub with the GOP cache on, and its stream "key" live. */
+function liveStream() {
   const hub = new StreamHub({ gopCache: true, gopCacheMaxBytes: 1024 * 1024 });
   const claim = hub.claim("key");
   assert(!("refused" in claim));
   hub.accept(claim, publisher(1, []));
-  const stream = claim.stream;
+  return { hub, stream: claim.stream };
+}
+
+Deno.test("LiveStream.write() hands every reader the arrival time it was given, and idleMs() counts from it", () => {
+  const { hub, stream } = liveStream();
   const seen: [number, number][] = [];
   const reader = (name: number) => ({
     onPacket: (_packet: MediaPacket, now: number) => void seen.push([name, now]),
@@ -187,11 +192,7 @@ Deno.test("LiveStream.write() hands every reader the arrival time it was given, 
 });
 
 Deno.test("LiveStream.write() keeps headers it holds for the stream's life in buffers of their own", () => {
-  const hub = new StreamHub({ gopCache: true, gopCacheMaxBytes: 1024 * 1024 });
-  const claim = hub.claim("key");
-  assert(!("refused" in claim));
-  hub.accept(claim, publisher(1, []));
-  const stream = claim.stream;
+  const { hub, stream } = liveStream();
   const seen: MediaPacket[] = [];
   stream.subscribe({ onPacket: (packet) => void seen.push(packet), onEnd: () => {} });
   // Payloads as the chunk decoder gives them: views into one shared slab.
