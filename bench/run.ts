@@ -22,6 +22,7 @@ import { loadFixture } from "../tests/reliability/harness.ts";
 import { readFlvTags } from "./flv_file.ts";
 import type { SentCounts, SinkReport } from "./load_worker.ts";
 import { cpuSeconds, cpuTimes, processTree, pssBytes, rssBytes } from "./proc.ts";
+import { V8_FLAGS } from "../src/permissions.ts";
 
 const ALL = ["throughput", "idle", "latency", "fanout", "scale", "startup"];
 const GROUPS: Record<string, string[]> = { engines: ["latency", "fanout", "scale"] };
@@ -287,6 +288,7 @@ async function startRelay(
     body,
     "",
     profileDir === undefined ? undefined : [
+      `--v8-flags=${V8_FLAGS.join(",")}`,
       "--cpu-prof",
       `--cpu-prof-dir=${profileDir}`,
       "--allow-net",

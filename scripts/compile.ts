@@ -1,6 +1,6 @@
 /**
- * `deno task compile`: one executable, `dist/neustream`, with the permission list of
- * src/permissions.ts baked in, and proof that it is our relay before we say "built".
+ * `deno task compile`: one executable, `dist/neustream`, with the flags of src/permissions.ts
+ * (permissions, V8's heap settings) baked in, and proof that it is our relay before we say "built".
  *
  * `deno compile` copies Deno's runtime (denort) and appends our program to it. It downloads denort
  * unless DENORT_BIN names a local copy, and it takes any file as that copy: given the plain `deno`
@@ -15,7 +15,7 @@
  */
 
 import denoJson from "../deno.json" with { type: "json" };
-import { INSTALLED_PATHS, permissionFlags, type PermissionPaths } from "../src/permissions.ts";
+import { INSTALLED_PATHS, type PermissionPaths, runtimeFlags } from "../src/permissions.ts";
 
 export const OUTPUT = "dist/neustream";
 
@@ -39,7 +39,7 @@ export function compilePaths(env: (name: string) => string | undefined): Permiss
 
 /** The `deno` arguments that build the executable. */
 export function compileArgs(paths: PermissionPaths): string[] {
-  return ["compile", "--output", OUTPUT, ...permissionFlags(paths), "main.ts"];
+  return ["compile", "--output", OUTPUT, ...runtimeFlags(paths), "main.ts"];
 }
 
 interface Answer {
@@ -233,7 +233,7 @@ async function main(): Promise<number> {
   if (refusal !== undefined) return refuse(refusal);
   console.error(
     `built ${OUTPUT}: it prints neustream's usage for --help and refuses ${BAD_FLAG} with exit 2; ` +
-      `permissions ${permissionFlags(paths).join(" ")}`,
+      `flags ${runtimeFlags(paths).join(" ")}`,
   );
   return 0;
 }

@@ -20,17 +20,18 @@ import { compileArgs, compilePaths, OUTPUT } from "../../scripts/compile.ts";
 import {
   CHECKOUT_PATHS,
   INSTALLED_PATHS,
-  permissionFlags,
   type PermissionPaths,
+  runtimeFlags,
 } from "../../src/permissions.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MAIN = `${ROOT}main.ts`;
 const read = (path: string) => Deno.readTextFile(`${ROOT}${path}`);
 
-Deno.test("permissionFlags() is what compile.ts bakes in, deno task start/dev grant and the unit provides", async () => {
-  const installed = permissionFlags(INSTALLED_PATHS);
+Deno.test("runtimeFlags() is what compile.ts bakes in, deno task start/dev pass and the unit provides", async () => {
+  const installed = runtimeFlags(INSTALLED_PATHS);
   assertEquals(installed, [
+    "--v8-flags=--max-semi-space-size=4",
     "--allow-net",
     "--allow-read=/etc/neustream,/var/lib/neustream,/etc/ssl/certs,config.toml",
     "--allow-write=/var/lib/neustream",
@@ -43,7 +44,7 @@ Deno.test("permissionFlags() is what compile.ts bakes in, deno task start/dev gr
     ["compile", "--output", OUTPUT, ...installed, "main.ts"],
   );
   const tasks = JSON.parse(await read("deno.json")).tasks as Record<string, string>;
-  const checkout = permissionFlags(CHECKOUT_PATHS).join(" ");
+  const checkout = runtimeFlags(CHECKOUT_PATHS).join(" ");
   assertEquals(tasks.start, `deno run ${checkout} main.ts --config config.toml`);
   assertEquals(tasks.dev, `deno run --watch ${checkout} main.ts --config config.toml`);
   // The unit creates the state directory the executable may write, and reads its config from the
@@ -56,11 +57,11 @@ Deno.test("permissionFlags() is what compile.ts bakes in, deno task start/dev gr
   // The README's `deno run` line for an installed config is the same list.
   assert(
     (await read("README.md")).includes(`deno run ${installed.join(" ")} main.ts`),
-    "README.md shows the installed permission list",
+    "README.md shows the installed flags",
   );
 });
 
-Deno.test("main.ts under exactly the compiled permission list relays every packet, keeps its state and stops on SIGTERM", async () => {
+Deno.test("main.ts under exactly the compiled flags relays every packet, keeps its state and stops on SIGTERM", async () => {
   await using dir = await tempDir();
   // Same shape as the executable's list; only the directories are the test's own.
   const paths: PermissionPaths = {
@@ -98,7 +99,7 @@ Deno.test("main.ts under exactly the compiled permission list relays every packe
       `[streaming]\nstate_dir = "${paths.stateDir}"\nreconnect_grace_seconds = 0\n` +
       `shutdown_grace_seconds = 8\ntls_ca_file = "${paths.configDir}/ca.pem"\n`,
     "",
-    permissionFlags(paths),
+    runtimeFlags(paths),
   );
   const bundle = await Deno.readTextFile(`${paths.stateDir}/${CA_BUNDLE_NAME}`);
   assert(bundle.includes((await Deno.readTextFile(pki.caFile)).trim()), "CA bundle written");
@@ -190,8 +191,8 @@ Deno.test("deno task compile's check of the built executable deletes a plain den
   // Stand-ins for what `deno compile` could produce, checked by compile.ts's own code.
   const standIns: Record<string, string> = {
     "plain-deno": `exec deno "$@"`,
-    "lenient": `exec deno run ${permissionFlags(INSTALLED_PATHS).join(" ")} ${MAIN} --help`,
-    "relay": `exec deno run ${permissionFlags(INSTALLED_PATHS).join(" ")} ${MAIN} "$@"`,
+    "lenient": `exec deno run ${runtimeFlags(INSTALLED_PATHS).join(" ")} ${MAIN} --help`,
+    "relay": `exec deno run ${runtimeFlags(INSTALLED_PATHS).join(" ")} ${MAIN} "$@"`,
   };
   for (const [name, body] of Object.entries(standIns)) {
     await Deno.writeTextFile(`${dir.path}/${name}`, `#!/bin/sh\n${body}\n`, { mode: 0o755 });

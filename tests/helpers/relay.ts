@@ -6,6 +6,7 @@
  */
 
 import { validateConfig } from "../../src/config.ts";
+import { V8_FLAGS } from "../../src/permissions.ts";
 import { type LogRecord, setupLogging } from "../../src/log.ts";
 import { RelayService, type ServiceOptions } from "../../src/service.ts";
 import { textFormatter } from "../../src/log.ts";
@@ -118,10 +119,12 @@ export interface RelayProcess extends AsyncDisposable {
 
 /**
  * Broad permissions for tests of other behaviour, with `dir/state` as the state directory (through
- * STATE_DIRECTORY, as systemd sets it); tests/e2e/permissions_test.ts proves the real list.
+ * STATE_DIRECTORY, as systemd sets it); tests/e2e/permissions_test.ts proves the real list. V8's
+ * flags are the real ones: benchmarks measure the relay as it is run.
  */
 function broadPermissions(dir: string): string[] {
   return [
+    `--v8-flags=${V8_FLAGS.join(",")}`,
     "--allow-net",
     "--allow-read",
     `--allow-write=${dir}`,
