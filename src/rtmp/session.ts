@@ -48,10 +48,24 @@ export interface SessionDeps {
  * sends in 170 ms; the pages of a larger one stay resident once a burst has touched them.
  */
 const READ_BUFFER_SIZE = 64 * 1024;
+/**
+ * What a connection may send while its publish is being authorised, kept to be decoded after the
+ * answer; beyond it reading pauses until the answer. Reading on is how a peer that hangs up
+ * meanwhile is noticed; a publisher sends little before it is told it may publish.
+ */
+const READ_AHEAD_BYTES = 256 * 1024;
 /** How long a closing connection may take to flush its last messages. */
 const FLUSH_TIMEOUT_MS = 2_000;
 
 const sessionLog = log("rtmp");
+
+/** A read that was started while a message waited: its count, or why it failed. */
+type ReadOutcome = { count: number | null } | { error: unknown };
+
+function countOf(outcome: ReadOutcome): number | null {
+  if ("error" in outcome) throw outcome.error;
+  return outcome.count;
+}
 
 /** Closes a session on purpose, with a reason for the log line. */
 class SessionClosed extends Error {
@@ -87,6 +101,10 @@ export class RtmpSession implements StreamSubscriber {
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #pingTimer: ReturnType<typeof setInterval> | undefined;
   #closeReason = "";
+  /** A read started while a publish was being authorised and not consumed yet: the next read. */
+  #readAhead: Promise<ReadOutcome> | undefined;
+  /** What was read while a publish was being authorised, not yet decoded, oldest first. */
+  readonly #heldReads: Uint8Array[] = [];
 
   constructor(conn: Deno.TcpConn, id: number, deps: SessionDeps) {
     this.#conn = conn;
@@ -216,6 +234,7 @@ export class RtmpSession implements StreamSubscriber {
       this.#closeSocket();
     }
     await this.#pumpDone;
+    await this.#readAhead; // settles once the socket is closed; never rejects
     this.#log.debug("connection ended: {reason}", {
       reason: this.#closeReason,
       bytes_in: this.#bytesIn,
@@ -283,12 +302,19 @@ export class RtmpSession implements StreamSubscriber {
     while (!this.#closed) {
       for (const message of pending.splice(0)) {
         const waiting = this.#receive(message);
-        if (waiting) await waiting;
+        if (waiting) await this.#readWhileWaiting(waiting, buffer);
         if (this.#closed) return;
+      }
+      const held = this.#heldReads.shift();
+      if (held !== undefined) {
+        this.#decoder.push(held, collect); // counted when it arrived
+        continue;
       }
       let count: number | null;
       try {
-        count = await this.#conn.read(buffer);
+        const ahead = this.#readAhead;
+        this.#readAhead = undefined;
+        count = ahead === undefined ? await this.#conn.read(buffer) : countOf(await ahead);
       } catch (error) {
         if (this.#closed) return;
         if (error instanceof Deno.errors.ConnectionReset) {
@@ -300,6 +326,45 @@ export class RtmpSession implements StreamSubscriber {
       this.#noteReceived(count);
       this.#decoder.push(buffer.subarray(0, count), collect);
     }
+  }
+
+  /**
+   * Waits for `waiting` (a publish being authorised, which can take the control plane's whole
+   * timeout) while still reading, so that a peer that hangs up meanwhile closes the session now:
+   * its claim is released when the answer comes, and its stream never goes live. What arrives
+   * meanwhile is kept as it came (up to `READ_AHEAD_BYTES`) and decoded after the answer, as if
+   * it had been read then. A read still open at the answer is left in `#readAhead`.
+   */
+  async #readWhileWaiting(waiting: Promise<void>, buffer: Uint8Array): Promise<void> {
+    let answered = false;
+    const answer = waiting.then(() => {
+      answered = true;
+    });
+    let held = 0;
+    while (!answered && !this.#closed && held < READ_AHEAD_BYTES) {
+      this.#readAhead ??= this.#conn.read(buffer).then(
+        (count) => ({ count }),
+        (error) => ({ error }),
+      );
+      const outcome = await Promise.race([answer, this.#readAhead]);
+      if (outcome === undefined) break; // answered: the open read is the read loop's next
+      this.#readAhead = undefined;
+      if (this.#closed) break;
+      if ("error" in outcome || outcome.count === null) {
+        this.#abort(
+          "error" in outcome
+            ? `connection failed while its publish was being authorised: ${
+              (outcome.error as Error).message
+            }`
+            : "peer closed the connection while its publish was being authorised",
+        );
+        break;
+      }
+      held += outcome.count;
+      this.#noteReceived(outcome.count);
+      this.#heldReads.push(buffer.slice(0, outcome.count));
+    }
+    await answer;
   }
 
   #noteReceived(count: number): void {

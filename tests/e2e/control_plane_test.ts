@@ -10,6 +10,7 @@ import { ffmpegProcessesWith, freePort, run, tempDir, waitFor } from "../helpers
 import { startTestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile } from "../helpers/sinks.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
+import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 const controlPlane = (url: string, timeout_seconds = 1) => ({
   control_plane: { url, timeout_seconds, retry_attempts: 2 },
@@ -107,6 +108,44 @@ Deno.test("every kind of refusal refuses the publish promptly and logs why", asy
   }
   assertEquals(relay.service.hub.live().length, 0);
   assertEquals(cp.streamEnds, [], "a refused publish never started a stream");
+});
+
+Deno.test("a publisher that hangs up while its key is being authorised is let go at once and never goes live", async () => {
+  const AUTH_DELAY_MS = 3_000;
+  await using cp = new FakeControlPlane({
+    auth: () => ({ delayMs: AUTH_DELAY_MS, body: { code: 0, data: { forward: true } } }),
+  });
+  await using relay = await startTestRelay(controlPlane(cp.url, 10));
+  {
+    await using client = await TestRtmpClient.connect(relay.rtmpPort);
+    await client.handshake();
+    const streamId = await client.connectAndCreateStream();
+    await client.call(streamId, "publish", null, "hangup-key-0001", "live");
+    await waitFor(() => cp.authCalls.length === 1, "the publish to reach the control plane");
+  } // hung up, with the answer still to come
+  const hungUpAt = performance.now();
+  await waitFor(
+    () =>
+      relay.logText().includes("peer closed the connection while its publish was being authorised"),
+    "the hang-up to be noticed",
+  );
+  const noticedAfterMs = performance.now() - hungUpAt;
+  assert(
+    noticedAfterMs < AUTH_DELAY_MS / 2,
+    `noticed ${Math.round(noticedAfterMs)} ms after the hang-up, not when the answer came`,
+  );
+  // The control plane says yes afterwards: the session ends, and nothing of the stream starts.
+  await waitFor(() => relay.service.rtmp.sessions.size === 0, "the session to end", 10_000);
+  const logs = relay.logText();
+  assert(!logs.includes("publish accepted"), `the publish was accepted:\n${logs}`);
+  assertEquals(relay.service.hub.live().length, 0);
+  assertEquals(cp.forwardingCalls, [], "no destinations fetched");
+  assertEquals(cp.streamEnds, [], "no stream-end for a stream that never started");
+  // The key is free again.
+  cp.behaviour.auth = () => ({ body: { code: 0, data: { forward: false } } });
+  await using again = await TestRtmpClient.connect(relay.rtmpPort);
+  await again.handshake();
+  assertEquals((await again.publish("hangup-key-0001")).code, "NetStream.Publish.Start");
 });
 
 Deno.test("publishes are refused while the control plane is down and accepted once it answers", async () => {
