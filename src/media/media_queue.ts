@@ -101,6 +101,14 @@ export class MediaQueue<Control = never> {
     return true;
   }
 
+  /**
+   * The stream's tracks changed (a publisher came back with other settings): without video, audio
+   * ends a drop again, as in a stream that never had video; with video, only a keyframe does.
+   */
+  setVideoTrack(present: boolean): void {
+    this.#sawVideo = present;
+  }
+
   pushControl(control: Control): void {
     if (this.#closed) return;
     if (this.#items.length === 0) this.#oldestAt = performance.now();

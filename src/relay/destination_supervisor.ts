@@ -506,6 +506,8 @@ export class DestinationSupervisor implements StreamSubscriber {
    */
   onConfigurationChange(change: ConfigurationChange): void {
     if (this.#terminated) return;
+    // A queue that goes on (the native engine's) must not wait for a keyframe that never comes.
+    this.#queue?.setVideoTrack(change.after.video !== undefined);
     if (this.#codecProblem !== undefined && this.#attempt === undefined) {
       this.#codecProblem = undefined;
       this.#attemptNumber = 0;

@@ -29,6 +29,22 @@ Deno.test("MediaQueue drops audio and video together until the next keyframe whe
   assertEquals(queue.droppedPackets, 3);
 });
 
+Deno.test("MediaQueue.setVideoTrack(false) lets audio end a drop once the stream has no video", () => {
+  const queue = new MediaQueue<string>(100);
+  queue.pushMedia(video(0, true, 60));
+  assertEquals(queue.pushMedia(audio(10, 50)), false, "over the limit: dropping");
+  queue.takeAll();
+  // The publisher came back without video: no keyframe will ever come.
+  assertEquals(queue.pushMedia(audio(20)), false, "still waiting for a keyframe");
+  queue.setVideoTrack(false);
+  assertEquals(queue.pushMedia(audio(30)), true, "audio ends the drop");
+  queue.setVideoTrack(true);
+  assertEquals(queue.pushMedia(audio(40, 95)), false, "over the limit again: dropping");
+  queue.takeAll();
+  assertEquals(queue.pushMedia(audio(50)), false, "with video again, audio does not end it");
+  assertEquals(queue.pushMedia(video(60, true, 10)), true, "a keyframe does");
+});
+
 Deno.test("MediaQueue.wait() resolves on an item and on close", async () => {
   const queue = new MediaQueue<string>(100);
   const waiting = queue.wait();
