@@ -220,3 +220,37 @@ Deno.test("the server acknowledges received bytes once the peer's window is reac
     }
   }
 });
+
+Deno.test("a player that stops reading is closed 2 s after its stream ends, not left open", async () => {
+  await using relay = await startTestRelay({
+    streams: [{ key: "flush-key-0001" }],
+    rtmp: { gop_cache_max_kb: 1024 }, // a player's queue is the 4 MiB minimum
+  });
+  await using publisher = await TestRtmpClient.connect(relay.rtmpPort);
+  await publisher.handshake();
+  const { streamId, code } = await publisher.publish("flush-key-0001");
+  assertEquals(code, "NetStream.Publish.Start");
+  await using _player = await TestRtmpClient.player(relay.rtmpPort, "flush-key-0001");
+  // The player never reads again. Sent until the player's queue overflows (loopback's socket
+  // buffers take up to about 10 MiB first): the relay's writes to it block, and the rest is dropped.
+  const player = () => [...relay.service.rtmp.sessions].find((s) => s.role === "player");
+  const frame = new Uint8Array(64 * 1024).fill(0x27);
+  for (let i = 0; i < 640 && !(player()?.droppedPackets); i++) {
+    frame[0] = i % 30 === 0 ? 0x17 : 0x27;
+    await publisher.send({
+      chunkStreamId: 6,
+      typeId: MessageType.Video,
+      timestamp: i * 33,
+      streamId,
+      payload: frame,
+    });
+  }
+  await waitFor(() => (player()?.droppedPackets ?? 0) > 0, "the player's queue to overflow");
+  publisher.close(); // the stream ends: the player is told, then closed once that is written
+  const endedAt = performance.now();
+  await waitFor(() => relay.service.rtmp.sessions.size === 0, "the stalled player to be closed");
+  const took = performance.now() - endedAt;
+  assert(took >= 1_500, `closed after ${Math.round(took)} ms: it did not wait for the flush`);
+  assert(took < 8_000, `closed after ${Math.round(took)} ms: the flush timeout did not apply`);
+  assertMatch(relay.logText(), /closing connection: stream ended/);
+});
