@@ -17,7 +17,7 @@ import { mediaMessage } from "../../src/rtmp/messages.ts";
 import { RtmpServer } from "../../src/rtmp/server.ts";
 import { assert } from "../helpers/assert.ts";
 import { fixture } from "../helpers/media.ts";
-import { sleep } from "../helpers/process.ts";
+import { sleep, waitFor } from "../helpers/process.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 export const LONG = Deno.env.get("NEUSTREAM_SOAK") === "long";
@@ -217,11 +217,24 @@ export class PacedPublisher {
   }
 }
 
+/** Waits until each sink has read the publish of its key to the end (`RecordingSink.ended`). */
+export async function readToEnd(
+  deliveries: readonly (readonly [RecordingSink, string])[],
+  timeoutMs = 30_000,
+): Promise<void> {
+  await waitFor(
+    () => deliveries.every(([sink, key]) => sink.ended(key)),
+    "every sink to read its streams to the end",
+    timeoutMs,
+  );
+}
+
 /** An RTMP ingest standing for a platform: accepts any key, fingerprints what arrives. */
 export class RecordingSink implements AsyncDisposable {
   readonly port: number;
   /** Per key, what the latest publish session of that key delivered. */
   readonly received = new Map<string, TrackLog>();
+  readonly #ended = new Set<string>();
   #hub: StreamHub;
   #server: RtmpServer;
   /** Keys this sink refuses, like a platform rejecting a wrong stream key. */
@@ -254,13 +267,28 @@ export class RecordingSink implements AsyncDisposable {
       onLive: (stream) => {
         const log = new TrackLog();
         this.received.set(stream.key, log);
-        stream.subscribe({ onPacket: (packet) => log.add(packet), onEnd: () => {} });
+        this.#ended.delete(stream.key);
+        stream.subscribe({
+          onPacket: (packet) => log.add(packet),
+          onEnd: () => {
+            if (this.received.get(stream.key) === log) this.#ended.add(stream.key);
+          },
+        });
       },
     });
   }
 
   get url(): string {
     return `rtmp://127.0.0.1:${this.port}/live`;
+  }
+
+  /**
+   * Whether the latest publish of `key` was read to its end. A publisher (a destination's FFmpeg)
+   * that has exited may still have its last packets in this sink's socket, unread while the test
+   * process was busy: compare what a sink received only once this holds.
+   */
+  ended(key: string): boolean {
+    return this.#ended.has(key);
   }
 
   async close(): Promise<void> {

@@ -22,6 +22,7 @@ import {
   mutateSession,
   PacedPublisher,
   printSummary,
+  readToEnd,
   RecordingSink,
   ResourceSampler,
   seededRandom,
@@ -126,6 +127,9 @@ Deno.test({
       async () => (await Promise.all(sinks.map(ffmpegsOf))).every((n) => n === 0),
       "every destination FFmpeg gone",
       120_000,
+    );
+    await readToEnd(
+      keys.flatMap((key) => sinks.map((sink, i) => [sink, destinationKeys.get(key)![i]!] as const)),
     );
 
     let lost = 0;
@@ -342,6 +346,10 @@ Deno.test("faults during live streams: each survived, and the streams beside it 
   );
   const cpu = await sampler.stop();
   void cpu;
+  await readToEnd([
+    ...[...live, slowPublisher, back].map((p) => [good, goodKey.get(p.key)!] as const),
+    [flaky, extra[keys.sinkKilled]!.key] as const,
+  ]);
 
   let lost = 0;
   for (const publisher of [...live, slowPublisher, back]) {
@@ -417,6 +425,7 @@ Deno.test("the relay killed with SIGKILL and restarted: no orphan FFmpeg, stream
     60_000,
   );
   transcripts.push(second.process.stderr);
+  await readToEnd([[sink, outKey]]);
   const lost = lostPackets(after.sent, sink.received.get(outKey), "after restart");
   summary.push({
     part: "relay SIGKILL",
@@ -635,6 +644,7 @@ Deno.test(`hostile input: fuzzed sessions, ${SIZE.halfOpen} half-open connection
   );
   transcripts.push(relay.process.stderr);
   assert(!relay.process.exited, "the relay never crashed");
+  await readToEnd([[sink, goodOut], [sink, fastOut]]);
   const lost = lostPackets(good.sent, sink.received.get(goodOut), "the stream beside the attack");
   const floodLost = lostPackets(
     flood.sent,
