@@ -67,7 +67,7 @@ export function permissionFlags(paths: PermissionPaths): string[] {
  * machine's memory and grows them with the allocation rate, which on a relay is every packet's
  * short-lived objects: they grew to tens of MiB that the process kept. Measured with
  * `deno task bench scale` on a 2-core, 24 GiB machine, 3 destinations per stream: at 30 streams,
- * 1.5 MiB per stream above idle instead of 2.6–3.1, at 100 streams 1.85 instead of 2.2, the same
+ * 1.5 MiB per stream above idle instead of 2.3–3.1, at 100 streams 1.85 instead of 2.2, the same
  * CPU (scavenges are more frequent but each is smaller). 2 MiB was worse on both.
  */
 export const V8_FLAGS: readonly string[] = Object.freeze(["--max-semi-space-size=4"]);
