@@ -6,7 +6,9 @@
  * as a table at the end). Latency's publisher and sink run in this process; fanout's and scale's
  * run in `bench/load_worker.ts` children (publishers, 50 streams per process, and one sink process
  * per destination). Fanout and scale also measure `bench/tcp_tee.ts`, a TCP tee in Deno that parses
- * nothing: the floor under any relay written for Deno, with the same reads and writes.
+ * nothing: the floor under any relay written for Deno, with the same reads and writes; and the
+ * same tee that also decodes the chunk stream (`tee+decode`): the floor under any relay written
+ * for Deno that reads the RTMP it forwards.
  */
 
 import { StreamHub } from "../src/media/live_stream.ts";
@@ -202,10 +204,10 @@ async function idle(): Promise<void> {
 }
 
 /**
- * The ways of pushing one stream to several destinations that `engines` compares, and `tee`: no
- * relay at all but the floor under one written for Deno (`bench/tcp_tee.ts`).
+ * The ways of pushing one stream to several destinations that `engines` compares, and `tee` and
+ * `tee+decode`: no relay at all but the floors under one written for Deno (`bench/tcp_tee.ts`).
  */
-type Engine = "native" | "ffmpeg" | "nginx" | "tee";
+type Engine = "native" | "ffmpeg" | "nginx" | "tee" | "tee+decode";
 
 /** A relay under test: where publishers go, and what to measure. */
 interface Target extends AsyncDisposable {
@@ -332,14 +334,18 @@ async function startRelay(
   };
 }
 
-/** `bench/tcp_tee.ts`: what the reads and writes alone cost a Deno process (see there). */
-async function startTee(sinkUrls: string[]): Promise<Target> {
+/**
+ * `bench/tcp_tee.ts`: what the reads and writes alone cost a Deno process, and with `decode` the
+ * chunk decoding on top (see there).
+ */
+async function startTee(sinkUrls: string[], decode: boolean): Promise<Target> {
   const port = freePort();
   const sinkPorts = sinkUrls.map((url) => new URL(url.replace(/^rtmp:/, "http:")).port);
   const tee = new TestProcess("deno", [
     "run",
     "--allow-net=127.0.0.1",
     new URL("./tcp_tee.ts", import.meta.url).pathname,
+    ...(decode ? ["--decode"] : []),
     String(port),
     ...sinkPorts,
   ]);
@@ -359,7 +365,9 @@ function startTarget(
   sinkUrls: string[],
 ): Promise<Target> {
   if (engine === "nginx") return startNginx(dir, sinkUrls);
-  if (engine === "tee") return startTee(sinkUrls);
+  if (engine === "tee" || engine === "tee+decode") {
+    return startTee(sinkUrls, engine === "tee+decode");
+  }
   return startRelay(dir, engine, keys, sinkUrls);
 }
 
@@ -504,7 +512,7 @@ function reportEngine(row: EngineRow): void {
   engineRows.push(row);
   const perStream = (row.loadedPss - row.idlePss) / row.streams / MB;
   const drops = row.drops === undefined
-    ? `drops not reported by ${row.engine === "tee" ? "the tee" : "nginx-rtmp"}`
+    ? `drops not reported by ${row.engine.startsWith("tee") ? "the tee" : "nginx-rtmp"}`
     : `${row.drops.episodes} drop episodes (${row.drops.droppedPackets} packets dropped, ${row.drops.logLines} log lines); V8 heap used ${
       (row.drops.heapUsed / MB).toFixed(1)
     } MiB, external ${(row.drops.external / MB).toFixed(1)} MiB`;
@@ -524,7 +532,7 @@ function reportEngine(row: EngineRow): void {
 async function fanout(): Promise<void> {
   await loadFixture();
   for (const count of [1, 10, 30]) {
-    for (const engine of ["native", "ffmpeg", "nginx", "tee"] as const) {
+    for (const engine of ["native", "ffmpeg", "nginx", "tee", "tee+decode"] as const) {
       reportEngine(await measureEngine(engine, count));
     }
   }
@@ -533,7 +541,7 @@ async function fanout(): Promise<void> {
 async function scale(): Promise<void> {
   await loadFixture();
   report("scale: 100 x 3 not run with the ffmpeg engine (300 FFmpeg processes do not fit 2 cores)");
-  for (const engine of ["native", "nginx", "tee"] as const) {
+  for (const engine of ["native", "nginx", "tee", "tee+decode"] as const) {
     reportEngine(await measureEngine(engine, 100));
   }
 }
