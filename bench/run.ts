@@ -1,14 +1,16 @@
 /**
  * `deno task bench [section...]`: throughput, idle memory, relay latency, fan-out cost of the
- * native and ffmpeg engines next to nginx-rtmp `push`, scale, start-up time. The relay runs as its
- * own process (`deno run main.ts`), measured from /proc. Sections: throughput idle latency fanout
- * scale startup (default: all); `engines` is latency, fanout and scale (issue 16's figures, printed
- * as a table at the end). Latency's publisher and sink run in this process; fanout's and scale's
- * run in `bench/load_worker.ts` children (publishers, 50 streams per process, and one sink process
- * per destination). Fanout and scale also measure `bench/tcp_tee.ts`, a TCP tee in Deno that parses
+ * native and ffmpeg engines next to nginx-rtmp `push`, scale, start-up time, Deno's cost per read
+ * and write. The relay runs as its own process (`deno run main.ts`), measured from /proc.
+ * Sections: throughput idle latency fanout scale startup io (default: all); `engines` is latency,
+ * fanout, scale and io (issue 16's figures; the engines are printed as a table at the end).
+ * Latency's publisher and sink run in this process; fanout's and scale's run in
+ * `bench/load_worker.ts` children (publishers, 50 streams per process, and one sink process per
+ * destination). Fanout and scale also measure `bench/tcp_tee.ts`, a TCP tee in Deno that parses
  * nothing: the floor under any relay written for Deno, with the same reads and writes; and the
  * same tee that also decodes the chunk stream (`tee+decode`): the floor under any relay written
- * for Deno that reads the RTMP it forwards.
+ * for Deno that reads the RTMP it forwards. `io` prices a Deno process's reads and writes by
+ * themselves (`bench/io_cost.ts`), with no RTMP at all.
  */
 
 import { StreamHub } from "../src/media/live_stream.ts";
@@ -26,8 +28,8 @@ import type { SentCounts, SinkReport } from "./load_worker.ts";
 import { cpuSeconds, cpuTimes, processTree, pssBytes, rssBytes } from "./proc.ts";
 import { V8_FLAGS } from "../src/permissions.ts";
 
-const ALL = ["throughput", "idle", "latency", "fanout", "scale", "startup"];
-const GROUPS: Record<string, string[]> = { engines: ["latency", "fanout", "scale"] };
+const ALL = ["throughput", "idle", "latency", "fanout", "scale", "startup", "io"];
+const GROUPS: Record<string, string[]> = { engines: ["latency", "fanout", "scale", "io"] };
 const sections = (Deno.args.length > 0 ? Deno.args : ALL).flatMap((name) => GROUPS[name] ?? name);
 const results: string[] = [];
 const MB = 1024 * 1024;
@@ -648,6 +650,110 @@ async function timeToAccept(command: string, args: string[], port: number): Prom
   return performance.now() - started;
 }
 
+/** A process of `bench/io_cost.ts` in `role`. */
+function ioProcess(args: string[]): TestProcess {
+  return new TestProcess("deno", [
+    "run",
+    "--allow-net=127.0.0.1",
+    new URL("./io_cost.ts", import.meta.url).pathname,
+    ...args,
+  ], { stdin: "piped" });
+}
+
+/** CPU seconds and call counts of one `bench/io_cost.ts` receiver over `seconds`. */
+interface IoSample {
+  reads: number;
+  writes: number;
+  user: number;
+  system: number;
+}
+
+async function ioSample(
+  connections: number,
+  copies: number,
+  seconds: number,
+): Promise<IoSample> {
+  const [rate, size] = [66, 5_700];
+  await using discard = ioProcess(["discard"]);
+  const { port: discardPort } = await workerSays<{ port: number }>(discard, "port", 30_000);
+  await using receiver = ioProcess(["receive", String(discardPort), String(copies)]);
+  const { port } = await workerSays<{ port: number }>(receiver, "port", 30_000);
+  const sendArgs = ["send", String(port), String(connections), String(rate), String(size)];
+  await using sender = ioProcess(sendArgs);
+  await workerSays(sender, "started", 30_000);
+  const writer = receiver.child.stdin.getWriter();
+  let asked = 0;
+  const counts = async () => {
+    await writer.write(new TextEncoder().encode("count\n"));
+    const n = ++asked;
+    return await waitFor(
+      () => {
+        for (const text of receiver.stdout.split("\n")) {
+          if (text.startsWith(`{"count":${n},`)) {
+            return JSON.parse(text) as { reads: number; writes: number };
+          }
+        }
+        return undefined;
+      },
+      "counts from the receiver",
+      10_000,
+      20,
+    );
+  };
+  await sleep(3_000);
+  const [calls0, cpu0] = [await counts(), await cpuTimes([receiver.pid])];
+  await sleep(seconds * 1000);
+  const [calls1, cpu1] = [await counts(), await cpuTimes([receiver.pid])];
+  await writer.close();
+  return {
+    reads: calls1.reads - calls0.reads,
+    writes: calls1.writes - calls0.writes,
+    user: cpu1.user - cpu0.user,
+    system: cpu1.system - cpu0.system,
+  };
+}
+
+/**
+ * What one read and one write cost a Deno process (`bench/io_cost.ts`), the floor under every
+ * per-packet cost of a relay written for Deno. Connections each bring 5,700 bytes 66 times a second
+ * (a 3 Mbit/s publisher's arrivals, as the relay reads them in `scale`): 10 of them, whose
+ * arrivals are 1.5 ms apart, so that each read wakes the event loop by itself; 100, whose arrivals
+ * come in bunches (the sender's timer fires about once a millisecond), so that one wake-up serves
+ * many reads; and the 100 again with every read also written to 3 connections, as a tee does.
+ */
+async function io(): Promise<void> {
+  const seconds = 10;
+  const us = (cpu: number, calls: number) => ((cpu / calls) * 1e6).toFixed(1);
+  const percent = (sample: IoSample) =>
+    (((sample.user + sample.system) / seconds) * 100).toFixed(1);
+  const alone = await ioSample(10, 0, seconds);
+  report(
+    `io: Deno ${Deno.version.deno}, a read that wakes the event loop by itself (10 connections x 66/s x 5700 B, ${
+      (alone.reads / seconds).toFixed(0)
+    } reads/s, CPU ${percent(alone)}%): ${us(alone.user, alone.reads)} µs user + ${
+      us(alone.system, alone.reads)
+    } µs kernel`,
+  );
+  const bunched = await ioSample(100, 0, seconds);
+  report(
+    `io: a read among many at one wake-up (100 connections, ${
+      (bunched.reads / seconds).toFixed(0)
+    } reads/s, CPU ${percent(bunched)}%): ${us(bunched.user, bunched.reads)} µs user + ${
+      us(bunched.system, bunched.reads)
+    } µs kernel`,
+  );
+  // The copies' cost is what this run spent beyond its reads, priced as in the bunched run.
+  const copied = await ioSample(100, 3, seconds);
+  const [readUser, readSystem] = [bunched.user / bunched.reads, bunched.system / bunched.reads];
+  report(
+    `io: a write the socket takes at once (each of those reads written to 3 connections, ${
+      (copied.writes / seconds).toFixed(0)
+    } writes/s, CPU ${percent(copied)}%): ${
+      us(copied.user - readUser * copied.reads, copied.writes)
+    } µs user + ${us(copied.system - readSystem * copied.reads, copied.writes)} µs kernel`,
+  );
+}
+
 async function startup(): Promise<void> {
   await using dir = await tempDir();
   const variants: [string, string, string[]][] = [[
@@ -698,6 +804,7 @@ const table: Record<string, () => Promise<void>> = {
   fanout,
   scale,
   startup,
+  io,
 };
 for (const section of sections) {
   const bench = table[section];
