@@ -108,9 +108,16 @@ export function lostPackets(sent: TrackLog, received: TrackLog | undefined, labe
     const got = received[track];
     const all = sent[track];
     // The sent sequence loops the same fixture, so locate the run from the end: it must be the
-    // last got.length packets sent, exactly.
-    const start = all.length - got.length;
-    let mismatches = 0;
+    // last got.length packets sent, exactly. A stream whose last packets never arrived would look
+    // shifted by that much, every packet "lost": a run that matches exactly once the last one to
+    // three sent are set aside is counted as those packets, missing at the end.
+    const runEndsAt = (end: number) =>
+      end - got.length >= 0 && got.every((fp, i) => fp === all[end - got.length + i]);
+    const tailMissing = got.length === 0 || runEndsAt(all.length)
+      ? 0
+      : [1, 2, 3].find((missing) => runEndsAt(all.length - missing)) ?? 0;
+    const start = all.length - tailMissing - got.length;
+    let mismatches = tailMissing;
     let first = -1;
     for (let i = 0; i < got.length; i++) {
       if (got[i] !== all[start + i]) {
@@ -120,14 +127,22 @@ export function lostPackets(sent: TrackLog, received: TrackLog | undefined, labe
     }
     if (mismatches > 0 || start < 0) {
       lossReports.push(
-        `${label} ${track}: sent ${all.length}, received ${got.length}, ${mismatches} differ from index ${first}` +
-          ` (received[${first}] ${got[first]}, expected ${all[start + first]}; received ${
-            got.indexOf(all[start + first]!)
-          } has the expected one)`,
+        tailMissing > 0
+          ? `${label} ${track}: sent ${all.length}, received ${got.length}, whole but for the last ${tailMissing} sent`
+          : `${label} ${track}: sent ${all.length}, received ${got.length}, ${mismatches} differ from index ${first}` +
+            ` (received[${first}] ${got[first]}, expected ${all[start + first]}; received ${
+              got.indexOf(all[start + first]!)
+            } has the expected one)`,
       );
     }
     lost += mismatches + Math.max(0, -start);
-    if (all.length > 0 && got.at(-1) !== all.at(-1)) missingEnds.push(`${label} ${track}`);
+    if (all.length > 0 && got.at(-1) !== all.at(-1)) {
+      missingEnds.push(
+        `${label} ${track}: ends with ${got.slice(-3).join(" ")}, sent ended with ${
+          all.slice(-3).join(" ")
+        }`,
+      );
+    }
   }
   return lost;
 }
