@@ -272,6 +272,31 @@ export class TestRtmpClient implements AsyncDisposable {
     return tags;
   }
 
+  /**
+   * Ends the connection the way a well-behaved encoder does: no more writes (FIN), then what the
+   * server still sends (acknowledgements, pings) is read and dropped until it closes, or for at
+   * most `timeoutMs`. Closing with unread bytes makes the kernel send RST instead of FIN, and a
+   * server that receives RST discards what it has not read yet: the end of the stream.
+   */
+  async end(timeoutMs = 10_000): Promise<void> {
+    const timer = setTimeout(() => this.close(), timeoutMs);
+    try {
+      await this.conn.closeWrite();
+      const buffer = new Uint8Array(16 * 1024);
+      while (await this.conn.read(buffer) !== null);
+    } catch (error) {
+      // Closed by the timer above, or the connection already gone: either way it is over.
+      const over = error instanceof Deno.errors.BadResource ||
+        error instanceof Deno.errors.Interrupted ||
+        error instanceof Deno.errors.ConnectionReset ||
+        error instanceof Deno.errors.NotConnected;
+      if (!over) throw error;
+    } finally {
+      clearTimeout(timer);
+      this.close();
+    }
+  }
+
   close(): void {
     try {
       this.conn.close();

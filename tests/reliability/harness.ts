@@ -203,14 +203,14 @@ export class PacedPublisher {
     }
   }
 
-  /** Stops cleanly (deleteStream, then close) and waits for the sender. */
+  /** Stops cleanly (deleteStream, then an orderly close) and waits for the sender. */
   async stop(): Promise<void> {
     this.#stop = true;
     await this.#running;
     const client = this.#client;
     if (client) {
       await client.call(1, "deleteStream", null, 1).catch(() => {});
-      client.close();
+      await client.end();
     }
   }
 
