@@ -146,9 +146,11 @@ async function load(engine: EngineName): Promise<void> {
     ? async () => (await Promise.all(sinks.map(ffmpegsOf))).every((n) => n === streams)
     : async () => {
       for (const key of keys) {
-        for (const i of sinks.keys()) {
-          if (!await connectedOn(relay, key, `d${i}`, engine)) return false;
-        }
+        const statuses = await destinationStatuses(relay, key);
+        const up = statuses.filter((status) =>
+          status.state === "connected" && status.engine === engine
+        );
+        if (up.length !== sinks.length) return false;
       }
       return true;
     };
