@@ -22,9 +22,8 @@ import {
   lossReports,
   lostPackets,
   PacedPublisher,
-  RecordingSink,
-  TrackLog,
 } from "../tests/reliability/harness.ts";
+import { RecordingSink, TrackLog } from "../tests/helpers/recording_sink.ts";
 import { sleep } from "../tests/helpers/process.ts";
 
 export type SentCounts = Record<string, { audio: number; video: number }>;

@@ -55,6 +55,13 @@ export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOpt
     "copy",
     "-rw_timeout",
     String(Math.round(options.ioTimeoutSeconds * 1_000_000)),
+    // FFmpeg reads what the destination sent (pings, acknowledgements) only every this many
+    // packets written (10 by default), and closes the socket without reading: anything left
+    // unread makes the kernel reset the connection, and a reset drops what it still held unsent,
+    // the stream's last packets. Read after every packet, only what arrives between FFmpeg's last
+    // write and its close is left (tests/e2e/stream_end_test.ts).
+    "-rtmp_flush_interval",
+    "1",
     "-flvflags",
     "no_duration_filesize",
     ...tlsArgs(url, options.caFile),

@@ -32,6 +32,7 @@ import { DestinationFailure, type DestinationFailureKind } from "./destination_f
 import { trustedCertificates } from "./tls_trust.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
+import { settlesWithin } from "../async.ts";
 
 export interface RtmpPublisherOptions {
   /** The push target, `rtmp_url + "/" + stream_key` (`Destination.pushUrl`). Secret. */
@@ -59,6 +60,11 @@ export const DEFAULT_PUBLISH_TIMEOUT_MS = 10_000;
 const READ_BUFFER_SIZE = 8 * 1024;
 /** How long `close()` waits for the goodbye (`FCUnpublish`, `deleteStream`) to leave. */
 const CLOSE_FLUSH_TIMEOUT_MS = 2_000;
+/**
+ * How long `close()` then waits for the destination to close its side, after ours: as long as the
+ * relay lets a draining destination go without progress (`DRAIN_STALL_MS`).
+ */
+const HANG_UP_TIMEOUT_MS = 5_000;
 
 const publisherLog = log("relay", "native");
 
@@ -121,6 +127,8 @@ export class RtmpPublisher implements AsyncDisposable {
   #phase = "connecting";
   #error: Error | undefined;
   #closing = false;
+  /** Our side is shut (FIN sent): what the destination still sends is read and let go. */
+  #writeShut = false;
   #bytesIn = 0;
   #packetsOut = 0;
   #published: PromiseWithResolvers<void> = Promise.withResolvers();
@@ -204,19 +212,24 @@ export class RtmpPublisher implements AsyncDisposable {
   }
 
   /**
-   * Ends the publish: `FCUnpublish` and `deleteStream` after what is already written, then the
-   * socket closes. Never throws for a connection that had already failed.
+   * Ends the publish: `FCUnpublish` and `deleteStream` after what is already written, then our
+   * side of the socket shuts and what the destination still sends is read until it closes its
+   * side (at most `HANG_UP_TIMEOUT_MS`), then the socket closes. Never throws for a connection
+   * that had already failed.
    */
   async close(): Promise<void> {
     if (!this.#closing && !this.#error && this.#writer) {
       this.#closing = true;
       const goodbye = this.#conversation.finish();
       let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#send(goodbye).catch(() => {}),
-        new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_FLUSH_TIMEOUT_MS)),
+      const said = await Promise.race([
+        this.#send(goodbye).then(() => true, () => false),
+        new Promise<boolean>((resolve) =>
+          timer = setTimeout(() => resolve(false), CLOSE_FLUSH_TIMEOUT_MS)
+        ),
       ]);
       clearTimeout(timer);
+      if (said) await this.#hangUp();
     }
     this.#closing = true;
     this.#stopListening();
@@ -228,6 +241,33 @@ export class RtmpPublisher implements AsyncDisposable {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /**
+   * Shuts our side (FIN after everything written) and reads until the destination closes its
+   * own. Closing the socket outright would make the kernel answer with a reset whatever the
+   * destination sends afterwards (a ping, the acknowledgement of the stream's last bytes), or
+   * had sent and we had not read yet, and a reset throws away what our kernel still holds unsent:
+   * the end of the stream, when the destination is slow to read it.
+   */
+  async #hangUp(): Promise<void> {
+    this.#writeShut = true;
+    try {
+      await this.#conn!.closeWrite();
+    } catch (error) {
+      // Already reset or closed by the destination: nothing is left to wait for.
+      if (
+        error instanceof Deno.errors.NotConnected || error instanceof Deno.errors.BadResource ||
+        error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe
+      ) return;
+      throw error;
+    }
+    if (!await settlesWithin(this.#reading, HANG_UP_TIMEOUT_MS)) {
+      publisherLog.debug("destination kept the connection open {seconds} s after our goodbye", {
+        destination: this.display,
+        seconds: HANG_UP_TIMEOUT_MS / 1000,
+      });
+    }
   }
 
   // ---- Opening ----
@@ -397,6 +437,8 @@ export class RtmpPublisher implements AsyncDisposable {
           }
           return;
         }
+        // After our goodbye nothing is answered: our side is shut.
+        if (this.#writeShut) continue;
         // The decoder owns nothing it is given: it copies into messages as they complete.
         this.#decoder.push(buffer.subarray(0, count), (message) => this.#onMessage(message));
         const ack = this.#conversation.acknowledgementFor(this.#bytesIn);

@@ -49,3 +49,14 @@ Deno.test("buildFfmpegArgs() adds no TLS option to rtmp destinations", () => {
   assertEquals(outputTail(args), ["-f", "flv", "rtmp://a.rtmp.youtube.com/live2/k-1234"]);
   assert(!args.includes("-tls_verify") && !args.includes("-ca_file"));
 });
+
+Deno.test("buildFfmpegArgs() makes FFmpeg read what the destination sends after every packet", () => {
+  for (
+    const url of ["rtmp://a.rtmp.youtube.com/live2", "rtmps://live-api-s.facebook.com:443/rtmp"]
+  ) {
+    const args = buildFfmpegArgs(destination(url), { ioTimeoutSeconds: 10 });
+    const at = args.indexOf("-rtmp_flush_interval");
+    assert(at > args.indexOf("pipe:0"), `${url}: an output option`);
+    assertEquals(args[at + 1], "1", url);
+  }
+});

@@ -1,7 +1,8 @@
 /**
- * The reliability suite's tools: paced publishers and recording sinks that fingerprint every media
- * packet per track, so "no packet lost" is checked packet by packet; the relay as a real process
- * (so it can be killed and measured); a summary of everything the suite tried.
+ * The reliability suite's tools: paced publishers that fingerprint every media packet they send
+ * per track, checked against what the sinks of `../helpers/recording_sink.ts` received, so "no
+ * packet lost" is checked packet by packet; the relay as a real process (so it can be killed and
+ * measured); a summary of everything the suite tried.
  *
  * `NEUSTREAM_SOAK=long` (set by `deno task soak`) selects the long form; `NEUSTREAM_SOAK_SECONDS`
  * (default 600) is how long its load runs and how long its fuzzer may take.
@@ -12,13 +13,12 @@
 import { readFlvTags } from "../../bench/flv_file.ts";
 import { cpuSeconds, processTree, pssBytes } from "../../bench/proc.ts";
 import type { MediaPacket } from "../../src/media/flv.ts";
-import { StreamHub } from "../../src/media/live_stream.ts";
 import { mediaMessage } from "../../src/rtmp/messages.ts";
-import { RtmpServer } from "../../src/rtmp/server.ts";
 import { assert } from "../helpers/assert.ts";
 import { fixture } from "../helpers/media.ts";
-import { sleep, waitFor } from "../helpers/process.ts";
+import { sleep } from "../helpers/process.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
+import { TrackLog } from "../helpers/recording_sink.ts";
 
 export const LONG = Deno.env.get("NEUSTREAM_SOAK") === "long";
 
@@ -60,34 +60,6 @@ export const SIZE = LONG
     fuzzCases: 2_000,
     fuzzSeconds: 40,
   };
-
-/** FNV-1a over the payload: cheap enough to fingerprint hundreds of Mbit/s in the test process. */
-export function fingerprint(packet: MediaPacket): string {
-  let hash = 0x811c9dc5;
-  const bytes = packet.payload;
-  for (let i = 0; i < bytes.length; i++) {
-    hash ^= bytes[i]!;
-    hash = Math.imul(hash, 0x01000193);
-  }
-  return `${bytes.length}:${(hash >>> 0).toString(16)}`;
-}
-
-/** Audio and video media packets (not sequence headers or metadata), each track on its own. */
-export class TrackLog {
-  readonly audio: string[] = [];
-  readonly video: string[] = [];
-
-  add(packet: MediaPacket): void {
-    if (packet.sequenceHeader || packet.type === 18) return;
-    // FFmpeg's FLV muxer closes a stream with an AVC end-of-sequence tag: framing, not media.
-    if (packet.type === 9 && (packet.payload[0]! & 0x0f) === 7 && packet.payload[1] === 2) return;
-    (packet.type === 8 ? this.audio : this.video).push(fingerprint(packet));
-  }
-
-  get count(): number {
-    return this.audio.length + this.video.length;
-  }
-}
 
 /** Details of every loss found, for the failure message. */
 export const lossReports: string[] = [];
@@ -229,89 +201,6 @@ export class PacedPublisher {
   kill(): void {
     this.#stop = true;
     this.#client?.close();
-  }
-}
-
-/** Waits until each sink has read the publish of its key to the end (`RecordingSink.ended`). */
-export async function readToEnd(
-  deliveries: readonly (readonly [RecordingSink, string])[],
-  timeoutMs = 30_000,
-): Promise<void> {
-  await waitFor(
-    () => deliveries.every(([sink, key]) => sink.ended(key)),
-    "every sink to read its streams to the end",
-    timeoutMs,
-  );
-}
-
-/** An RTMP ingest standing for a platform: accepts any key, fingerprints what arrives. */
-export class RecordingSink implements AsyncDisposable {
-  readonly port: number;
-  /** Per key, what the latest publish session of that key delivered. */
-  readonly received = new Map<string, TrackLog>();
-  readonly #ended = new Set<string>();
-  #hub: StreamHub;
-  #server: RtmpServer;
-  /** Keys this sink refuses, like a platform rejecting a wrong stream key. */
-  refuse = new Set<string>();
-
-  constructor(port = 0) {
-    this.#hub = new StreamHub({ gopCache: false, gopCacheMaxBytes: 0 });
-    this.#server = new RtmpServer(
-      {
-        hostname: "127.0.0.1",
-        port,
-        app: "live",
-        chunkSize: 4096,
-        maxMessageSize: 16 * 1024 * 1024,
-        pingIntervalMs: 30_000,
-        pingTimeoutMs: 60_000,
-        handshakeTimeoutMs: 10_000,
-        playerQueueBytes: 4 * 1024 * 1024,
-      },
-      this.#hub,
-      (request) =>
-        Promise.resolve(
-          this.refuse.has(request.key)
-            ? { allowed: false, reason: "wrong stream key" }
-            : { allowed: true },
-        ),
-    );
-    this.port = this.#server.port;
-    this.#hub.addListener({
-      onLive: (stream) => {
-        const log = new TrackLog();
-        this.received.set(stream.key, log);
-        this.#ended.delete(stream.key);
-        stream.subscribe({
-          onPacket: (packet) => log.add(packet),
-          onEnd: () => {
-            if (this.received.get(stream.key) === log) this.#ended.add(stream.key);
-          },
-        });
-      },
-    });
-  }
-
-  get url(): string {
-    return `rtmp://127.0.0.1:${this.port}/live`;
-  }
-
-  /**
-   * Whether the latest publish of `key` was read to its end. A publisher (a destination's FFmpeg)
-   * that has exited may still have its last packets in this sink's socket, unread while the test
-   * process was busy: compare what a sink received only once this holds.
-   */
-  ended(key: string): boolean {
-    return this.#ended.has(key);
-  }
-
-  async close(): Promise<void> {
-    await this.#server.close("sink stopped");
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
   }
 }
 

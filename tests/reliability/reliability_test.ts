@@ -24,14 +24,13 @@ import {
   mutateSession,
   PacedPublisher,
   printSummary,
-  readToEnd,
-  RecordingSink,
   ResourceSampler,
   seededRandom,
   SIZE,
   StalledSink,
   summary,
 } from "./harness.ts";
+import { readToEnd, RecordingSink } from "../helpers/recording_sink.ts";
 
 const MiB = 1024 * 1024;
 /** Every stream key and destination key the suite uses: none may leave the relay in full. */
@@ -181,8 +180,10 @@ async function load(engine: EngineName): Promise<void> {
   for (const publisher of publishers) {
     assert(publisher.error === undefined, `${publisher.key}: ${publisher.error}`);
     for (const [i, sink] of sinks.entries()) {
-      const got = sink.received.get(destinationKeys.get(publisher.key)![i]!);
-      lost += lostPackets(publisher.sent, got, `${publisher.key} → sink ${i}`);
+      const outKey = destinationKeys.get(publisher.key)![i]!;
+      const got = sink.received.get(outKey);
+      const label = `${publisher.key} → sink ${i} (its session ended: ${sink.endReason(outKey)})`;
+      lost += lostPackets(publisher.sent, got, label);
       delivered += got?.count ?? 0;
     }
   }
@@ -257,7 +258,7 @@ async function faults(engine: EngineName): Promise<void> {
     using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     return (probe.addr as Deno.NetAddr).port;
   })();
-  let flaky = new RecordingSink(flakyPort);
+  let flaky = new RecordingSink({ port: flakyPort });
   await using refusing = new RecordingSink();
   await using stalled = new StalledSink();
 
@@ -336,7 +337,7 @@ async function faults(engine: EngineName): Promise<void> {
   // A sink killed and restarted: its destination comes back by itself.
   await flaky.close();
   await sleep(1_500);
-  flaky = new RecordingSink(flakyPort);
+  flaky = new RecordingSink({ port: flakyPort });
   faults++;
 
   // A publisher whose network drops silently: the ping timeout ends its stream.
