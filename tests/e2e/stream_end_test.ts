@@ -5,8 +5,9 @@
  * What breaks it: a publisher that closes its socket while the destination has sent it something
  * it has not read (a ping, an acknowledgement), or that arrives after the close, makes the kernel
  * answer with a reset, and a reset throws away whatever the publisher's kernel still held unsent:
- * the stream's last packets. FFmpeg 5.1 closes without reading what the destination sent since its
- * last write; the native engine half-closes and reads until the destination closes.
+ * the stream's last packets. FFmpeg 5.1 reads what the destination sends only every 10 packets it
+ * writes and closes without reading: the relay runs it with `-rtmp_flush_interval 1`, a read after
+ * every packet. The native engine half-closes and reads until the destination closes.
  *
  * A real FFmpeg publishes a fixture to the real relay; the destination is our own RTMP ingest
  * (`RecordingSink`) pinging its publishers every 100 ms, so that a ping is in flight at every
