@@ -56,7 +56,6 @@ export class RecordingSink implements AsyncDisposable {
   readonly port: number;
   /** Per key, what the latest publish session of that key delivered. */
   readonly received = new Map<string, TrackLog>();
-  readonly #ended = new Set<string>();
   /** Per key, why the latest publish session of that key ended (the sink's own words). */
   readonly #endReasons = new Map<string, string>();
   #hub: StreamHub;
@@ -66,8 +65,8 @@ export class RecordingSink implements AsyncDisposable {
 
   /**
    * `port` 0 picks a free one. `pingIntervalMs` is how often the sink pings its publishers (30 s,
-   * as a platform might; a few ms makes a ping arrive at every moment of a publisher's life,
-   * its last one included).
+   * as a platform might); below 100 ms it pings every 100 ms, its session timer's shortest tick,
+   * so that a ping arrives at every moment of a publisher's life, its last one included.
    */
   constructor(options: { port?: number; pingIntervalMs?: number } = {}) {
     const { port = 0, pingIntervalMs = 30_000 } = options;
@@ -97,14 +96,11 @@ export class RecordingSink implements AsyncDisposable {
       onLive: (stream) => {
         const log = new TrackLog();
         this.received.set(stream.key, log);
-        this.#ended.delete(stream.key);
         this.#endReasons.delete(stream.key);
         stream.subscribe({
           onPacket: (packet) => log.add(packet),
           onEnd: (reason) => {
-            if (this.received.get(stream.key) !== log) return;
-            this.#ended.add(stream.key);
-            this.#endReasons.set(stream.key, reason);
+            if (this.received.get(stream.key) === log) this.#endReasons.set(stream.key, reason);
           },
         });
       },
@@ -121,7 +117,7 @@ export class RecordingSink implements AsyncDisposable {
    * process was busy: compare what a sink received only once this holds.
    */
   ended(key: string): boolean {
-    return this.#ended.has(key);
+    return this.#endReasons.has(key);
   }
 
   /**
