@@ -307,7 +307,9 @@ export class RelayService implements AsyncDisposable {
       this.#shutdownSignal.abort();
       // End every stream now (no reconnect window on our own shutdown), then close the rest.
       this.hub.endAll(reason);
-      await this.rtmp.close(reason);
+      // Players taking the end of their stream get at most half the grace, as FFmpeg does.
+      const forceAfterMs = this.config.streaming.shutdown_grace_seconds * 1000 / 2;
+      await this.rtmp.close(reason, { forceAfterMs });
       this.hub.endAll(reason);
       await this.manager.settle();
       this.events.close();

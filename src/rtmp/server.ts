@@ -5,6 +5,7 @@
  */
 
 import type { StreamHub } from "../media/live_stream.ts";
+import { settlesWithin } from "../async.ts";
 import { log } from "../log.ts";
 import type { PublishAuthorizer } from "./publish_authorizer.ts";
 import { RtmpSession, type SessionOptions } from "./session.ts";
@@ -97,8 +98,15 @@ export class RtmpServer implements AsyncDisposable {
     }
   }
 
-  /** Stops accepting and closes every connection; resolves when all sessions have ended. */
-  async close(reason = "server shutting down"): Promise<void> {
+  /**
+   * Stops accepting and closes every connection; resolves when all sessions have ended. Sessions
+   * already saying their last (a player taking the end of its stream) are given their own
+   * timeouts, unless `forceAfterMs` passes first: then whatever is left is closed outright.
+   */
+  async close(
+    reason = "server shutting down",
+    options: { forceAfterMs?: number } = {},
+  ): Promise<void> {
     if (!this.#closing) {
       this.#closing = true;
       try {
@@ -109,7 +117,12 @@ export class RtmpServer implements AsyncDisposable {
     }
     await this.#acceptLoop;
     for (const session of this.#sessions) session.close(reason);
-    await Promise.all(this.#running);
+    const ended = Promise.all(this.#running);
+    const { forceAfterMs } = options;
+    if (forceAfterMs !== undefined && !await settlesWithin(ended, forceAfterMs)) {
+      for (const session of this.#sessions) session.close(reason, { now: true });
+    }
+    await ended;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

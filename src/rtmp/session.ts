@@ -56,6 +56,11 @@ const READ_BUFFER_SIZE = 64 * 1024;
 const READ_AHEAD_BYTES = 256 * 1024;
 /** How long a closing connection may take to flush its last messages. */
 const FLUSH_TIMEOUT_MS = 2_000;
+/**
+ * How long a player may then take to close its side, after ours: to read the end of its stream
+ * still in our kernel's send queue, and exit on the end of stream it finds there.
+ */
+const HANG_UP_TIMEOUT_MS = 2_000;
 
 const sessionLog = log("rtmp");
 
@@ -93,6 +98,11 @@ export class RtmpSession implements StreamSubscriber {
   readonly #connectionLog: Logger;
   #pumpDone: Promise<void> = Promise.resolve();
   #closed = false;
+  /** The last messages are queued (`#closeAfterFlush`): the session ends once they are written. */
+  #ending = false;
+  /** Our side is shut (`#hangUp`): what the peer still sends is read and discarded. */
+  #writeShut = false;
+  #hangUpTimer: ReturnType<typeof setTimeout> | undefined;
   /** The stream published or played, once the hub gave it to this connection. */
   #stream: LiveStream | undefined;
   #bytesIn = 0;
@@ -185,22 +195,29 @@ export class RtmpSession implements StreamSubscriber {
 
   /**
    * Ends the session from outside (relay shutdown). A publisher's stream ends with it, and the
-   * encoder is told first; players are told by the end of their stream.
+   * encoder is told first; players are told by the end of their stream. A session already saying
+   * its last is left to its timeouts, unless `now`.
    */
-  close(reason: string): void {
+  close(reason: string, options: { now?: boolean } = {}): void {
     const stream = this.#stream;
     if (this.role === "publisher" && stream !== undefined && !this.#closed) {
       this.#deps.hub.end(stream, reason); // detaches us: status sent, then closed after flush
       return;
     }
+    if (this.#ending && !options.now) return;
     this.#abort(reason);
   }
 
   #abort(reason: string): void {
     if (this.#closed) return;
     this.#closeReason ||= reason;
-    this.#log.info("closing connection: {reason}", { reason });
+    if (!this.#writeShut) this.#log.info("closing connection: {reason}", { reason });
+    this.#closeNow();
+  }
+
+  #closeNow(): void {
     this.#closed = true;
+    clearTimeout(this.#hangUpTimer);
     this.#outbox.close();
     this.#closeSocket();
   }
@@ -213,18 +230,24 @@ export class RtmpSession implements StreamSubscriber {
     }
   }
 
-  /** Resolves once what is queued is written, or after `FLUSH_TIMEOUT_MS` if the peer stalls. */
-  async #flushed(): Promise<void> {
+  /**
+   * Resolves true once what is queued is written, or false after `FLUSH_TIMEOUT_MS` if the peer
+   * stalls.
+   */
+  async #flushed(): Promise<boolean> {
     try {
       await deadline(this.#pumpDone, FLUSH_TIMEOUT_MS);
+      return true;
     } catch (error) {
       if (!isTimeout(error)) throw error;
+      return false;
     }
   }
 
   async #shutdown(): Promise<void> {
     clearTimeout(this.#handshakeTimer);
     clearInterval(this.#pingTimer);
+    clearTimeout(this.#hangUpTimer);
     this.#leaveStream(this.#conversation.leave(), this.#closeReason || "connection closed");
     if (!this.#closed) {
       // Let queued replies (an error status, an end of stream) reach the peer, briefly.
@@ -316,13 +339,14 @@ export class RtmpSession implements StreamSubscriber {
         this.#readAhead = undefined;
         count = ahead === undefined ? await this.#conn.read(buffer) : countOf(await ahead);
       } catch (error) {
-        if (this.#closed) return;
+        if (this.#closed || this.#writeShut) return;
         if (error instanceof Deno.errors.ConnectionReset) {
           throw new SessionClosed("connection reset by peer");
         }
         throw error;
       }
       if (count === null) return;
+      if (this.#writeShut) continue; // we have said our last: nothing is answered
       this.#noteReceived(count);
       this.#decoder.push(buffer.subarray(0, count), collect);
     }
@@ -512,16 +536,59 @@ export class RtmpSession implements StreamSubscriber {
     if (this.role !== "player") return;
     this.#stream = undefined;
     this.#sendAll(this.#conversation.playEnded(reason));
-    // Players exit on the notification; close so that none is left waiting.
-    this.#closeAfterFlush(`stream ended: ${reason}`);
+    // Players exit on the notification; hang up so that none is left waiting.
+    this.#closeAfterFlush(`stream ended: ${reason}`, { hangUp: true });
   }
 
-  /** Sends what is queued, then closes; a peer that does not read gets `FLUSH_TIMEOUT_MS`. */
-  #closeAfterFlush(reason: string): void {
-    if (this.#closed) return;
+  /**
+   * Sends what is queued, then closes; a peer that does not read gets `FLUSH_TIMEOUT_MS`. With
+   * `hangUp` (a player, whose stream's end is what is queued), a flush that completed is followed
+   * by `#hangUp` rather than a close.
+   */
+  #closeAfterFlush(reason: string, options: { hangUp?: boolean } = {}): void {
+    if (this.#closed || this.#ending) return;
+    this.#ending = true;
     this.#closeReason ||= reason;
     this.#outbox.close();
-    void this.#flushed().then(() => this.#abort(reason));
+    void this.#flushed().then((written) =>
+      written && options.hangUp ? this.#hangUp(reason) : this.#abort(reason)
+    );
+  }
+
+  /**
+   * Shuts our side (FIN after everything written) and reads, discarding, until the peer closes
+   * its own or `HANG_UP_TIMEOUT_MS` has passed; the read loop's end then closes the socket.
+   * Closing outright would make the kernel answer with a reset whatever the peer sends afterwards
+   * (a player's answers to the pings and its acknowledgements of what it reads late), and a reset
+   * throws away what our kernel still holds unsent: the end of the stream, for a slow player.
+   * A publisher is not waited for: what it is sent at the end is one short status, and an encoder
+   * goes on sending until it notices, which only the close makes it do.
+   */
+  async #hangUp(reason: string): Promise<void> {
+    if (this.#closed) return;
+    this.#log.info("closing connection: {reason}", { reason });
+    this.#writeShut = true;
+    clearInterval(this.#pingTimer);
+    this.#hangUpTimer = setTimeout(() => {
+      this.#log.debug("peer kept the connection open {seconds} s after ours closed", {
+        seconds: HANG_UP_TIMEOUT_MS / 1000,
+      });
+      this.#closeNow();
+    }, HANG_UP_TIMEOUT_MS);
+    try {
+      await this.#conn.closeWrite();
+    } catch (error) {
+      // Reset or closed by the peer meanwhile: nothing is left to wait for.
+      const gone = error instanceof Deno.errors.NotConnected ||
+        error instanceof Deno.errors.BadResource || error instanceof Deno.errors.ConnectionReset ||
+        error instanceof Deno.errors.BrokenPipe;
+      if (!gone) {
+        this.#log.warn("could not shut our side, closing: {reason}", {
+          reason: `${(error as Error).name}: ${(error as Error).message}`,
+        });
+      }
+      this.#closeNow();
+    }
   }
 
   // ---- Writing ----

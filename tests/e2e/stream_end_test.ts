@@ -12,16 +12,20 @@
  * A real FFmpeg publishes a fixture to the real relay; the destination is our own RTMP ingest
  * (`RecordingSink`) pinging its publishers every 100 ms, so that a ping is in flight at every
  * moment; what it received is compared with the fixture's packets, fingerprint by fingerprint.
+ *
+ * The relay's own server closes its players' connections in the same way once their stream has
+ * ended: it shuts its side and reads until the player closes. Real FFmpeg players, one of them
+ * slow, are compared packet by packet (framemd5) with the fixture or with each other.
  */
 
 import { readFlvTags } from "../../bench/flv_file.ts";
 import { ENGINE_NAMES } from "../../src/relay/relay_engine.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { fixture } from "../helpers/media.ts";
-import { ffmpegPublish } from "../helpers/peers.ts";
-import { sleep, waitFor } from "../helpers/process.ts";
+import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
+import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
+import { sleep, tempDir, waitFor } from "../helpers/process.ts";
 import { readToEnd, RecordingSink, TrackLog } from "../helpers/recording_sink.ts";
-import { startTestRelay } from "../helpers/relay.ts";
+import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { ThrottledProxy } from "../helpers/throttled_proxy.ts";
 
 /** The sink's ping interval: its session timer's shortest tick, 100 ms. */
@@ -109,4 +113,93 @@ Deno.test("native engine: a destination slow to read the stream's end, pinging a
   proxy.paused = false;
   await readToEnd([[sink, "end-slow"]]);
   assertWhole(sink, "end-slow", sent);
+});
+
+/**
+ * A real FFmpeg player of `key` reached through a proxy that can stop passing it what the relay
+ * sends (`proxy.paused`) while what it sends still reaches the relay, recording to `out`.
+ */
+function slowPlayer(relay: TestRelay, key: string, out: string) {
+  const proxy = new ThrottledProxy(relay.rtmpPort, 1_000_000_000, { throttled: "fromTarget" });
+  const player = ffmpegPlay(`rtmp://127.0.0.1:${proxy.port}/live/${key}`, out);
+  return { proxy, player };
+}
+
+/** A relay that pings its clients every 100 ms, so that a player has pings to answer at the end. */
+function pingingRelay(key: string): Promise<TestRelay> {
+  return startTestRelay({ rtmp: { ping_interval_seconds: 0.1 }, streams: [{ key }] });
+}
+
+async function waitForPlayers(relay: TestRelay, key: string, count: number): Promise<void> {
+  await waitFor(
+    () => relay.service.hub.get(key)?.subscriberCount === count,
+    `${count} player(s) on the stream`,
+  );
+}
+
+Deno.test("a player slow to read the stream's end, answering the relay's pings, still gets all of it", async () => {
+  // As above, the other way round: the relay's server is the side that closes, once its stream
+  // has ended, and the player (a real FFmpeg) answers the pings it finds in what it reads late.
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 4, gop: 60, videoBitrate: "3M", size: "1280x720" });
+  const key = "end-player-0001";
+  await using relay = await pingingRelay(key);
+  const { proxy, player } = slowPlayer(relay, key, `${dir.path}/played.flv`);
+  await using _proxy = proxy;
+  await using _player = player;
+  await waitForPlayers(relay, key, 1);
+  // The relay pings its publisher as often: FFmpeg must not lose the stream's end on its way in.
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl(key), { readAfterEveryPacket: true });
+  // The player stops reading for the last 1.5 s of the stream and 0.5 s after it, while what it
+  // sends still reaches the relay.
+  await sleep(2_500);
+  proxy.paused = true;
+  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  await sleep(500);
+  assert(!player.exited, "the player read the end while paused: nothing was tested");
+  proxy.paused = false;
+  assertEquals((await player.wait()).code, 0, player.stderr);
+  assertSamePackets(
+    await framemd5(`${dir.path}/played.flv`),
+    await framemd5(source),
+    "slow player",
+  );
+});
+
+Deno.test("on the relay's shutdown a slow player gets as much of the stream as a fast one, and the end", async () => {
+  // The stream ends mid-way: what a player reading at once got is what the relay had for its
+  // players when it stopped, and the slow player must get the same, though much of it is still
+  // queued when the relay closes its connections.
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 8, gop: 60, videoBitrate: "3M", size: "1280x720" });
+  const key = "end-shutdown-0001";
+  await using relay = await pingingRelay(key);
+  const { proxy, player: slow } = slowPlayer(relay, key, `${dir.path}/slow.flv`);
+  await using _proxy = proxy;
+  await using _slow = slow;
+  await waitForPlayers(relay, key, 1);
+  await using fast = ffmpegPlay(relay.rtmpUrl(key), `${dir.path}/fast.flv`);
+  await waitForPlayers(relay, key, 2);
+  await using _publisher = ffmpegPublish(source, relay.rtmpUrl(key), {
+    readAfterEveryPacket: true,
+  });
+  // Paused for 3 s (about 1.1 MB), more than the proxy's socket takes in: the relay holds the
+  // rest, in its kernel or in the player's queue, when it stops.
+  await sleep(2_500);
+  proxy.paused = true;
+  await sleep(3_000);
+  const stopping = relay.service.shutdown("relay shutting down for the test");
+  await sleep(500);
+  assert(!slow.exited, "the slow player read the end while paused: nothing was tested");
+  proxy.paused = false;
+  await stopping;
+  assertEquals((await fast.wait()).code, 0, fast.stderr);
+  assertEquals((await slow.wait()).code, 0, slow.stderr);
+  const fastPackets = await framemd5(`${dir.path}/fast.flv`);
+  assert(fastPackets.length > 100, `the fast player got ${fastPackets.length} packets`);
+  assertSamePackets(
+    await framemd5(`${dir.path}/slow.flv`),
+    fastPackets,
+    "slow player (expected: what the fast one got)",
+  );
 });

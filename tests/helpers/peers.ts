@@ -6,11 +6,16 @@
 
 import { TestProcess } from "./process.ts";
 
-/** Publishes `source` to `url` with `-c copy`; in real time unless `realtime` is false. */
+/**
+ * Publishes `source` to `url` with `-c copy`; in real time unless `realtime` is false.
+ * `readAfterEveryPacket` (`-rtmp_flush_interval 1`): FFmpeg reads what the server sends after
+ * every packet, not every 10, so that a server pinging often cannot find a ping unread when FFmpeg
+ * closes (the reset that makes the stream's last packets lost on their way in).
+ */
 export function ffmpegPublish(
   source: string,
   url: string,
-  options: { realtime?: boolean } = {},
+  options: { realtime?: boolean; readAfterEveryPacket?: boolean } = {},
 ): TestProcess {
   return new TestProcess("ffmpeg", [
     "-hide_banner",
@@ -21,6 +26,7 @@ export function ffmpegPublish(
     source,
     "-c",
     "copy",
+    ...(options.readAfterEveryPacket ? ["-rtmp_flush_interval", "1"] : []),
     "-f",
     "flv",
     url,

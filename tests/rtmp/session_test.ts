@@ -12,7 +12,7 @@ import { hex } from "../helpers/bytes.ts";
 import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
 import { tempDir, waitFor } from "../helpers/process.ts";
-import { startTestRelay } from "../helpers/relay.ts";
+import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 const raw = (typeId: number, payload: Uint8Array, chunkStreamId = 3): OutgoingMessage => ({
@@ -221,18 +221,17 @@ Deno.test("the server acknowledges received bytes once the peer's window is reac
   }
 });
 
-Deno.test("a player that stops reading is closed 2 s after its stream ends, not left open", async () => {
-  await using relay = await startTestRelay({
-    streams: [{ key: "flush-key-0001" }],
-    rtmp: { gop_cache_max_kb: 1024 }, // a player's queue is the 4 MiB minimum
-  });
-  await using publisher = await TestRtmpClient.connect(relay.rtmpPort);
+/**
+ * Publishes to `key` until the one player of it, which never reads, has a full queue (loopback's
+ * socket buffers take up to about 10 MiB first): the relay's writes to it block, and the rest is
+ * dropped. Returns the publisher, still connected.
+ */
+async function stallPlayer(relay: TestRelay, key: string): Promise<TestRtmpClient> {
+  const publisher = await TestRtmpClient.connect(relay.rtmpPort);
   await publisher.handshake();
-  const { streamId, code } = await publisher.publish("flush-key-0001");
+  const { streamId, code } = await publisher.publish(key);
   assertEquals(code, "NetStream.Publish.Start");
-  await using _player = await TestRtmpClient.player(relay.rtmpPort, "flush-key-0001");
-  // The player never reads again. Sent until the player's queue overflows (loopback's socket
-  // buffers take up to about 10 MiB first): the relay's writes to it block, and the rest is dropped.
+  await waitFor(() => relay.service.hub.get(key)?.subscriberCount === 1, "the player");
   const player = () => [...relay.service.rtmp.sessions].find((s) => s.role === "player");
   const frame = new Uint8Array(64 * 1024).fill(0x27);
   for (let i = 0; i < 640 && !(player()?.droppedPackets); i++) {
@@ -246,6 +245,16 @@ Deno.test("a player that stops reading is closed 2 s after its stream ends, not 
     });
   }
   await waitFor(() => (player()?.droppedPackets ?? 0) > 0, "the player's queue to overflow");
+  return publisher;
+}
+
+Deno.test("a player that stops reading is closed 2 s after its stream ends, not left open", async () => {
+  await using relay = await startTestRelay({
+    streams: [{ key: "flush-key-0001" }],
+    rtmp: { gop_cache_max_kb: 1024 }, // a player's queue is the 4 MiB minimum
+  });
+  await using _player = await TestRtmpClient.player(relay.rtmpPort, "flush-key-0001");
+  await using publisher = await stallPlayer(relay, "flush-key-0001");
   publisher.close(); // the stream ends: the player is told, then closed once that is written
   const endedAt = performance.now();
   await waitFor(() => relay.service.rtmp.sessions.size === 0, "the stalled player to be closed");
@@ -253,4 +262,22 @@ Deno.test("a player that stops reading is closed 2 s after its stream ends, not 
   assert(took >= 1_500, `closed after ${Math.round(took)} ms: it did not wait for the flush`);
   assert(took < 8_000, `closed after ${Math.round(took)} ms: the flush timeout did not apply`);
   assertMatch(relay.logText(), /closing connection: stream ended/);
+});
+
+Deno.test("the relay's shutdown waits for a player that stops reading no longer than half the grace", async () => {
+  // A player taking the end of its stream may have 2 s to take it and 2 s to close; the shutdown
+  // has shutdown_grace_seconds in all (main.ts exits 1 beyond it), half of it for the players.
+  await using relay = await startTestRelay({
+    streams: [{ key: "grace-key-0001" }],
+    rtmp: { gop_cache_max_kb: 1024 },
+    streaming: { shutdown_grace_seconds: 1 },
+  });
+  await using _player = await TestRtmpClient.player(relay.rtmpPort, "grace-key-0001");
+  await using _publisher = await stallPlayer(relay, "grace-key-0001");
+  const started = performance.now();
+  await relay.service.shutdown("relay shutting down for the test");
+  const took = performance.now() - started;
+  // 0.5 s expected; the player's flush alone would hold it 2 s.
+  assert(took < 1_600, `the shutdown took ${Math.round(took)} ms`);
+  assertEquals(relay.service.rtmp.sessions.size, 0, "every connection is gone");
 });
