@@ -27,6 +27,7 @@ import {
 import { HANDSHAKE_SIZE, RTMP_VERSION } from "../rtmp/handshake.ts";
 import { ChunkStream, mediaMessage } from "../rtmp/messages.ts";
 import { MessageWriter } from "../rtmp/message_writer.ts";
+import { shutWrite } from "../rtmp/shut_write.ts";
 import { type MediaPacket, TagType } from "../media/flv.ts";
 import { DestinationFailure, type DestinationFailureKind } from "./destination_failure.ts";
 import { trustedCertificates } from "./tls_trust.ts";
@@ -252,16 +253,7 @@ export class RtmpPublisher implements AsyncDisposable {
    */
   async #hangUp(): Promise<void> {
     this.#writeShut = true;
-    try {
-      await this.#conn!.closeWrite();
-    } catch (error) {
-      // Already reset or closed by the destination: nothing is left to wait for.
-      if (
-        error instanceof Deno.errors.NotConnected || error instanceof Deno.errors.BadResource ||
-        error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe
-      ) return;
-      throw error;
-    }
+    if (!await shutWrite(this.#conn!)) return; // already reset or closed by the destination
     if (!await settlesWithin(this.#reading, HANG_UP_TIMEOUT_MS)) {
       publisherLog.debug("destination kept the connection open {seconds} s after our goodbye", {
         destination: this.display,

@@ -17,6 +17,7 @@ import { createServerHandshake, HANDSHAKE_SIZE } from "./handshake.ts";
 import { pingRequest } from "./messages.ts";
 import { MessageWriter } from "./message_writer.ts";
 import { type ConversationRole, ServerConversation, type Step } from "./server_conversation.ts";
+import { shutWrite } from "./shut_write.ts";
 import type { MediaPacket } from "../media/flv.ts";
 import type { LiveStream, StreamHub, StreamSubscriber } from "../media/live_stream.ts";
 import { MediaQueue } from "../media/media_queue.ts";
@@ -575,20 +576,15 @@ export class RtmpSession implements StreamSubscriber {
       });
       this.#closeNow();
     }, HANG_UP_TIMEOUT_MS);
+    let shut = false;
     try {
-      await this.#conn.closeWrite();
+      shut = await shutWrite(this.#conn); // false: reset or closed by the peer meanwhile
     } catch (error) {
-      // Reset or closed by the peer meanwhile: nothing is left to wait for.
-      const gone = error instanceof Deno.errors.NotConnected ||
-        error instanceof Deno.errors.BadResource || error instanceof Deno.errors.ConnectionReset ||
-        error instanceof Deno.errors.BrokenPipe;
-      if (!gone) {
-        this.#log.warn("could not shut our side, closing: {reason}", {
-          reason: `${(error as Error).name}: ${(error as Error).message}`,
-        });
-      }
-      this.#closeNow();
+      this.#log.warn("could not shut our side, closing: {reason}", {
+        reason: `${(error as Error).name}: ${(error as Error).message}`,
+      });
     }
+    if (!shut) this.#closeNow();
   }
 
   // ---- Writing ----
