@@ -197,7 +197,8 @@ export class RtmpSession implements StreamSubscriber {
   /**
    * Ends the session from outside (relay shutdown). A publisher's stream ends with it, and the
    * encoder is told first; players are told by the end of their stream. A session already saying
-   * its last is left to its timeouts, unless `now`.
+   * its last (a player its stream's end, a publisher let go its status) is left to its timeouts,
+   * unless `now`.
    */
   close(reason: string, options: { now?: boolean } = {}): void {
     const stream = this.#stream;
@@ -347,7 +348,10 @@ export class RtmpSession implements StreamSubscriber {
         throw error;
       }
       if (count === null) return;
-      if (this.#writeShut) continue; // we have said our last: nothing is answered
+      if (this.#writeShut) {
+        this.#bytesIn += count; // counted, but we have said our last: nothing is answered
+        continue;
+      }
       this.#noteReceived(count);
       this.#decoder.push(buffer.subarray(0, count), collect);
     }
@@ -580,11 +584,14 @@ export class RtmpSession implements StreamSubscriber {
     try {
       shut = await shutWrite(this.#conn); // false: reset or closed by the peer meanwhile
     } catch (error) {
-      this.#log.warn("could not shut our side, closing: {reason}", {
-        reason: `${(error as Error).name}: ${(error as Error).message}`,
-      });
+      // Closed meanwhile (the server's forced close): that failure is expected.
+      if (!this.#closed) {
+        this.#log.warn("could not shut our side, closing: {reason}", {
+          reason: `${(error as Error).name}: ${(error as Error).message}`,
+        });
+      }
     }
-    if (!shut) this.#closeNow();
+    if (!shut && !this.#closed) this.#closeNow();
   }
 
   // ---- Writing ----
