@@ -33,7 +33,7 @@ import { DestinationFailure, type DestinationFailureKind } from "./destination_f
 import { trustedCertificates } from "./tls_trust.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
-import { settlesWithin } from "../async.ts";
+import { deadline, settlesWithin } from "../async.ts";
 
 export interface RtmpPublisherOptions {
   /** The push target, `rtmp_url + "/" + stream_key` (`Destination.pushUrl`). Secret. */
@@ -222,14 +222,11 @@ export class RtmpPublisher implements AsyncDisposable {
     if (!this.#closing && !this.#error && this.#writer) {
       this.#closing = true;
       const goodbye = this.#conversation.finish();
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const said = await Promise.race([
-        this.#send(goodbye).then(() => true, () => false),
-        new Promise<boolean>((resolve) =>
-          timer = setTimeout(() => resolve(false), CLOSE_FLUSH_TIMEOUT_MS)
-        ),
-      ]);
-      clearTimeout(timer);
+      // Not said: the write failed or did not finish in time, and nothing is left to hang up.
+      const said = await deadline(this.#send(goodbye), CLOSE_FLUSH_TIMEOUT_MS).then(
+        () => true,
+        () => false,
+      );
       if (said) await this.#hangUp();
     }
     this.#closing = true;
@@ -245,11 +242,8 @@ export class RtmpPublisher implements AsyncDisposable {
   }
 
   /**
-   * Shuts our side (FIN after everything written) and reads until the destination closes its
-   * own. Closing the socket outright would make the kernel answer with a reset whatever the
-   * destination sends afterwards (a ping, the acknowledgement of the stream's last bytes), or
-   * had sent and we had not read yet, and a reset throws away what our kernel still holds unsent:
-   * the end of the stream, when the destination is slow to read it.
+   * Shuts our side and reads until the destination closes its own (why: `shut_write.ts`), so that
+   * its pings and acknowledgements of the stream's last bytes cannot reset that end away.
    */
   async #hangUp(): Promise<void> {
     this.#writeShut = true;

@@ -561,13 +561,11 @@ export class RtmpSession implements StreamSubscriber {
   }
 
   /**
-   * Shuts our side (FIN after everything written) and reads, discarding, until the peer closes
-   * its own or `HANG_UP_TIMEOUT_MS` has passed; the read loop's end then closes the socket.
-   * Closing outright would make the kernel answer with a reset whatever the peer sends afterwards
-   * (a player's answers to the pings and its acknowledgements of what it reads late), and a reset
-   * throws away what our kernel still holds unsent: the end of the stream, for a slow player.
-   * A publisher is not waited for: what it is sent at the end is one short status, and an encoder
-   * goes on sending until it notices, which only the close makes it do.
+   * Shuts our side and reads, discarding, until the peer closes its own or `HANG_UP_TIMEOUT_MS`
+   * has passed; the read loop's end then closes the socket. Why: `shut_write.ts` (here, a slow
+   * player's answers to pings found in the end it reads late). A publisher is not waited for:
+   * what it is sent at the end is one short status, and an encoder goes on sending until it
+   * notices, which only the close makes it do.
    */
   async #hangUp(reason: string): Promise<void> {
     if (this.#closed) return;
