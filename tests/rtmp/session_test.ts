@@ -281,3 +281,37 @@ Deno.test("the relay's shutdown waits for a player that stops reading no longer 
   assert(took < 1_600, `the shutdown took ${Math.round(took)} ms`);
   assertEquals(relay.service.rtmp.sessions.size, 0, "every connection is gone");
 });
+
+Deno.test("a player hung up on at its stream's end is read until it closes, and what it sends then is counted, not decoded", async () => {
+  await using relay = await startTestRelay({ streams: [{ key: "hangup-key-0001" }] });
+  await using player = await TestRtmpClient.player(relay.rtmpPort, "hangup-key-0001");
+  await using publisher = await TestRtmpClient.connect(relay.rtmpPort);
+  await publisher.handshake();
+  const { code } = await publisher.publish("hangup-key-0001");
+  assertEquals(code, "NetStream.Publish.Start");
+  await waitFor(() => relay.service.hub.get("hangup-key-0001")?.subscriberCount === 1, "player");
+  await publisher.end(); // the stream ends: the player is told, then the relay shuts its side
+  const { values } = await player.expectCommand(["onStatus"]);
+  assertMatch(JSON.stringify(values), /NetStream\.Play\.UnpublishNotify/);
+  assert(await player.closedByServer(), "the relay's end of the stream (FIN) should follow");
+  // The publisher's session is gone; the player's stays, reading, until the player closes.
+  assertEquals(
+    relay.service.rtmp.sessions.size,
+    1,
+    "the relay should read until the player closes",
+  );
+  const before = relay.service.rtmp.bytesIn;
+  // Not RTMP: decoded, it would be a protocol error; after the hang-up it is only counted.
+  await player.write(new Uint8Array(5_000).fill(0xff));
+  await waitFor(() => relay.service.rtmp.bytesIn - before === 5_000, "the bytes to be counted");
+  player.close();
+  await waitFor(() => relay.service.rtmp.sessions.size === 0, "the session to end");
+  assertEquals(relay.service.rtmp.bytesIn - before, 5_000, "counted once");
+  const log = relay.logText();
+  assert(!/protocol error|could not shut/i.test(log), "nothing after the hang-up is an error");
+  assertEquals(
+    log.match(/closing connection: stream ended/g)?.length,
+    1,
+    "one line for the hang-up",
+  );
+});
