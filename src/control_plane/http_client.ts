@@ -374,10 +374,11 @@ export class ControlPlaneClient implements StreamAuthority {
   ): Promise<T> {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), timeoutMs);
+    const url = this.#base + path;
     let status: number;
     let text: string;
     try {
-      const response = await fetch(this.#base + path, {
+      const response = await fetch(url, {
         method,
         headers: body === undefined
           ? { accept: "application/json" }
@@ -396,7 +397,10 @@ export class ControlPlaneClient implements StreamAuthority {
           true,
         );
       }
-      throw new CallFailure(`control plane unreachable: ${(error as Error).message}`, true);
+      throw new CallFailure(
+        `control plane unreachable: ${whyUnreachable(error as Error, url)}`,
+        true,
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -418,4 +422,24 @@ export class ControlPlaneClient implements StreamAuthority {
     }
     return parsed.data;
   }
+}
+
+/**
+ * Why `fetch` could not reach `url`. Its message ("fetch failed") says nothing: the reason
+ * (connection refused, a DNS failure, a TLS error) is in its `cause`, after the request's URL,
+ * which holds the stream key, so only what follows the URL is kept.
+ */
+export function whyUnreachable(error: Error, url: string): string {
+  if (!(error.cause instanceof Error)) return error.message;
+  const cause = error.cause.message;
+  const afterUrl = cause.indexOf(`${url}): `);
+  // The URL as fetch printed it may be normalised differently: the reason starts at its client.
+  const afterClient = cause.indexOf("): client error (");
+  const reason = afterUrl >= 0
+    ? cause.slice(afterUrl + url.length + 3)
+    : afterClient >= 0
+    ? cause.slice(afterClient + 3)
+    : "";
+  const path = new URL(url).pathname;
+  return reason === "" || reason.includes(path) ? error.message : reason;
 }

@@ -3,7 +3,7 @@
  * or of not answering, refuses the publish promptly with a reason.
  */
 
-import { ControlPlaneClient } from "../../src/control_plane/http_client.ts";
+import { ControlPlaneClient, whyUnreachable } from "../../src/control_plane/http_client.ts";
 import { StreamEndOutbox } from "../../src/control_plane/outbox.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
@@ -77,6 +77,53 @@ Deno.test("authorize() fails closed when the control plane is down or too slow",
     elapsed < 700,
     `an encoder must not wait past the timeout (waited ${Math.round(elapsed)} ms)`,
   );
+});
+
+Deno.test("a control plane that cannot be reached is refused with the reason, and the URL, which holds the key, is left out", async () => {
+  const port = freePort();
+  const cp = client(`http://127.0.0.1:${port}`, 1_000, 0);
+  const refused = await assertRejects(() => cp.destinations("unreach-secret-key"), Error);
+  assertMatch(refused.message, /^control plane unreachable: .*Connection refused/);
+  assert(!refused.message.includes("unreach-secret-key"), refused.message);
+  // No listener speaks TLS here: the handshake fails, and says so.
+  const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const answering = (async () => {
+    for await (const conn of plain) {
+      await conn.write(new TextEncoder().encode("HTTP/1.1 200 OK\r\n\r\n")).catch(() => 0);
+      conn.close();
+    }
+  })();
+  const tls = client(`https://127.0.0.1:${(plain.addr as Deno.NetAddr).port}`, 1_000, 0);
+  const untrusted = await assertRejects(() => tls.destinations("unreach-secret-key"), Error);
+  plain.close();
+  await answering;
+  assertMatch(untrusted.message, /^control plane unreachable: .*(corrupt|TLS|tls)/);
+  assert(!untrusted.message.includes("unreach-secret-key"), untrusted.message);
+});
+
+Deno.test("whyUnreachable() keeps fetch's reason and never the URL", () => {
+  const url = "http://cp.example:8080/api/streams/forwarding/abc)def";
+  const failed = (cause?: string) =>
+    new TypeError("fetch failed", cause === undefined ? {} : { cause: new Error(cause) });
+  const table: [Error, string][] = [
+    [
+      failed(`error sending request for url (${url}): client error (Connect): dns error: x`),
+      "client error (Connect): dns error: x",
+    ],
+    [
+      failed(
+        "error sending request for url (http://CP.example:8080/api/streams/forwarding/abc)def): client error (Connect): tcp connect error: Connection refused (os error 111)",
+      ),
+      "client error (Connect): tcp connect error: Connection refused (os error 111)",
+    ],
+    [failed(`something else about ${url}`), "fetch failed"],
+    [failed(), "fetch failed"],
+    [
+      new TypeError("Fetch failed: Requests to port 1 are blocked"),
+      "Fetch failed: Requests to port 1 are blocked",
+    ],
+  ];
+  for (const [error, expected] of table) assertEquals(whyUnreachable(error, url), expected);
 });
 
 Deno.test("destinations() parses the forwarding reply and reports malformed entries by field", async () => {
