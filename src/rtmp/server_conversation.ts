@@ -348,7 +348,7 @@ export class ServerConversation {
         replies: [command(0, "_error", cmd.transactionId, null, { ...rejected, objectEncoding })],
         intent: {
           kind: "close",
-          reason: `connect to unknown application ${JSON.stringify(app.slice(0, 64))}`,
+          reason: `connect to unknown application ${JSON.stringify(loggableApp(app))}`,
         },
       };
     }
@@ -472,6 +472,18 @@ function ignored(
   fields: Record<string, unknown>,
 ): Step {
   return { replies: NO_REPLIES, intent: { kind: "ignored", level, message, fields } };
+}
+
+/**
+ * An application name as it may be logged. A streamer who pastes the whole URL into the server
+ * field connects to `live/<key>`, and one who swaps the fields to `<key>`: what follows the first
+ * segment, and a first segment longer than any application's name, are redacted as keys.
+ */
+export function loggableApp(app: string): string {
+  const slash = app.indexOf("/");
+  const first = slash < 0 ? app : app.slice(0, slash);
+  const shown = first.length <= 12 ? first : redactKey(first);
+  return slash < 0 ? shown : `${shown}/${redactKey(app.slice(slash + 1))}`;
 }
 
 /** An error status on the message stream, then close (`reason` is for the log). */

@@ -461,6 +461,9 @@ export class RtmpSession implements StreamSubscriber {
         this.#log[intent.level](intent.message, intent.fields);
         break;
       case "close":
+        // A client refused for what it asked (an unknown application, no stream name): the
+        // streamer's mistake, which the operator is asked about, so it is said at warn.
+        this.#log.warn("closing connection: {reason}", { reason: intent.reason });
         throw new SessionClosed(intent.reason);
       case "protocolError":
         throw intent.error;

@@ -12,7 +12,12 @@ import {
   type OutgoingMessage,
 } from "../../src/rtmp/chunk.ts";
 import { command, parseCommand, pingRequest, userControl } from "../../src/rtmp/messages.ts";
-import { type Intent, ServerConversation, type Step } from "../../src/rtmp/server_conversation.ts";
+import {
+  type Intent,
+  loggableApp,
+  ServerConversation,
+  type Step,
+} from "../../src/rtmp/server_conversation.ts";
 import { TagType } from "../../src/media/flv.ts";
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { FFMPEG_CONNECT, hex } from "../helpers/bytes.ts";
@@ -216,6 +221,18 @@ Deno.test("ServerConversation.receive() refuses connect to another application w
   }]]);
   assertEquals(step.intent, { kind: "close", reason: 'connect to unknown application "admin"' });
   assert(!client.conversation.connected);
+});
+
+Deno.test("loggableApp() shows an application's name and redacts a key sent in its place", () => {
+  const table: [string, string][] = [
+    ["admin", "admin"],
+    ["", ""],
+    ["live/abcdefghijklmnop", "live/abcd…(16)"],
+    ["live/", "live/(empty)"],
+    ["live_123456789_abcdefghij", "live…(25)"],
+    ["live_123456789_abcdefghij/x", "live…(25)/…(1)"],
+  ];
+  for (const [app, expected] of table) assertEquals(loggableApp(app), expected, app);
 });
 
 Deno.test("ServerConversation.receive() answers createStream with [_result, txn, null, id] and echoes transaction ids", () => {

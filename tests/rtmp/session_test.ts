@@ -121,7 +121,15 @@ const BAD_CLIENTS: { name: string; act: (client: TestRtmpClient) => Promise<void
         await c.handshake();
         await c.call(0, "connect", { app: "admin" });
       },
-      log: /connect to unknown application "admin"/,
+      log: /WARNING rtmp: closing connection: connect to unknown application "admin"/,
+    },
+    {
+      name: "connect with the key in the application (the whole URL in OBS's server field)",
+      act: async (c) => {
+        await c.handshake();
+        await c.call(0, "connect", { app: "live/app-secret-key-123456" });
+      },
+      log: /WARNING rtmp: closing connection: connect to unknown application "live\/app-…\(21\)"/,
     },
   ];
 
@@ -154,6 +162,7 @@ Deno.test("bad clients are closed with one log line while a real stream loses no
   for (const bad of BAD_CLIENTS) {
     assert(bad.log.test(text), `${bad.name}: no log line matching ${bad.log}`);
   }
+  assert(!text.includes("app-secret-key"), "a key in the application is redacted");
 
   assertEquals((await publisher.wait()).code, 0, publisher.stderr);
   assertEquals((await player.wait()).code, 0, player.stderr);
