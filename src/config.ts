@@ -6,10 +6,11 @@
  * @module
  */
 
-import { parse as parseToml } from "smol-toml";
+import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
 import { DestinationSchema, validateDestination } from "./control_plane/destination.ts";
 import { LOG_LEVELS } from "./log.ts";
+import { redactRtmpUrl } from "./redact.ts";
 import { ENGINE_NAMES, isEngineName } from "./relay/relay_engine.ts";
 
 // 0 asks the OS for any free port (tests use it).
@@ -79,7 +80,8 @@ const StreamingSchema = z.strictObject({
 });
 
 const LoggingSchema = z.strictObject({
-  level: z.enum(LOG_LEVELS).default("info"),
+  // Any case, as `LOG_LEVEL` and `RUST_LOG` are read: `INFO` in the file is no different.
+  level: z.string().toLowerCase().pipe(z.enum(LOG_LEVELS)).default("info"),
   format: z.enum(["text", "json"]).default("text"),
 });
 
@@ -113,10 +115,14 @@ export const ConfigSchema = z.strictObject({
       try {
         validateDestination(destination);
       } catch (error) {
+        const message = (error as Error).message;
+        // `validateDestination` names the field at fault ("...: stream_key must not ..."); the
+        // issue goes under that field, so that a key's problem is reported with the key hidden.
+        const field = /: (rtmp_url|stream_key) /.exec(message)?.[1] ?? "rtmp_url";
         context.addIssue({
           code: "custom",
-          path: ["streams", streamIndex, "destinations", index, "rtmp_url"],
-          message: (error as Error).message,
+          path: ["streams", streamIndex, "destinations", index, field],
+          message,
         });
       }
     });
@@ -151,8 +157,41 @@ function formatPath(path: readonly PropertyKey[]): string {
   ).join("");
 }
 
-/** Validates a raw object; throws `ConfigError` with one line per problem. */
-export function validateConfig(raw: unknown, source: string): Config {
+/**
+ * A file's value as an error may show it. A destination's URL can hold its key (an empty
+ * `stream_key` means the key is written in `rtmp_url`), so it is shown as the API shows it.
+ */
+function shownValue(raw: unknown, path: readonly PropertyKey[]): string {
+  const value = valueAt(raw, path);
+  const last = path.at(-1);
+  // A destination written as a bare URL where a table was expected is redacted the same way.
+  const destinationUrl = last === "rtmp_url" ||
+    (typeof last === "number" && path.at(-2) === "destinations");
+  if (!destinationUrl || typeof value !== "string") return describe(value);
+  const streamKey = valueAt(raw, [...path.slice(0, -1), "stream_key"]);
+  return describe(redactRtmpUrl(value, typeof streamKey === "string" ? streamKey : ""));
+}
+
+/**
+ * A value that came from outside the file, so that an error about it sends the operator where it
+ * is set (`neustream.env` under systemd, the unit's command line), not to `config.toml`.
+ */
+export interface ValueOrigin {
+  /** `environment RTMP_PORT`, `--rtmp-port`. */
+  name: string;
+  /** As it was given, before conversion (`"abc"` for a port). */
+  value: string | number;
+}
+
+/**
+ * Validates a raw object; throws `ConfigError` with one line per problem. `origins` names, by path
+ * (`rtmp.port`), the values that came from the environment or a flag rather than from `source`.
+ */
+export function validateConfig(
+  raw: unknown,
+  source: string,
+  origins: ReadonlyMap<string, ValueOrigin> = new Map(),
+): Config {
   const result = ConfigSchema.safeParse(raw);
   if (result.success) return result.data;
   const lines = result.error.issues.map((issue) => {
@@ -163,10 +202,15 @@ export function validateConfig(raw: unknown, source: string): Config {
       } (check the spelling against the configuration reference)`;
     }
     const path = formatPath(issue.path);
+    const origin = origins.get(path);
     // Secrets are never echoed back, even in an error.
     const secret = /stream_key|api_token|(^|\.)key$/.test(path);
-    const value = secret ? "(hidden)" : describe(valueAt(raw, issue.path));
-    return `${source}: ${path} = ${value}: ${issue.message}`;
+    const value = secret
+      ? "(hidden)"
+      : origin
+      ? describe(origin.value)
+      : shownValue(raw, issue.path);
+    return `${origin ? origin.name : `${source}: ${path}`} = ${value}: ${issue.message}`;
   });
   throw new ConfigError(lines.join("\n"));
 }
@@ -188,44 +232,110 @@ export const ENV_VARIABLES = [
   "STATE_DIRECTORY",
 ] as const;
 
-/** Picks a level out of a Rust `RUST_LOG` filter such as `rust_media_server=debug,tower=info`. */
+/** The Rust server's crate: its directive in `RUST_LOG` set the Rust server's own level. */
+const RUST_CRATE = "rust_media_server";
+
+/** `target[span{field=value}]=level`, or a bare `level` or `target`: one `RUST_LOG` directive. */
+const RUST_DIRECTIVE = /^([^[=]*)(?:\[.*\])?(?:=(.*))?$/;
+
+/** What a bare `RUST_LOG` directive may be as a level; anything else is a target. */
+const RUST_LEVELS: ReadonlySet<string> = new Set([...LOG_LEVELS, "off"]);
+
+/**
+ * The level a Rust `RUST_LOG` filter (env_logger's and tracing's comma-separated directives) gave
+ * the Rust server, as the relay's level: that of the directive for the `rust_media_server` crate
+ * (the last, if several; a module's, `rust_media_server::rtmp=debug`, is not the crate's), else the
+ * bare default level (`warn,tower=debug`: warn), else undefined, and the file's or the default
+ * level applies. Rust would have silenced the crate then, but a directive for another library
+ * (`tower=debug`) is no reason to silence a relay; nor is a bare word that is not a level
+ * (`verbose`), which Rust reads as a target too. A bare `rust_media_server` means every level:
+ * trace. `off` becomes "error", the quietest level the relay has: its logger cannot be switched
+ * off, and errors are what an operator who silenced the Rust server still needs to see. A crate
+ * level that is not one (`rust_media_server=loud`) is returned as written, so that validation
+ * rejects it naming `RUST_LOG`.
+ */
 export function levelFromRustLog(value: string): string | undefined {
-  const match = value.toLowerCase().match(/\b(trace|debug|info|warn|warning|error)\b/);
-  return match?.[1];
+  let crate: string | undefined;
+  let fallback: string | undefined;
+  for (const directive of value.split(",")) {
+    const match = RUST_DIRECTIVE.exec(directive.trim());
+    if (!match) continue;
+    const target = match[1]!.trim();
+    const level = match[2]?.trim().toLowerCase();
+    if (level === undefined && RUST_LEVELS.has(target.toLowerCase())) {
+      fallback = target.toLowerCase();
+    } else if (target === RUST_CRATE) crate = level ?? "trace";
+  }
+  const level = crate ?? fallback;
+  return level === "off" ? "error" : level;
 }
 
+/**
+ * Writes the environment's and the flags' values over the file's, and returns where each came
+ * from. An empty (or blank) variable is not set: EnvironmentFile templates leave `RTMP_PORT=`.
+ */
 function applyOverrides(
-  raw: Record<string, Record<string, unknown>>,
+  raw: Record<string, unknown>,
   env: Record<string, string | undefined>,
   flags: FlagOverrides,
-): void {
-  const section = (name: string) => (raw[name] ??= {});
+): Map<string, ValueOrigin> {
+  const origins = new Map<string, ValueOrigin>();
+  const set = (section: string, key: string, value: unknown, origin: ValueOrigin) => {
+    const table = (raw[section] ??= {});
+    // A section that is not a table is the file's error, reported by validation as such.
+    if (table === null || typeof table !== "object" || Array.isArray(table)) return;
+    (table as Record<string, unknown>)[key] = value;
+    origins.set(`${section}.${key}`, origin);
+  };
+  const read = (name: typeof ENV_VARIABLES[number]) => {
+    const value = env[name];
+    return value === undefined || value.trim() === "" ? undefined : value;
+  };
+  const fromEnv = (
+    name: typeof ENV_VARIABLES[number],
+    section: string,
+    key: string,
+    convert: (value: string) => unknown = (value) => value,
+  ) => {
+    const value = read(name);
+    if (value === undefined) return;
+    // `undefined`: the value sets nothing here (a `RUST_LOG` with no level for the relay).
+    const converted = convert(value);
+    if (converted !== undefined) {
+      set(section, key, converted, { name: `environment ${name}`, value });
+    }
+  };
   const number = (value: string) => (/^\s*\d+\s*$/.test(value) ? Number(value) : value);
-  if (env.RTMP_PORT !== undefined) section("rtmp").port = number(env.RTMP_PORT);
-  if (env.HTTP_PORT !== undefined) section("http").port = number(env.HTTP_PORT);
-  if (env.CONTROL_PLANE_URL !== undefined && env.CONTROL_PLANE_URL !== "") {
-    section("control_plane").url = env.CONTROL_PLANE_URL;
-  }
-  if (env.API_TOKEN !== undefined && env.API_TOKEN !== "") {
-    section("http").api_token = env.API_TOKEN;
-  }
-  if (env.STATE_DIRECTORY !== undefined && env.STATE_DIRECTORY !== "") {
-    // systemd may list several directories separated by ':'; ours is the first.
-    section("streaming").state_dir = env.STATE_DIRECTORY.split(":")[0];
-  }
-  const level = env.LOG_LEVEL ??
-    (env.RUST_LOG ? levelFromRustLog(env.RUST_LOG) ?? env.RUST_LOG : undefined);
-  if (level !== undefined && level !== "") section("logging").level = level.toLowerCase();
-  if (flags.rtmpPort !== undefined) section("rtmp").port = flags.rtmpPort;
-  if (flags.httpPort !== undefined) section("http").port = flags.httpPort;
+  fromEnv("RTMP_PORT", "rtmp", "port", number);
+  fromEnv("HTTP_PORT", "http", "port", number);
+  fromEnv("CONTROL_PLANE_URL", "control_plane", "url");
+  fromEnv("API_TOKEN", "http", "api_token");
+  // systemd may list several directories separated by ':'; ours is the first.
+  fromEnv("STATE_DIRECTORY", "streaming", "state_dir", (value) => value.split(":")[0]);
+  if (read("LOG_LEVEL") !== undefined) fromEnv("LOG_LEVEL", "logging", "level");
+  else fromEnv("RUST_LOG", "logging", "level", levelFromRustLog);
+  const flag = (name: string, section: string, key: string, value: number | undefined) => {
+    if (value !== undefined) set(section, key, value, { name, value });
+  };
+  flag("--rtmp-port", "rtmp", "port", flags.rtmpPort);
+  flag("--http-port", "http", "port", flags.httpPort);
+  return origins;
 }
 
-/** Parses TOML text; a syntax error becomes a `ConfigError` naming the file and line. */
+/**
+ * Parses TOML text; a syntax error becomes a `ConfigError` naming the file, line and column. Only
+ * the first line of smol-toml's message is kept: the rest quotes the offending lines, which may
+ * hold a key.
+ */
 export function parseConfigText(text: string, source: string): Record<string, unknown> {
   try {
     return parseToml(text) as Record<string, unknown>;
   } catch (error) {
-    throw new ConfigError(`${source}: not valid TOML: ${(error as Error).message.split("\n")[0]}`);
+    if (!(error instanceof TomlError)) throw error;
+    const reason = error.message.split("\n")[0];
+    throw new ConfigError(
+      `${source}: line ${error.line}, column ${error.column}: not valid TOML: ${reason}`,
+    );
   }
 }
 
@@ -249,12 +359,8 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
       throw new ConfigError(`cannot read config file ${path}: ${(error as Error).message}`);
     }
   }
-  applyOverrides(
-    raw as Record<string, Record<string, unknown>>,
-    options.env ?? {},
-    options.flags ?? {},
-  );
-  return validateConfig(raw, options.path ?? "config");
+  const origins = applyOverrides(raw, options.env ?? {}, options.flags ?? {});
+  return validateConfig(raw, options.path ?? "config", origins);
 }
 
 /** Reads the environment variables we use, and only those (narrow `--allow-env`). */

@@ -1,13 +1,21 @@
 import {
   CONFIG_SECTIONS,
   ConfigError,
+  ENV_VARIABLES,
   levelFromRustLog,
   loadConfig,
+  type LoadConfigOptions,
   parseConfigText,
   validateConfig,
 } from "../src/config.ts";
 import { DestinationSchema } from "../src/control_plane/destination.ts";
-import { assertEquals, assertMatch, assertRejects, assertThrows } from "./helpers/assert.ts";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+  assertThrows,
+} from "./helpers/assert.ts";
 import { tempDir } from "./helpers/process.ts";
 
 /** The Rust server's example file, verbatim: it must load unchanged (drop-in compatibility). */
@@ -135,12 +143,6 @@ Deno.test("loadConfig() reports a missing named file and bad TOML as ConfigError
   assertEquals(env instanceof ConfigError, true);
 });
 
-Deno.test("levelFromRustLog() finds the level in a RUST_LOG filter", () => {
-  assertEquals(levelFromRustLog("info"), "info");
-  assertEquals(levelFromRustLog("rust_media_server=debug,tower=info"), "debug");
-  assertEquals(levelFromRustLog("nonsense"), undefined);
-});
-
 /**
  * The bundled `config.toml` with its commented `# key = value` and `# [section]` lines switched on:
  * what an operator sees as the documentation of every key.
@@ -187,4 +189,116 @@ Deno.test("validateConfig() keeps a file whose static destination names an unkno
   assertEquals([config.streaming.engine, config.streaming.max_attempts], ["native", 3]);
   assertEquals(config.streams[0]?.destinations[0]?.engine, "gstreamer");
   assertThrows(() => validateConfig({ streaming: { engine: "gstreamer" } }, "test"), ConfigError);
+});
+
+Deno.test("validateConfig() redacts a key written in a destination's rtmp_url", () => {
+  const secret = "destSECRET0987654321";
+  const error = assertThrows(() =>
+    validateConfig({
+      streams: [{
+        key: "k",
+        destinations: [{ id: "x", rtmp_url: `http://youtube.com/live2/${secret}` }],
+      }],
+    }, "c"), ConfigError);
+  assertMatch(
+    error.message,
+    /streams\[0\]\.destinations\[0\]\.rtmp_url = "http:\/\/youtube\.com\/live2\/dest…\(20\)": /,
+  );
+  assertEquals(error.message.includes(secret.slice(4)), false, error.message);
+});
+
+Deno.test("validateConfig() reports a destination's stream_key problem under stream_key", () => {
+  const error = assertThrows(() =>
+    validateConfig({
+      streams: [{
+        key: "k",
+        destinations: [{ id: "x", rtmp_url: "rtmp://host/live", stream_key: "-secret-key" }],
+      }],
+    }, "c"), ConfigError);
+  assertMatch(error.message, /^c: streams\[0\]\.destinations\[0\]\.stream_key = \(hidden\): /);
+  assertEquals(error.message.includes("secret-key"), false, error.message);
+});
+
+Deno.test("validateConfig() accepts [logging] level in any case, as LOG_LEVEL does", () => {
+  for (const level of ["INFO", "Warn", "debug"]) {
+    assertEquals(
+      validateConfig({ logging: { level } }, "c").logging.level,
+      level.toLowerCase(),
+      level,
+    );
+  }
+});
+
+Deno.test("loadConfig() names the environment variable or flag that holds a bad value", async () => {
+  await using dir = await tempDir();
+  const path = `${dir.path}/bad.toml`;
+  await Deno.writeTextFile(path, "[rtmp]\nport = 1935\n");
+  const cases: [LoadConfigOptions, RegExp][] = [
+    [{ env: { RTMP_PORT: "abc" } }, /^environment RTMP_PORT = "abc": /],
+    [{ env: { HTTP_PORT: "99999" } }, /^environment HTTP_PORT = "99999": .*65535/],
+    [{ env: { LOG_LEVEL: "verbose" } }, /^environment LOG_LEVEL = "verbose": .*"info"/],
+    [{ env: { RUST_LOG: "rust_media_server=loud" } }, /^environment RUST_LOG = "rust_media_ser/],
+    [{ env: { API_TOKEN: "short" } }, /^environment API_TOKEN = \(hidden\): .*16 characters/],
+    [{ env: { CONTROL_PLANE_URL: "notaurl" } }, /^environment CONTROL_PLANE_URL = "notaurl": /],
+    [{ flags: { rtmpPort: 70000 } }, /^--rtmp-port = 70000: .*65535/],
+    [{ flags: { httpPort: -1 } }, /^--http-port = -1: /],
+  ];
+  for (const [options, expected] of cases) {
+    const error = await loadConfig({ path, ...options }).catch((error) => error);
+    assert(error instanceof ConfigError, `${JSON.stringify(options)}: ${error}`);
+    assertMatch(error.message, expected);
+    assertEquals(error.message.includes("bad.toml"), false, error.message);
+    assertEquals(error.message.includes("short"), false, error.message);
+  }
+});
+
+Deno.test("loadConfig() treats an empty environment variable as not set", async () => {
+  await using dir = await tempDir();
+  const path = `${dir.path}/c.toml`;
+  await Deno.writeTextFile(path, '[logging]\nlevel = "warn"\n');
+  const plain = await loadConfig({ path });
+  for (const name of ENV_VARIABLES) {
+    for (const value of ["", "  "]) {
+      const config = await loadConfig({ path, env: { [name]: value } });
+      assertEquals(config, plain, `${name}=${JSON.stringify(value)}`);
+    }
+  }
+  // An empty LOG_LEVEL leaves RUST_LOG to speak.
+  const rust = await loadConfig({ path, env: { LOG_LEVEL: "", RUST_LOG: "debug" } });
+  assertEquals(rust.logging.level, "debug");
+});
+
+Deno.test("levelFromRustLog() reads RUST_LOG as the Rust server's filter would", () => {
+  const cases: [string, string | undefined][] = [
+    ["debug", "debug"],
+    ["INFO", "info"],
+    ["off", "error"],
+    ["rust_media_server=off", "error"],
+    ["warn,rust_media_server=debug", "debug"],
+    ["rust_media_server=debug,warn", "debug"],
+    ["warn,tower=debug", "warn"],
+    ["rust_media_server=debug,tower=info", "debug"],
+    ["tower=debug", undefined],
+    ["nonsense", undefined],
+    ["rust_media_server", "trace"],
+    ["rust_media_server[conn]=debug", "debug"],
+    [" warn , rust_media_server = info ", "info"],
+    ["rust_media_server=loud", "loud"],
+  ];
+  for (const [filter, level] of cases) assertEquals(levelFromRustLog(filter), level, filter);
+});
+
+Deno.test("parseConfigText() names the line and column of a TOML syntax error", () => {
+  const error = assertThrows(
+    () => parseConfigText("[rtmp]\nport = 1\nchunk_size = 6000 0\n", "bad.toml"),
+    ConfigError,
+  );
+  assertMatch(error.message, /^bad\.toml: line 3, column 19: not valid TOML: .*end-of-line/);
+  // The offending line is not quoted: it may hold a key.
+  const secret = assertThrows(
+    () => parseConfigText('[[streams]]\nkey = "dev-secret-key" x\n', "bad.toml"),
+    ConfigError,
+  );
+  assertMatch(secret.message, /^bad\.toml: line 2, column /);
+  assertEquals(secret.message.includes("dev-secret-key"), false, secret.message);
 });
