@@ -108,7 +108,8 @@ async function main(): Promise<void> {
     }
     stopping = true;
     firstSignalAt = performance.now();
-    const graceMs = config.streaming.shutdown_grace_seconds * 1000;
+    // The grace reloaded last (SIGHUP applies it), not the one read at start.
+    const graceMs = service.shutdownGraceMs;
     const timer = setTimeout(() => {
       mainLog.error("shutdown took longer than {seconds} s; exiting", { seconds: graceMs / 1000 });
       Deno.exit(1);

@@ -6,7 +6,8 @@
  * @module
  */
 
-import type { Config } from "./config.ts";
+import { isDeepStrictEqual } from "node:util";
+import type { Config, CONFIG_SECTIONS } from "./config.ts";
 import { ControlPlaneClient } from "./control_plane/http_client.ts";
 import { openOutbox, type StreamEndOutbox } from "./control_plane/outbox.ts";
 import { StaticAuthority } from "./control_plane/static_authority.ts";
@@ -18,7 +19,8 @@ import { log } from "./log.ts";
 import { StreamHub } from "./media/live_stream.ts";
 import { Thumbnailer } from "./media/thumbnail.ts";
 import type { BackoffOptions } from "./relay/backoff.ts";
-import { RelayManager } from "./relay/relay_manager.ts";
+import type { SupervisorOptions } from "./relay/destination_supervisor.ts";
+import { RelayManager, type RelayManagerOptions } from "./relay/relay_manager.ts";
 import { ProcessPool } from "./relay/process_pool.ts";
 import { prepareTlsTrust, type TlsTrust } from "./relay/tls_trust.ts";
 import { RtmpServer } from "./rtmp/server.ts";
@@ -40,6 +42,107 @@ const MIN_DESTINATION_QUEUE_BYTES = 4 * 1024 * 1024;
  * works) is stuck, not slow: SIGTERM. Below FFmpeg's own 10 s I/O timeout on the destination.
  */
 const DRAIN_STALL_MS = 5_000;
+
+/**
+ * What a reload (SIGHUP) does with each setting of the sections (`[[streams]]` goes to the
+ * authority: new keys and destinations for streams that start afterwards, and for a live stream
+ * on a destinations refresh). Every key must be named here, so a new one cannot be ignored on
+ * reload without anyone deciding it.
+ *
+ * - `restart`: read once at start: the sockets, the RTMP server's options, the hub's options (it
+ *   copies them: GOP cache, reconnect and publisher-idle windows), the HTTP app, the control-plane
+ *   client, the stream-end outbox and the CA bundle's place (`state_dir`), the FFmpeg checked at
+ *   start (also the thumbnailer's). A reload that changes one is logged as `needs_restart`, and so
+ *   is every later reload until the restart: it is compared with what runs, not with the file
+ *   read last.
+ * - `new streams`: given to each stream as it goes live. A stream live at the reload keeps what
+ *   it started with, destinations added or restarted on it later included: nothing changes under
+ *   a broadcast.
+ * - `at once`: relay-wide and read where used: the grace of the next stop (streams live now
+ *   included), the rtmps trust (rebuilt on every reload, read at each FFmpeg start), the log
+ *   (main.ts sets it up again).
+ * - `unused`: accepted for the Rust server's file, nothing reads it.
+ */
+type ReloadEffect = "restart" | "new streams" | "at once" | "unused";
+type ReloadTable = {
+  [S in keyof typeof CONFIG_SECTIONS]: { [K in keyof Config[S]]-?: ReloadEffect };
+};
+
+const ON_RELOAD: ReloadTable = {
+  control_plane: { url: "restart", timeout_seconds: "restart", retry_attempts: "restart" },
+  rtmp: {
+    port: "restart",
+    bind: "restart",
+    app: "restart",
+    chunk_size: "restart",
+    gop_cache: "restart",
+    gop_cache_max_kb: "restart",
+    max_message_size_kb: "restart",
+    ping_interval_seconds: "restart",
+    ping_timeout_seconds: "restart",
+  },
+  http: {
+    port: "restart",
+    bind: "restart",
+    allow_origin: "restart",
+    api_token: "restart",
+    allow_unauthenticated_control: "restart",
+  },
+  streaming: {
+    max_destinations_per_stream: "new streams",
+    memory_pool_size_mb: "unused",
+    buffer_size_kb: "new streams",
+    connection_timeout_seconds: "restart",
+    stats_update_interval_seconds: "unused",
+    ffmpeg_path: "restart",
+    shutdown_grace_seconds: "at once",
+    reconnect_grace_seconds: "restart",
+    publisher_idle_seconds: "restart",
+    state_dir: "restart",
+    tls_ca_file: "at once",
+    engine: "new streams",
+    max_attempts: "new streams",
+  },
+  logging: { level: "at once", format: "at once" },
+};
+
+/** The settings in force after a reload, and the keys it changed, by what became of them. */
+interface ReloadPlan {
+  /** `next`, with the values that run until a restart in place of those that need one. */
+  running: Config;
+  /** Named as in the log line. */
+  keys: { applied: string[]; for_new_streams: string[]; needs_restart: string[] };
+}
+
+/**
+ * `started` is what the relay started with (what runs for `restart` keys), `previous` what was in
+ * force before this reload (to say what changed), `next` the file just read.
+ */
+function planReload(started: Config, previous: Config, next: Config): ReloadPlan {
+  const plan: ReloadPlan = {
+    running: { ...next },
+    keys: { applied: [], for_new_streams: [], needs_restart: [] },
+  };
+  const changed = { "at once": plan.keys.applied, "new streams": plan.keys.for_new_streams };
+  const section = (config: Config, name: string) =>
+    config[name as keyof typeof CONFIG_SECTIONS] as Record<string, unknown>;
+  for (const [name, keys] of Object.entries(ON_RELOAD)) {
+    const running = { ...section(next, name) };
+    for (const [key, effect] of Object.entries(keys as Record<string, ReloadEffect>)) {
+      if (effect === "unused") continue;
+      if (effect === "restart") {
+        running[key] = section(started, name)[key];
+        if (!isDeepStrictEqual(section(next, name)[key], running[key])) {
+          plan.keys.needs_restart.push(`${name}.${key}`);
+        }
+      } else if (!isDeepStrictEqual(section(next, name)[key], section(previous, name)[key])) {
+        changed[effect].push(`${name}.${key}`);
+      }
+    }
+    (plan.running as unknown as Record<string, unknown>)[name] = running;
+  }
+  return plan;
+}
 
 /** True when the config could make us start FFmpeg. */
 export function needsFfmpeg(config: Config): boolean {
@@ -123,6 +226,7 @@ function logTlsTrust(trust: TlsTrust): void {
 }
 
 export class RelayService implements AsyncDisposable {
+  /** What the relay started with: settings that need a restart keep these values until then. */
   readonly config: Config;
   readonly hub: StreamHub;
   readonly manager: RelayManager;
@@ -135,7 +239,13 @@ export class RelayService implements AsyncDisposable {
   readonly #pool = new ProcessPool();
   /** What `rtmps://` destinations trust; every supervisor reads it when it starts an FFmpeg. */
   readonly #tls: { caFile: string | undefined } = { caFile: undefined };
+  /** The settings in force: `config` after reloads, but for the keys that need a restart. */
   #current: Config;
+  /** What every stream's supervisors share, whatever the reloads: the start-up settings. */
+  readonly #sharedSupervisorOptions: Omit<
+    SupervisorOptions,
+    "engine" | "maxAttempts" | "queueBytes" | "drainGraceMs" | "stopGraceMs"
+  >;
   #stopping: Promise<void> | undefined;
   /** Aborted as shutdown begins: from then on FFmpeg drains within the grace period. */
   readonly #shutdownSignal = new AbortController();
@@ -156,27 +266,19 @@ export class RelayService implements AsyncDisposable {
       reconnectGraceMs: streaming.reconnect_grace_seconds * 1000,
       publisherIdleMs: streaming.publisher_idle_seconds * 1000,
     });
-    // A stream that ends waits for its FFmpegs as long as they make progress sending its end.
-    // Our own shutdown stays within shutdown_grace_seconds: half for FFmpeg to send what it
-    // holds, a quarter after SIGTERM, the rest for stream-end reports and the HTTP server.
-    const graceMs = streaming.shutdown_grace_seconds * 1000;
-    this.manager = new RelayManager(createAuthority(config, options, outbox), {
-      maxDestinationsPerStream: streaming.max_destinations_per_stream,
-      supervisor: {
-        ffmpegPath: streaming.ffmpeg_path,
-        queueBytes: Math.max(streaming.buffer_size_kb * 1024, MIN_DESTINATION_QUEUE_BYTES),
-        drainStallMs: DRAIN_STALL_MS,
-        drainGraceMs: graceMs / 2,
-        stopGraceMs: graceMs / 4,
-        shutdown: this.#shutdownSignal.signal,
-        ioTimeoutSeconds: 10,
-        tls: this.#tls,
-        backoff: options.backoff,
-        pool: this.#pool,
-        engine: streaming.engine,
-        maxAttempts: streaming.max_attempts,
-      },
-    });
+    this.#sharedSupervisorOptions = {
+      ffmpegPath: streaming.ffmpeg_path,
+      drainStallMs: DRAIN_STALL_MS,
+      shutdown: this.#shutdownSignal.signal,
+      ioTimeoutSeconds: 10,
+      tls: this.#tls,
+      backoff: options.backoff,
+      pool: this.#pool,
+    };
+    this.manager = new RelayManager(
+      createAuthority(config, options, outbox),
+      this.#streamOptions(streaming),
+    );
     this.hub.addListener(this.manager);
     this.rtmp = bindOrExplain("RTMP", rtmp.bind, rtmp.port, () =>
       new RtmpServer(
@@ -266,21 +368,52 @@ export class RelayService implements AsyncDisposable {
     return this.#current;
   }
 
+  /** The grace of our own stop, `shutdown_grace_seconds` as last reloaded. */
+  get shutdownGraceMs(): number {
+    return this.#current.streaming.shutdown_grace_seconds * 1000;
+  }
+
   /**
-   * Applies a reloaded configuration: new keys and destinations for streams that start from now
-   * on. Settings that need new sockets or a new control plane take a restart, and we say so.
+   * What the manager gives each stream that goes live: its cap and its supervisors' options.
+   *
+   * A stream that ends waits for its FFmpegs as long as they make progress sending its end. Our
+   * own shutdown stays within shutdown_grace_seconds: half for FFmpeg to send what it holds, a
+   * quarter after SIGTERM, the rest for stream-end reports and the HTTP server. Those two are
+   * read when used, so that the grace reloaded last holds for streams live since before it.
+   */
+  #streamOptions(streaming: Config["streaming"]): RelayManagerOptions {
+    const graceMs = () => this.shutdownGraceMs;
+    return {
+      maxDestinationsPerStream: streaming.max_destinations_per_stream,
+      supervisor: {
+        ...this.#sharedSupervisorOptions,
+        engine: streaming.engine,
+        maxAttempts: streaming.max_attempts,
+        queueBytes: Math.max(streaming.buffer_size_kb * 1024, MIN_DESTINATION_QUEUE_BYTES),
+        get drainGraceMs() {
+          return graceMs() / 2;
+        },
+        get stopGraceMs() {
+          return graceMs() / 4;
+        },
+      },
+    };
+  }
+
+  /**
+   * Applies a reloaded configuration as `ON_RELOAD` says, and logs which keys it applied, which
+   * only to streams that start from now on, and which still wait for a restart.
    */
   reload(config: Config): void {
-    this.manager.authority.reload?.(config);
-    this.#reloadTlsTrust(config);
-    const needsRestart = ["rtmp", "http", "control_plane"].filter((section) =>
-      JSON.stringify(config[section as keyof Config]) !==
-        JSON.stringify(this.#current[section as keyof Config])
-    );
-    this.#current = config;
+    const plan = planReload(this.config, this.#current, config);
+    this.#current = plan.running;
+    this.manager.authority.reload?.(plan.running);
+    this.#reloadTlsTrust(plan.running);
+    this.manager.updateOptions(this.#streamOptions(plan.running.streaming));
+    const listed = Object.entries(plan.keys).filter(([, keys]) => keys.length > 0);
     serviceLog.info("configuration reloaded", {
-      streams: config.streams.length,
-      ...(needsRestart.length > 0 ? { needs_restart: needsRestart.join(",") } : {}),
+      streams: plan.running.streams.length,
+      ...Object.fromEntries(listed.map(([name, keys]) => [name, keys.join(",")])),
     });
   }
 
@@ -308,7 +441,7 @@ export class RelayService implements AsyncDisposable {
       // End every stream now (no reconnect window on our own shutdown), then close the rest.
       this.hub.endAll(reason);
       // Players taking the end of their stream get at most half the grace, as FFmpeg does.
-      const forceAfterMs = this.config.streaming.shutdown_grace_seconds * 1000 / 2;
+      const forceAfterMs = this.shutdownGraceMs / 2;
       await this.rtmp.close(reason, { forceAfterMs });
       this.hub.endAll(reason);
       await this.manager.settle();

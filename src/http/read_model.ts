@@ -13,7 +13,7 @@ import type { RelayManager } from "../relay/relay_manager.ts";
 import type { RelayDestination, RelayDestinationStatus } from "../relay/stream_relay.ts";
 import type { RtmpServer } from "../rtmp/server.ts";
 import type { RtmpSession } from "../rtmp/session.ts";
-import { redactKey, sanitizeUrl } from "../redact.ts";
+import { redactKey, redactRtmpUrl } from "../redact.ts";
 import { streamId } from "./stream_id.ts";
 
 /** The parts of the service the read model reads; never changed through it. */
@@ -72,6 +72,8 @@ export interface StreamView {
   publisher: PublisherView | null;
   players: PlayerView[];
   destinations: DestinationView[];
+  /** Why the destinations could not be fetched, while the relay asks again; null otherwise. */
+  destinations_error: string | null;
 }
 
 export interface Snapshot {
@@ -107,15 +109,16 @@ export interface ReadModel {
   stream(key: string): StreamView | undefined;
 }
 
-/** A destination's view: URL without credentials, key redacted. */
+/** A destination's view: URL without credentials, key redacted (where it is written, too). */
 export function describeDestination(
   supervisor: Pick<RelayDestination, "destination" | "status">,
 ): DestinationView {
+  const { rtmpUrl, streamKey } = supervisor.destination;
   return {
     id: supervisor.destination.id,
     platform: supervisor.destination.platform,
-    rtmp_url: sanitizeUrl(supervisor.destination.rtmpUrl),
-    stream_key: redactKey(supervisor.destination.streamKey),
+    rtmp_url: redactRtmpUrl(rtmpUrl, streamKey),
+    stream_key: redactKey(streamKey),
     status: supervisor.status(),
   };
 }
@@ -129,6 +132,7 @@ export function createReadModel(sources: ReadModelSources): ReadModel {
 
   const describeStream = (stream: LiveStream, players: RtmpSession[], now: number): StreamView => {
     const publisher = stream.publisher;
+    const relay = sources.manager.relayFor(stream.key);
     return {
       id: streamId(stream.key),
       stream_key: redactKey(stream.key),
@@ -157,9 +161,8 @@ export function createReadModel(sources: ReadModelSources): ReadModel {
         bytes_out: session.bytesOut,
         dropped_packets: session.droppedPackets,
       })),
-      destinations: (sources.manager.relayFor(stream.key)?.destinations() ?? []).map(
-        describeDestination,
-      ),
+      destinations: (relay?.destinations() ?? []).map(describeDestination),
+      destinations_error: relay?.destinationsError ?? null,
     };
   };
 

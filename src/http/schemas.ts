@@ -106,6 +106,7 @@ export const StreamSchema = z.object({
     dropped_packets: z.number().nonnegative(),
   })),
   destinations: z.array(ForwardedDestinationSchema),
+  destinations_error: z.string().nullable(),
 });
 
 export const StreamsSchema = z.object({ streams: z.array(StreamSchema) });

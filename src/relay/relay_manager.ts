@@ -14,12 +14,25 @@ import type { CallStats } from "../control_plane/http_client.ts";
 import type { StreamAuthority } from "../control_plane/stream_authority.ts";
 import type { LiveStream, StreamHubListener } from "../media/live_stream.ts";
 import type { PublishDecision, PublishRequest } from "../rtmp/publish_authorizer.ts";
+import { delay } from "../async.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
+import { Backoff, type BackoffOptions } from "./backoff.ts";
 import type { SupervisorOptions } from "./destination_supervisor.ts";
 import { type DestinationChanges, StreamRelay } from "./stream_relay.ts";
 
 const managerLog = log("relay");
+
+/**
+ * Between two requests for a live stream's destinations that failed: a control plane that is
+ * deploying or overloaded at go-live is asked again, more and more rarely, for as long as the
+ * stream is live.
+ */
+const DESTINATIONS_RETRY: BackoffOptions = {
+  initialMs: 2_000,
+  maxMs: 30_000,
+  resetAfterMs: Infinity,
+};
 
 export interface RelayManagerOptions {
   supervisor: SupervisorOptions;
@@ -28,13 +41,21 @@ export interface RelayManagerOptions {
 
 export class RelayManager implements StreamHubListener {
   #authority: StreamAuthority;
-  readonly #options: RelayManagerOptions;
+  #options: RelayManagerOptions;
   readonly #relays = new Map<string, StreamRelay>();
   readonly #background = new Set<Promise<void>>();
   #endedRelayBytes = 0;
 
   constructor(authority: StreamAuthority, options: RelayManagerOptions) {
     this.#authority = authority;
+    this.#options = options;
+  }
+
+  /**
+   * Options for streams that go live from now on (a reload); a live stream keeps those it was
+   * given, so nothing changes under a broadcast.
+   */
+  updateOptions(options: RelayManagerOptions): void {
     this.#options = options;
   }
 
@@ -127,24 +148,13 @@ export class RelayManager implements StreamHubListener {
   }
 
   async #startDestinations(relay: StreamRelay, epoch: number): Promise<void> {
-    const key = relay.stream.key;
-    const context = { stream: redactKey(key) };
-    let fetched;
-    try {
-      fetched = await this.#authority.destinations(key);
-    } catch (error) {
-      managerLog.error("cannot fetch destinations: {reason}", {
-        ...context,
-        reason: (error as Error).message,
-      });
-      return;
-    }
-    // The stream ended, or a resumed publisher said otherwise, while we asked.
-    if (this.#relays.get(key) !== relay || relay.forwardingEpoch !== epoch) return;
+    const context = { stream: redactKey(relay.stream.key) };
+    const fetched = await this.#fetchDestinations(relay, epoch);
+    if (fetched === undefined) return;
     for (const problem of fetched.malformed) {
       managerLog.warn("destination skipped: {reason}", { ...context, reason: problem });
     }
-    const selection = selectDestinations(fetched.records, this.#options.maxDestinationsPerStream);
+    const selection = selectDestinations(fetched.records, relay.maxDestinations);
     for (const rejected of selection.rejected) {
       managerLog.warn("destination skipped: {reason}", {
         ...context,
@@ -168,6 +178,49 @@ export class RelayManager implements StreamHubListener {
       }
     }
     managerLog.info("relaying to {count} destination(s)", { ...context, count: started });
+  }
+
+  /**
+   * The stream's destinations, asked for until the authority answers: one failed request at
+   * go-live (the control plane deploying, a blip) would otherwise leave the stream live with no
+   * destinations for its whole life, and an encoder's reconnect does not ask again (its stream
+   * is already forwarded). Meanwhile the stream's view says why (`destinationsError`). Undefined
+   * once the answer no longer matters: the stream ended, or a newer forwarding decision (a
+   * resumed publisher's, or a refresh through the API) took over.
+   */
+  async #fetchDestinations(
+    relay: StreamRelay,
+    epoch: number,
+  ): Promise<Awaited<ReturnType<StreamAuthority["destinations"]>> | undefined> {
+    const key = relay.stream.key;
+    const current = () => this.#relays.get(key) === relay && relay.forwardingEpoch === epoch;
+    const backoff = new Backoff(DESTINATIONS_RETRY);
+    for (;;) {
+      let wait: number;
+      try {
+        const fetched = await this.#authority.destinations(key);
+        if (!current()) return undefined;
+        relay.destinationsError = undefined;
+        return fetched;
+      } catch (error) {
+        if (!current()) return undefined;
+        wait = backoff.next(0);
+        const reason = (error as Error).message;
+        relay.destinationsError = `cannot fetch destinations: ${reason}`;
+        managerLog.error("cannot fetch destinations: {reason}; asking again in {seconds} s", {
+          stream: redactKey(key),
+          reason,
+          seconds: wait / 1000,
+        });
+      }
+      try {
+        await delay(wait, { signal: relay.signal });
+      } catch (error) {
+        if (relay.signal.aborted) return undefined; // the stream ended
+        throw error;
+      }
+      if (!current()) return undefined;
+    }
   }
 
   /**

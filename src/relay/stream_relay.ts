@@ -77,6 +77,13 @@ export class StreamRelay {
   #removedBytes = 0;
   /** Replacements and enable/disable run one after the other, never interleaved. */
   #changes: Promise<unknown> = Promise.resolve();
+  /** Aborted when the relay stops, ending work still under way for it (a fetch being retried). */
+  readonly #stopping = new AbortController();
+  /**
+   * Why the stream's destinations could not be fetched, while they are being asked for again;
+   * undefined once they were, or when no fetch is under way.
+   */
+  destinationsError: string | undefined;
 
   constructor(stream: LiveStream, options: SupervisorOptions, maxDestinations: number) {
     this.stream = stream;
@@ -87,6 +94,11 @@ export class StreamRelay {
   /** Stopped for good (the stream ended): no change is taken any more. */
   get stopped(): boolean {
     return this.#stopped;
+  }
+
+  /** Aborts when the relay stops for good. */
+  get signal(): AbortSignal {
+    return this.#stopping.signal;
   }
 
   /** Destinations of the stream, disabled ones included. */
@@ -110,6 +122,7 @@ export class StreamRelay {
   /** Records a new forwarding decision; returns its epoch. */
   setForwarding(forward: boolean): number {
     this.#forwarding = forward;
+    this.destinationsError = undefined; // a fetch still being retried was for the old decision
     return ++this.#forwardingEpoch;
   }
 
@@ -293,6 +306,7 @@ export class StreamRelay {
   /** Stops every destination for good and waits until each FFmpeg is reaped. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#stopping.abort();
     await this.removeAll();
   }
 

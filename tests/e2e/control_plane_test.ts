@@ -3,12 +3,14 @@
  */
 
 import { Hono } from "hono";
+import { delay } from "../../src/async.ts";
+import { StreamsSchema } from "../../src/http/schemas.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
-import { assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
+import { assertContiguousRun, assertSamePackets, fixture, framemd5 } from "../helpers/media.ts";
 import { ffmpegProcessesWith, freePort, run, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
-import { NginxSink, settledFile } from "../helpers/sinks.ts";
+import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
@@ -67,6 +69,75 @@ Deno.test("an accepted key relays to the valid destinations the control plane re
   await waitFor(() => cp.streamEnds.length === 1, "stream-end");
   assertEquals(cp.authCalls, ["cp-stream-key-1"]);
   assert(!logs.includes("cp-stream-key-1") && !logs.includes("cp-dest-key"), "no key in the logs");
+});
+
+Deno.test("destinations the control plane failed to give at go-live are asked for again until it gives them", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 8, gop: 30 });
+  const sinkPort = freePort();
+  await using sink = await startFfmpegSink(sinkPort, "late-dest-key", `${dir.path}/late.flv`);
+  let down = true;
+  await using cp = new FakeControlPlane({
+    forwarding: () =>
+      down ? { status: 503 } : {
+        body: {
+          destinations: [{
+            id: "late",
+            platform: "custom",
+            rtmp_url: `rtmp://127.0.0.1:${sinkPort}/live`,
+            stream_key: "late-dest-key",
+          }],
+        },
+      },
+  });
+  await using relay = await startTestRelay(controlPlane(cp.url));
+  await using publisher = ffmpegPublish(source, relay.rtmpUrl("late-stream-key"));
+  const streamView = async () => {
+    const body = await (await fetch(relay.httpUrl("/api/streams"))).json();
+    return StreamsSchema.parse(body).streams[0];
+  };
+  // While the control plane fails, the stream is live and its view says why.
+  const failing = await waitFor(async () => {
+    const view = await streamView();
+    return view?.destinations_error ? view : undefined;
+  }, "the failure in the stream's view");
+  assertMatch(failing.destinations_error!, /^cannot fetch destinations: .*HTTP 503/);
+  assertEquals(failing.destinations, []);
+  const callsWhileDown = cp.forwardingCalls.length;
+  down = false; // the control plane is back: the relay asks again by itself
+  const relayed = await waitFor(() => relay.service.manager.relayFor("late-stream-key"), "relay");
+  await waitFor(() => relayed.get("late")?.state === "connected", "the destination connected");
+  assert(cp.forwardingCalls.length > callsWhileDown, "asked again");
+  assertEquals((await streamView())?.destinations_error, null, "the failure is cleared");
+  assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+  assertEquals((await sink.wait(10_000)).code, 0, sink.stderr);
+  // From the GOP cache's keyframe on, to the end: nothing missing after the late start.
+  assertContiguousRun(
+    await framemd5(`${dir.path}/late.flv`),
+    await framemd5(source),
+    "destination started late",
+  );
+  assertMatch(relay.logText(), /cannot fetch destinations: .*; asking again in 2 s/);
+});
+
+Deno.test("a stream that ends while its destinations are being asked for again stops asking at once", async () => {
+  await using cp = new FakeControlPlane({ forwarding: () => ({ status: 503 }) });
+  await using relay = await startTestRelay(controlPlane(cp.url));
+  await using client = await TestRtmpClient.connect(relay.rtmpPort);
+  await client.handshake();
+  assertEquals((await client.publish("gone-key-0001")).code, "NetStream.Publish.Start");
+  const manager = relay.service.manager;
+  await waitFor(() => manager.relayFor("gone-key-0001")?.destinationsError, "the first failure");
+  await client.end(); // the next request is 2 s away
+  // The wait for it ends with the stream, not 2 s later (a shutdown waits for this work).
+  await waitFor(
+    () => manager.diagnostics.relays === 0 && manager.diagnostics.backgroundWork === 0,
+    "the stream's work to be over",
+    1_000,
+  );
+  const calls = cp.forwardingCalls.length;
+  await delay(2_500);
+  assertEquals(cp.forwardingCalls.length, calls, "not asked again");
 });
 
 Deno.test("every kind of refusal refuses the publish promptly and logs why", async () => {

@@ -58,6 +58,7 @@ function stream(id: string, destinations: DestinationView[]): StreamView {
     publisher: null,
     players: [],
     destinations,
+    destinations_error: null,
   };
 }
 

@@ -260,6 +260,7 @@ export const APP_JS = String.raw`"use strict";
       facts.appendChild(el("span", "fact-" + name));
     });
     info.appendChild(facts);
+    info.appendChild(el("p", "last-error stream-error"));
     var actions = el("div", "stream-actions");
     actions.appendChild(confirmButton("End stream", "end-stream", function () {
       return act("DELETE", "/api/streams/" + encodeURIComponent(stream.id));
@@ -282,6 +283,7 @@ export const APP_JS = String.raw`"use strict";
     setText(card, ".fact-video", p && p.width ? p.width + "×" + p.height +
       (p.fps ? " @ " + p.fps : "") + " " + (p.video_codec || "") : "");
     setText(card, ".fact-players", stream.players.length ? stream.players.length + " player(s)" : "");
+    setText(card, ".stream-error", stream.destinations_error || "");
     refreshThumbnail(card, stream.id);
     var list = card.querySelector(".destinations");
     stream.destinations.forEach(function (destination) {

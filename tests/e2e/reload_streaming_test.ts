@@ -1,0 +1,116 @@
+/**
+ * SIGHUP and `[streaming]` as an operator meets them: `main.ts` with a config.toml the test
+ * rewrites. What can take effect without dropping anyone is applied on reload; what needs a
+ * restart is named by every reload until the relay is restarted.
+ */
+
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { fixture } from "../helpers/media.ts";
+import { freePort, tempDir, waitFor } from "../helpers/process.ts";
+import { relayConfigText, type RelayProcess, spawnRelay } from "../helpers/relay.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
+
+/** Rewrites the relay's config file (same ports unless `httpPort` says) and waits for its reload. */
+async function reload(relay: RelayProcess, body: string, httpPort = relay.httpPort) {
+  const before = reloadLines(relay).length;
+  await Deno.writeTextFile(relay.configPath, relayConfigText(relay.rtmpPort, httpPort, body));
+  relay.process.kill("SIGHUP");
+  return await waitFor(() => reloadLines(relay)[before], "the reload's log line");
+}
+
+function reloadLines(relay: RelayProcess): string[] {
+  return relay.process.stderr.split("\n").filter((line) => line.includes("configuration reloaded"));
+}
+
+interface DestinationView {
+  id: string;
+  status: { engine: string; state: string };
+}
+
+async function destinationsOf(relay: RelayProcess, key: string): Promise<DestinationView[]> {
+  const response = await fetch(
+    `http://127.0.0.1:${relay.httpPort}/api/streams/forwarding/${key}`,
+  );
+  const body = await response.json();
+  return response.ok ? body.destinations : [];
+}
+
+Deno.test("SIGHUP applies [streaming] engine, max_destinations_per_stream and max_attempts to streams that start afterwards", async () => {
+  await using dir = await tempDir();
+  await using relay = await spawnRelay(dir.path, `[[streams]]\nkey = "reload-old-key"\n`);
+  // Nothing listens there: each attempt fails at once, so max_attempts = 1 shows quickly.
+  const refused = `rtmp://127.0.0.1:${freePort()}/live`;
+  const line = await reload(
+    relay,
+    `[streaming]\nengine = "native"\nmax_destinations_per_stream = 1\nmax_attempts = 1\n` +
+      `[[streams]]\nkey = "reload-old-key"\n[[streams]]\nkey = "reload-new-key"\n` +
+      `[[streams.destinations]]\nid = "first"\nrtmp_url = "${refused}"\nstream_key = "d1"\n` +
+      `[[streams.destinations]]\nid = "second"\nrtmp_url = "${refused}"\nstream_key = "d2"\n`,
+  );
+
+  await using _publisher = ffmpegPublish(
+    await fixture({ seconds: 10 }),
+    relay.rtmpUrl("reload-new-key"),
+  );
+  const destinations = await waitFor(async () => {
+    const found = await destinationsOf(relay, "reload-new-key");
+    const tried = found.length > 0 && found.every((d) => d.status.state !== "starting");
+    return tried ? found : undefined;
+  }, "the new stream's destinations to be tried");
+  assertEquals(
+    destinations.map((d) => [d.id, d.status.engine]),
+    [["first", "native"]],
+    "one destination (the cap), on the native engine",
+  );
+  await waitFor(
+    async () => (await destinationsOf(relay, "reload-new-key"))[0]?.status.state === "exhausted",
+    "the destination to give up after its one attempt",
+  );
+  assertMatch(
+    line,
+    /for_new_streams=streaming\.max_destinations_per_stream,streaming\.engine,streaming\.max_attempts/,
+  );
+  assert(!line.includes("needs_restart"), line);
+});
+
+Deno.test("SIGHUP: a pending restart is named by every reload; a new shutdown_grace_seconds bounds the next stop", async () => {
+  await using dir = await tempDir();
+  // A destination that accepts and never answers: at shutdown it makes no progress, so what ends
+  // its drain is the shutdown grace (half of it), not the 5 s stall limit.
+  using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) accepted.push(conn);
+  })();
+  const streams =
+    `[[streams]]\nkey = "reload-grace-key"\n[[streams.destinations]]\nid = "silent"\n` +
+    `engine = "native"\nrtmp_url = "rtmp://127.0.0.1:${silent.addr.port}/live"\nstream_key = "d"\n`;
+  await using relay = await spawnRelay(
+    dir.path,
+    `[streaming]\nshutdown_grace_seconds = 30\n${streams}`,
+  );
+
+  const changed = `[streaming]\nshutdown_grace_seconds = 2\n${streams}`;
+  const first = await reload(relay, changed, freePort());
+  assertMatch(first, /needs_restart=http\.port/);
+  assertMatch(first, /applied=streaming\.shutdown_grace_seconds/);
+  // The file did not change again, but the relay still runs on the old port.
+  relay.process.kill("SIGHUP");
+  const second = await waitFor(() => reloadLines(relay)[1], "the second reload's log line");
+  assertMatch(second, /needs_restart=http\.port/);
+  assert(!second.includes("applied="), second);
+  const health = await fetch(`http://127.0.0.1:${relay.httpPort}/health`);
+  assertMatch(await health.text(), /"ok"/, "still serving the port it started on");
+
+  await using _publisher = ffmpegPublish(
+    await fixture({ seconds: 10 }),
+    relay.rtmpUrl("reload-grace-key"),
+  );
+  await waitFor(() => accepted.length > 0, "the destination to connect");
+  relay.process.kill("SIGTERM");
+  assertEquals((await relay.process.wait()).code, 0, relay.process.stderr);
+  assertMatch(relay.process.stderr, /destination still draining 1 s into shutdown: cut off/);
+  silent.close();
+  await accepting;
+  for (const conn of accepted) conn.close();
+});
