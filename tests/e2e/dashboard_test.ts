@@ -2,7 +2,8 @@
  * The operator dashboard in a real browser (Debian's Chromium, driven by playwright-core) against
  * the real relay, a real FFmpeg publisher and real sinks: sign in, a stream appears within 3 s of
  * publishing, a destination restarted from its button goes down and back up, a destination whose
- * server refuses the key shows it, all under the dashboard's strict CSP without a script error.
+ * server refuses the key shows it, all under the dashboard's strict CSP without a script error;
+ * and a stream whose destinations the control plane fails to list says why until it lists them.
  * `DASHBOARD_SCREENSHOT=/path.png` saves the screenshot the README shows.
  */
 
@@ -13,6 +14,8 @@ import { ffmpegPublish } from "../helpers/peers.ts";
 import { freePort, tempDir } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
 import { NginxSink } from "../helpers/sinks.ts";
+import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
+import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 const KEY = "dashboard-stream-key-0001";
 const DEST_KEY = "dashboard-destination-key-0001";
@@ -181,4 +184,33 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   const html = await page.content();
   assert(!html.includes(KEY) && !html.includes(DEST_KEY), "no key reaches the page");
   assertEquals(problems, []);
+});
+
+Deno.test("the dashboard shows why a live stream has no destinations while the control plane fails to list them", async () => {
+  await using dir = await tempDir();
+  await using cp = new FakeControlPlane({ forwarding: () => ({ status: 503 }) });
+  await using relay = await startTestRelay({
+    http: { api_token: TOKEN },
+    control_plane: { url: cp.url, timeout_seconds: 1, retry_attempts: 0 },
+  });
+  await using publisher = await TestRtmpClient.connect(relay.rtmpPort);
+  await publisher.handshake();
+  assertEquals((await publisher.publish(KEY)).code, "NetStream.Publish.Start");
+  await using chromium = await openBrowser(`${dir.path}/profile`);
+  const page = await chromium.browser.newPage();
+  await page.goto(relay.httpUrl("/"));
+  await page.waitForSelector("#sign-in", { visible: true });
+  await page.type("#token", TOKEN);
+  await page.locator("#sign-in button[type=submit]").click();
+  await waitForText(
+    page,
+    "article.stream .stream-error",
+    /^cannot fetch destinations: control plane answered HTTP 503$/,
+  );
+  cp.behaviour.forwarding = () => ({ body: { destinations: [] } }); // it answers again
+  await waitForText(page, "article.stream .stream-error", /^$/, 20_000);
+  const hidden = await page.evaluate(
+    "getComputedStyle(document.querySelector('article.stream .stream-error')).display",
+  );
+  assertEquals(hidden, "none", "no empty line once the failure is over");
 });

@@ -58,6 +58,8 @@ button:disabled { opacity: 0.5; cursor: default; }
 .spark polyline { fill: none; stroke: var(--accent); stroke-width: 1.5; }
 .spark line { stroke: var(--line); stroke-width: 1; }
 .last-error { color: var(--bad); font-size: 13px; word-break: break-word; }
+.stream-error { margin: 4px 0 0; }
+.stream-error:empty { display: none; }
 .extra { color: var(--muted); font-size: 12px; display: flex; flex-wrap: wrap; gap: 2px 12px; }
 .destination-actions { display: flex; flex-wrap: wrap; gap: 6px; }
 #events { color: var(--muted); font-size: 13px; padding-left: 20px; margin: 0; }
