@@ -8,7 +8,11 @@
 
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
-import { DestinationSchema, validateDestination } from "./control_plane/destination.ts";
+import {
+  DestinationSchema,
+  InvalidDestination,
+  validateDestination,
+} from "./control_plane/destination.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { redactRtmpUrl } from "./redact.ts";
 import { ENGINE_NAMES, isEngineName } from "./relay/relay_engine.ts";
@@ -115,14 +119,12 @@ export const ConfigSchema = z.strictObject({
       try {
         validateDestination(destination);
       } catch (error) {
-        const message = (error as Error).message;
-        // `validateDestination` names the field at fault ("...: stream_key must not ..."); the
-        // issue goes under that field, so that a key's problem is reported with the key hidden.
-        const field = /: (rtmp_url|stream_key) /.exec(message)?.[1] ?? "rtmp_url";
+        if (!(error instanceof InvalidDestination)) throw error;
+        // Under the field at fault, so that a key's problem is reported with the key hidden.
         context.addIssue({
           code: "custom",
-          path: ["streams", streamIndex, "destinations", index, field],
-          message,
+          path: ["streams", streamIndex, "destinations", index, error.field],
+          message: error.message,
         });
       }
     });

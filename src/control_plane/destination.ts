@@ -59,37 +59,52 @@ export function joinPushUrl(rtmpUrl: string, streamKey: string): string {
   return `${rtmpUrl.replace(/\/+$/, "")}/${streamKey.replace(/^\/+/, "")}`;
 }
 
+/** A destination that cannot be used: a `TypeError` that names the record's field at fault. */
+export class InvalidDestination extends TypeError {
+  constructor(message: string, readonly field: "rtmp_url" | "stream_key" | "engine") {
+    super(message);
+  }
+}
+
 /**
- * Validates a destination. Throws `TypeError` naming what is wrong: a scheme other than rtmp or
- * rtmps, no host, whitespace or control characters, a URL or key that could be read as an option.
+ * Validates a destination. Throws `InvalidDestination` naming what is wrong: a scheme other than
+ * rtmp or rtmps, no host, whitespace or control characters, a URL or key that could be read as an
+ * option, an unknown engine.
  */
 export function validateDestination(record: DestinationRecord): Destination {
   const what = `destination ${JSON.stringify(record.id)}`;
-  for (const [field, value] of [["rtmp_url", record.rtmp_url], ["stream_key", record.stream_key]]) {
-    if (FORBIDDEN_CHARACTERS.test(value!)) {
-      throw new TypeError(`${what}: ${field} contains whitespace or control characters`);
+  for (const field of ["rtmp_url", "stream_key"] as const) {
+    if (FORBIDDEN_CHARACTERS.test(record[field])) {
+      throw new InvalidDestination(
+        `${what}: ${field} contains whitespace or control characters`,
+        field,
+      );
     }
   }
   if (record.stream_key.startsWith("-")) {
-    throw new TypeError(`${what}: stream_key must not start with "-"`);
+    throw new InvalidDestination(`${what}: stream_key must not start with "-"`, "stream_key");
   }
   let parsed: URL;
   try {
     parsed = new URL(record.rtmp_url);
   } catch {
-    throw new TypeError(`${what}: rtmp_url is not a URL`);
+    throw new InvalidDestination(`${what}: rtmp_url is not a URL`, "rtmp_url");
   }
   if (parsed.protocol !== "rtmp:" && parsed.protocol !== "rtmps:") {
-    throw new TypeError(
+    throw new InvalidDestination(
       `${what}: rtmp_url scheme ${
         JSON.stringify(parsed.protocol)
       } is not allowed (rtmp: or rtmps: only)`,
+      "rtmp_url",
     );
   }
-  if (parsed.hostname === "") throw new TypeError(`${what}: rtmp_url has no host`);
+  if (parsed.hostname === "") {
+    throw new InvalidDestination(`${what}: rtmp_url has no host`, "rtmp_url");
+  }
   if (record.engine !== undefined && !isEngineName(record.engine)) {
-    throw new TypeError(
+    throw new InvalidDestination(
       `${what}: unknown engine ${JSON.stringify(record.engine)} (${ENGINE_NAMES.join(" or ")})`,
+      "engine",
     );
   }
   const pushUrl = joinPushUrl(record.rtmp_url, record.stream_key);

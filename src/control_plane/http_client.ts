@@ -134,12 +134,11 @@ export class ControlPlaneClient implements StreamAuthority {
         deadline,
       );
       if (reply.code !== 0) {
-        const text = reply.msg ?? reply.message;
+        // Logged: a control plane that names the key in its message must not put it in the log.
+        const text = (reply.msg ?? reply.message)?.replaceAll(key, redactKey(key)).slice(0, 200);
         return {
           allowed: false,
-          reason: `control plane refused the key (code ${reply.code}${
-            text ? `: ${text.slice(0, 200)}` : ""
-          })`,
+          reason: `control plane refused the key (code ${reply.code}${text ? `: ${text}` : ""})`,
         };
       }
       if (reply.data === undefined) {

@@ -13,7 +13,7 @@ import type { Context, MiddlewareHandler } from "hono";
 import { cors } from "hono/cors";
 import { HTTPException } from "hono/http-exception";
 import type { z } from "zod";
-import { validateDestination } from "../control_plane/destination.ts";
+import { InvalidDestination, validateDestination } from "../control_plane/destination.ts";
 import { log } from "../log.ts";
 import type { StreamHub } from "../media/live_stream.ts";
 import { ThumbnailBusyError, type Thumbnailer } from "../media/thumbnail.ts";
@@ -244,7 +244,8 @@ export function createApp(deps: AppDeps): Hono {
     try {
       destination = validateDestination({ ...body.data, enabled: true });
     } catch (error) {
-      return c.json({ error: (error as Error).message, field: "rtmp_url" }, 400);
+      if (!(error instanceof InvalidDestination)) throw error;
+      return c.json({ error: error.message, field: error.field }, 400);
     }
     try {
       return c.json(describeDestination(relay.add(destination)), 201);
@@ -279,9 +280,8 @@ export function createApp(deps: AppDeps): Hono {
       try {
         validateDestination(record);
       } catch (error) {
-        const message = (error as Error).message;
-        const field = /: (rtmp_url|stream_key) /.exec(message)?.[1] ?? "rtmp_url";
-        return c.json({ error: message, field: `destinations.${index}.${field}` }, 400);
+        if (!(error instanceof InvalidDestination)) throw error;
+        return c.json({ error: error.message, field: `destinations.${index}.${error.field}` }, 400);
       }
     }
     let changes;

@@ -37,12 +37,17 @@ Deno.test("authorize() refuses every answer but a well-formed yes, with the reas
     ["missing code", { body: { data: { forward: true } } }, /invalid: code: /],
     ["missing data.forward", { body: { code: 0, data: {} } }, /invalid: data\.forward: /],
     ["missing data", { body: { code: 0 } }, /data: missing/],
+    [
+      "code 1 with the key in its message",
+      { body: { code: 1, msg: "key refused-key-0002 is banned" } },
+      /refused the key \(code 1: key refu…\(16\) is banned\)$/,
+    ],
   ];
   await using cp = new FakeControlPlane();
   for (const [name, answer, reason] of cases) {
     cp.behaviour.auth = () => answer;
     const started = performance.now();
-    const decision = await client(cp.url).authorize("key-2");
+    const decision = await client(cp.url).authorize("refused-key-0002");
     assertEquals(decision.allowed, false, name);
     if (!decision.allowed) assertMatch(decision.reason, reason, name);
     assert(performance.now() - started < 1_000, `${name}: refused promptly`);

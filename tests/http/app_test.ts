@@ -206,6 +206,11 @@ Deno.test("a token guards everything but /health; bad bodies get 400 naming the 
       "command",
     ],
     ["file URL", JSON.stringify({ id: "x", rtmp_url: "file:///etc/passwd" }), "rtmp_url"],
+    [
+      "key read as an option",
+      JSON.stringify({ id: "x", rtmp_url: "rtmp://h/live", stream_key: "-y" }),
+      "stream_key",
+    ],
   ];
   for (const [name, body, field] of cases) {
     const response = await post(body);
