@@ -7,7 +7,10 @@
  * A stream outlives its publisher's connection by the reconnect grace window: when the same key
  * publishes again within it, the new connection takes the stream over and its timestamps are
  * rebased to continue where the old ones stopped, so subscribers never see a break in the stream
- * other than the real time that passed.
+ * other than the real time that passed. Where they stopped and where they resume are read from
+ * audio and video frames only: encoders stamp metadata and sequence headers apart from their
+ * media (FFmpeg stamps them 0 when its media starts hours in, with `-copyts` or
+ * `-output_ts_offset`).
  *
  * The returning encoder may open with another configuration (a track added or removed, another
  * codec, a new sequence header). Its opening headers are held until its first frame shows what it
@@ -80,8 +83,27 @@ interface SubscriberState {
 }
 
 const TIMESTAMP_MODULUS = 2 ** 32;
+const HALF_TIMESTAMP_RANGE = 2 ** 31;
+/**
+ * How far ahead of the last frame a resumed publisher's header or data may be stamped and be
+ * believed. An encoder sends them in timestamp order with its frames (a caption right after the
+ * frame it belongs to), so they lead the last frame by a frame interval at most; one further
+ * ahead, or behind, was stamped apart from the media (FFmpeg: 0 whatever the media's timestamps).
+ * A window rather than "after the last frame": timestamps wrap at 2^32, so a 0 is "after" a
+ * camera's clock past 2^31 ms.
+ */
+const MAX_DATA_LEAD_MS = 10_000;
 /** Opening headers held on a resume before deciding anyway (an encoder sending nothing else). */
 const MAX_OPENING_HEADERS = 8;
+
+/**
+ * Whether timestamp `a` comes after `b`. RTMP timestamps wrap at 2^32 ms, so the nearer way
+ * round decides: a camera stamping from its clock may be anywhere in the range.
+ */
+function isAfter(a: number, b: number): boolean {
+  const ahead = (a - b) >>> 0;
+  return ahead !== 0 && ahead < HALF_TIMESTAMP_RANGE;
+}
 
 export class LiveStream {
   readonly key: string;
@@ -94,11 +116,17 @@ export class LiveStream {
   #subscribers = new Map<StreamSubscriber, SubscriberState>();
   #sawVideo = false;
   #liveSince: Date | undefined;
-  /** Added to the current publisher's timestamps (mod 2^32). */
+  /** The current publisher continues a stream: its timestamps are moved onto the stream's. */
+  #resumed = false;
+  /** Added to the current publisher's timestamps (mod 2^32), once its first frame set it. */
   #timestampOffset = 0;
-  /** On takeover: where the new publisher's first packet must land; cleared once it has. */
+  /** On takeover: where the new publisher's first frame must land; cleared once it has. */
   #resumeAt: number | undefined;
-  #lastTimestamp = 0;
+  /**
+   * The latest audio or video frame timestamp sent (the highest: audio and video interleave).
+   * Headers and data do not count: encoders stamp them apart from the media, often at 0.
+   */
+  #lastFrameTimestamp: number | undefined;
   #lastWriteAt = 0;
   #reconnectDeadline: number | undefined;
   /** Tracks, codecs and sequence headers of what readers have been sent. */
@@ -158,6 +186,7 @@ export class LiveStream {
     this.#state = "live";
     this.#publisher = publisher;
     this.#liveSince = new Date();
+    this.#resumed = false;
     this.#timestampOffset = 0;
     this.#resumeAt = undefined;
     this.#lastWriteAt = performance.now();
@@ -172,11 +201,13 @@ export class LiveStream {
 
   /**
    * A new connection continues the stream (after a drop, or taking over from a stalled one). Its
-   * first packet will be placed after the last one sent, by the real time that has passed.
+   * first frame will be placed after the last one sent, by the real time that has passed.
    */
   resume(publisher: PublisherInfo): void {
     const now = performance.now();
-    this.#resumeAt = this.#lastTimestamp + Math.max(1, Math.round(now - this.#lastWriteAt));
+    this.#resumeAt = ((this.#lastFrameTimestamp ?? 0) +
+      Math.max(1, Math.round(now - this.#lastWriteAt))) % TIMESTAMP_MODULUS;
+    this.#resumed = true;
     this.#state = "live";
     this.#publisher = publisher;
     this.#reconnectDeadline = undefined;
@@ -190,25 +221,19 @@ export class LiveStream {
    * when it arrived (`performance.now()`), when the caller has read the clock already.
    */
   write(packet: MediaPacket, now: number = performance.now()): void {
-    if (this.#resumeAt !== undefined) {
-      this.#timestampOffset = (this.#resumeAt - packet.timestamp + TIMESTAMP_MODULUS) %
-        TIMESTAMP_MODULUS;
-      this.#resumeAt = undefined;
-    }
-    if (this.#timestampOffset !== 0) {
-      packet = {
-        ...packet,
-        timestamp: (packet.timestamp + this.#timestampOffset) % TIMESTAMP_MODULUS,
-      };
-    }
-    if (
-      (packet.sequenceHeader || packet.type === TagType.Script) && isPartOfLarger(packet.payload)
-    ) {
+    const header = packet.sequenceHeader || packet.type === TagType.Script;
+    if (header && isPartOfLarger(packet.payload)) {
       // Kept for the stream's life (GOP cache, configuration): a payload cut from the decoder's
       // slab would keep the whole slab alive with it.
       packet = { ...packet, payload: packet.payload.slice() };
     }
-    this.#lastTimestamp = packet.timestamp;
+    if (this.#resumed) packet = this.#onStreamTimeline(packet, header);
+    if (!header) {
+      const last = this.#lastFrameTimestamp;
+      if (last === undefined || isAfter(packet.timestamp, last)) {
+        this.#lastFrameTimestamp = packet.timestamp;
+      }
+    }
     this.#lastWriteAt = now;
     this.bytesIn += packet.payload.length;
     this.packetsIn++;
@@ -217,7 +242,6 @@ export class LiveStream {
     if (opening !== undefined) {
       // A returning publisher: its headers alone do not say whether a track went away, its
       // first frame (after every header, as OBS and FFmpeg send them) does.
-      const header = packet.sequenceHeader || packet.type === TagType.Script;
       if (header && opening.length < MAX_OPENING_HEADERS) {
         opening.push(packet);
         return;
@@ -227,6 +251,38 @@ export class LiveStream {
       for (const held of opening) this.#deliver(held, now);
     }
     this.#deliver(packet, now);
+  }
+
+  /**
+   * A resumed publisher's packet, moved onto the stream's timeline. Its first audio or video frame
+   * lands at `#resumeAt` and sets the offset for the rest; headers and data never decide it (FFmpeg
+   * stamps them 0 whatever its media's timestamps), and never go out stamped before the last frame
+   * sent: shifted by the media's offset, a 0 would land hours back, or wrap to weeks ahead (see
+   * `MAX_DATA_LEAD_MS`). Those that come before the first frame (held, then sent just ahead of it)
+   * get the first frame's timestamp.
+   */
+  #onStreamTimeline(packet: MediaPacket, header: boolean): MediaPacket {
+    let timestamp: number;
+    const resumeAt = this.#resumeAt;
+    if (resumeAt !== undefined) {
+      timestamp = resumeAt;
+      if (!header) {
+        this.#timestampOffset = (resumeAt - packet.timestamp + TIMESTAMP_MODULUS) %
+          TIMESTAMP_MODULUS;
+        this.#resumeAt = undefined;
+        // Once a resume: what to compare with a destination's timestamps if it reports a jump.
+        mediaLog.info("the returning publisher's first frame ({from} ms) continues at {at} ms", {
+          stream: redactKey(this.key),
+          from: packet.timestamp,
+          at: resumeAt,
+        });
+      }
+    } else {
+      timestamp = (packet.timestamp + this.#timestampOffset) % TIMESTAMP_MODULUS;
+      const lastFrame = this.#lastFrameTimestamp!; // set by the frame that cleared `#resumeAt`
+      if (header && ((timestamp - lastFrame) >>> 0) > MAX_DATA_LEAD_MS) timestamp = lastFrame;
+    }
+    return timestamp === packet.timestamp ? packet : { ...packet, timestamp };
   }
 
   /**
@@ -304,9 +360,10 @@ export class LiveStream {
     this.#publisher = undefined;
     this.#reconnectDeadline = undefined;
     this.#liveSince = undefined;
+    this.#resumed = false;
     this.#timestampOffset = 0;
     this.#resumeAt = undefined;
-    this.#lastTimestamp = 0;
+    this.#lastFrameTimestamp = undefined;
     this.#configuration = {};
     this.#opening = undefined;
     this.gop.clear();

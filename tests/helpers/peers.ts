@@ -10,12 +10,13 @@ import { TestProcess } from "./process.ts";
  * Publishes `source` to `url` with `-c copy`; in real time unless `realtime` is false.
  * `readAfterEveryPacket` (`-rtmp_flush_interval 1`): FFmpeg reads what the server sends after
  * every packet, not every 10, so that a server pinging often cannot find a ping unread when FFmpeg
- * closes (the reset that makes the stream's last packets lost on their way in).
+ * closes (the reset that makes the stream's last packets lost on their way in). `outputOptions`
+ * go before the output (`-output_ts_offset 16800`: media stamped from there on, metadata at 0).
  */
 export function ffmpegPublish(
   source: string,
   url: string,
-  options: { realtime?: boolean; readAfterEveryPacket?: boolean } = {},
+  options: { realtime?: boolean; readAfterEveryPacket?: boolean; outputOptions?: string[] } = {},
 ): TestProcess {
   return new TestProcess("ffmpeg", [
     "-hide_banner",
@@ -27,6 +28,7 @@ export function ffmpegPublish(
     "-c",
     "copy",
     ...(options.readAfterEveryPacket ? ["-rtmp_flush_interval", "1"] : []),
+    ...options.outputOptions ?? [],
     "-f",
     "flv",
     url,

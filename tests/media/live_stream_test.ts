@@ -1,5 +1,9 @@
 import { createMediaPacket, type MediaPacket, TagType } from "../../src/media/flv.ts";
-import { type PublisherInfo, StreamHub } from "../../src/media/live_stream.ts";
+import {
+  type PublisherInfo,
+  StreamHub,
+  type StreamSubscriber,
+} from "../../src/media/live_stream.ts";
 import { hex } from "../helpers/bytes.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { sleep } from "../helpers/process.ts";
@@ -80,8 +84,11 @@ const avcConfig = (level: number) =>
 const aacConfig = createMediaPacket(TagType.Audio, 0, hex("af 00 1210"));
 const aac = (ts: number) => createMediaPacket(TagType.Audio, ts, hex("af 01 21"));
 
-/** A hub with one live stream whose publisher has left; `resume` brings a new one. */
-function droppedStream(opening: MediaPacket[]) {
+/**
+ * A hub with one live stream whose publisher has left; `resume` brings a new one. `reader`, when
+ * given, is subscribed before the first publisher's packets.
+ */
+function droppedStream(opening: MediaPacket[], reader?: StreamSubscriber) {
   const hub = new StreamHub({
     gopCache: true,
     gopCacheMaxBytes: 1 << 20,
@@ -90,6 +97,7 @@ function droppedStream(opening: MediaPacket[]) {
   const claim = hub.claim("k");
   assert(!("refused" in claim));
   hub.accept(claim, publisher(1, []));
+  if (reader) claim.stream.subscribe(reader);
   for (const packet of opening) claim.stream.write(packet);
   hub.publisherLeft(claim.stream, "gone");
   return {
@@ -103,17 +111,18 @@ function droppedStream(opening: MediaPacket[]) {
   };
 }
 
-/** A reader noting its packets ("V0", "A66"...) and changes ("change: ..."). */
+/** "V", "A" or "S" (script data), with "h" for a sequence header. */
+const kindOf = (p: MediaPacket) =>
+  `${p.type === TagType.Video ? "V" : p.type === TagType.Audio ? "A" : "S"}${
+    p.sequenceHeader ? "h" : ""
+  }`;
+
+/** A reader noting its packets ("V", "Ah"...) and changes ("change: ..."). */
 function recorder() {
   const seen: string[] = [];
   return {
     seen,
-    onPacket: (p: MediaPacket) =>
-      seen.push(
-        `${p.type === TagType.Video ? "V" : p.type === TagType.Audio ? "A" : "S"}${
-          p.sequenceHeader ? "h" : ""
-        }`,
-      ),
+    onPacket: (p: MediaPacket) => seen.push(kindOf(p)),
     onEnd: () => {},
     onConfigurationChange: (change: { description: string }) =>
       seen.push(`change: ${change.description}`),
@@ -158,6 +167,94 @@ Deno.test("LiveStream reports a new sequence header on resume and keeps an uncha
   ]);
   assertEquals(stream.gop.snapshot().map((p) => p.payload.at(-1)), [2, 0x10, 0]);
   hub.endAll("test over");
+});
+
+/** `kindOf` with "k" for a keyframe: "Vk", "V", "Vh", "A", "Ah", "S". */
+const labelOf = (p: MediaPacket) => `${kindOf(p)}${p.keyframe ? "k" : ""}`;
+
+/** Packets from their labels and timestamps: "S@0 Vh@0 Ah@0 Vk@16800000 A@16800023". */
+function tags(text: string): MediaPacket[] {
+  const make: Record<string, (ts: number) => MediaPacket> = {
+    S: (ts) => createMediaPacket(TagType.Script, ts, hex("02 000a 6f6e4d65746144617461")),
+    Vh: (ts) => ({ ...avcConfig(1), timestamp: ts }),
+    Ah: (ts) => ({ ...aacConfig, timestamp: ts }),
+    Vk: (ts) => video(ts, true),
+    V: (ts) => video(ts),
+    A: aac,
+  };
+  return text.split(" ").map((word) => {
+    const [label, ts] = word.split("@") as [string, string];
+    return make[label]!(Number(ts));
+  });
+}
+
+/** `ts - from` on the 32-bit timeline, as "+23" or "-5". */
+function since(ts: number, from: number): string {
+  const delta = ((ts - from) % 2 ** 32 + 2 ** 32 + 2 ** 31) % 2 ** 32 - 2 ** 31;
+  return `${delta < 0 ? "" : "+"}${delta}`;
+}
+
+Deno.test("LiveStream.write() continues a resumed stream's timestamps from its first media frame, not its metadata", async (t) => {
+  const cases = [{
+    name: "FFmpeg with -output_ts_offset: metadata and headers at 0, media at 16,800 s",
+    before: "S@0 Vh@0 Ah@0 Vk@16800000 A@16800023 V@16800033 A@16800046",
+    lastFrame: 16_800_046,
+    after: "S@0 Vh@0 Ah@0 Vk@16800000 A@16800023 V@16800033",
+    // Held until the first frame and sent just before it: stamped with it, not 16,800 s earlier.
+    resumed: "S@+0 Vh@+0 Ah@+0 Vk@+0 A@+23 V@+33",
+  }, {
+    name: "an onMetaData update stamped 0 is the last message before the drop",
+    before: "Vh@0 Ah@0 Vk@0 A@23 V@3034 S@0",
+    lastFrame: 3_034,
+    after: "Vh@0 Ah@0 Vk@0 A@23",
+    resumed: "Vh@+0 Ah@+0 Vk@+0 A@+23",
+  }, {
+    name: "data stamped with the media (captions) moves with it, never back past a frame",
+    before: "Vh@0 Ah@0 Vk@0 A@23",
+    lastFrame: 23,
+    after: "Vh@0 Vk@16800000 S@16800010 A@16800023 S@16800020 V@16800033",
+    resumed: "Vh@+0 Vk@+0 S@+10 A@+23 S@+23 V@+33",
+  }, {
+    name: "OBS, restarting at 0",
+    before: "S@0 Vh@0 Ah@0 Vk@0 A@23 V@33",
+    lastFrame: 33,
+    after: "S@0 Vh@0 Ah@0 Vk@0 A@23 V@33",
+    resumed: "S@+0 Vh@+0 Ah@+0 Vk@+0 A@+23 V@+33",
+  }, {
+    name: "a camera clock past 2^31 ms, with a metadata update stamped 0 after the first frame",
+    before: "Vh@0 Vk@3000000000 V@3000000033",
+    lastFrame: 3_000_000_033,
+    after: "Vh@0 Vk@3000900000 S@0 V@3000900033",
+    resumed: "Vh@+0 Vk@+0 S@+0 V@+33",
+  }, {
+    name: "more headers than are held before the first frame",
+    before: "Vh@0 Ah@0 Vk@16800000 A@16800023",
+    lastFrame: 16_800_023,
+    after: `${"S@0 ".repeat(9)}Vh@0 Vk@16800000 A@16800023`,
+    resumed: `${"S@+0 ".repeat(9)}Vh@+0 Vk@+0 A@+23`,
+  }];
+  for (const { name, before, lastFrame, after, resumed } of cases) {
+    await t.step(name, () => {
+      const seen: MediaPacket[] = [];
+      const reader = { onPacket: (p: MediaPacket) => void seen.push(p), onEnd: () => {} };
+      const { hub, stream, resume } = droppedStream(tags(before), reader);
+      const described = (from: (p: MediaPacket) => string) =>
+        seen.map((p) => `${labelOf(p)}@${from(p)}`).join(" ");
+      const sent = (p: MediaPacket) => String(p.timestamp);
+      assertEquals(described(sent), before, "the first publisher's stream passes as it was sent");
+      seen.length = 0;
+      resume();
+      for (const packet of tags(after)) stream.write(packet);
+      const first = seen.find((p) => p.type !== TagType.Script && !p.sequenceHeader)!.timestamp;
+      const gap = since(first, lastFrame);
+      assert(
+        Number(gap) >= 1 && Number(gap) < 1_000,
+        `the resumed stream starts ${gap} ms after the last frame sent: ${described(sent)}`,
+      );
+      assertEquals(described((p) => since(p.timestamp, first)), resumed);
+      hub.endAll("test over");
+    });
+  }
 });
 
 /** A hub with the GOP cache on, and its stream "key" live. */
