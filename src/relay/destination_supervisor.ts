@@ -15,7 +15,7 @@
  */
 
 import type { Destination } from "../control_plane/destination.ts";
-import type { MediaPacket } from "../media/flv.ts";
+import { type MediaPacket, TagType } from "../media/flv.ts";
 import type { LiveStream, StreamSubscriber } from "../media/live_stream.ts";
 import type { ConfigurationChange } from "../media/stream_configuration.ts";
 import { MediaQueue } from "../media/media_queue.ts";
@@ -27,7 +27,7 @@ import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { copyFollows } from "./copy_compatibility.ts";
 import { DestinationFailure, type DestinationFailureKind } from "./destination_failure.ts";
 import { ffmpegCodecProblem } from "./ffmpeg_codecs.ts";
-import { FfmpegEngine } from "./ffmpeg_engine.ts";
+import { FfmpegEngine, ffmpegInputTracks, type MediaTrack } from "./ffmpeg_engine.ts";
 import { NativeEngine } from "./native_engine.ts";
 import type { ProcessPool } from "./process_pool.ts";
 import type { EngineAttempt, EngineName, RelayEngine } from "./relay_engine.ts";
@@ -133,6 +133,8 @@ export const DEGRADED_AFTER_DROP_MS = 10_000;
 const relayLog = log("relay");
 /** How often a stop checks a draining engine for progress. */
 const DRAIN_CHECK_MS = 250;
+const TRACK_TAG_TYPES = { video: TagType.Video, audio: TagType.Audio } as const;
+const NO_TRACKS: ReadonlyMap<number, MediaTrack> = new Map();
 
 export class DestinationSupervisor implements StreamSubscriber {
   readonly destination: Destination;
@@ -164,6 +166,13 @@ export class DestinationSupervisor implements StreamSubscriber {
   #restartRequested = false;
   /** The engine cannot carry the stream's codecs: why, until the configuration changes. */
   #codecProblem: string | undefined;
+  /**
+   * Tracks the running FFmpeg does not read, by tag type, once it has said which it reads: a
+   * packet of one of them means the stream has a track this FFmpeg drops (see `#trackNotCarried`).
+   */
+  #notCarried: ReadonlyMap<number, MediaTrack> = NO_TRACKS;
+  /** Tracks FFmpeg was started again for since the configuration last changed: once each. */
+  readonly #restartedForTrack = new Set<MediaTrack>();
   #done: Promise<void> = Promise.resolve();
   /** Aborted to cut the current wait (backoff, exhausted, codec) short. */
   #wait: AbortController | undefined;
@@ -307,6 +316,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     const handedOver = queue === this.#nextQueue;
     this.#nextQueue = undefined;
     this.#queue = queue;
+    this.#notCarried = NO_TRACKS;
     const attempt = this.engine.start({
       destination: this.destination,
       configuration: this.#stream.configuration,
@@ -321,6 +331,7 @@ export class DestinationSupervisor implements StreamSubscriber {
         this.#connections++;
         this.#attemptNumber = 1;
         relayLog.info("destination connected", this.#context());
+        this.#checkTracksCarried(attempt);
       },
     });
     this.#attempt = attempt;
@@ -332,6 +343,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     relayLog.info("destination starting", { ...this.#context(), pid: attempt.pid });
     const pumpDone = this.#pump(attempt, queue);
     const failure = await attempt.ended;
+    this.#notCarried = NO_TRACKS; // what this FFmpeg read says nothing of the next one
     this.#sampleOutput();
     if (this.#liveSince !== undefined) this.#liveMs += performance.now() - this.#liveSince;
     this.#liveSince = undefined;
@@ -490,6 +502,10 @@ export class DestinationSupervisor implements StreamSubscriber {
 
   onPacket(packet: MediaPacket, now: number): void {
     this.#inputRate.add(packet.payload.length, now);
+    if (this.#notCarried.size !== 0) {
+      const track = this.#notCarried.get(packet.type);
+      if (track !== undefined && this.#trackNotCarried(track, packet)) return;
+    }
     const queue = this.#nextQueue ?? this.#queue;
     if (queue === undefined) return;
     const dropped = queue.droppedPackets;
@@ -514,13 +530,84 @@ export class DestinationSupervisor implements StreamSubscriber {
       this.#wait?.abort();
       return;
     }
+    // A new publisher may start a track late again: worth one restart again.
+    this.#restartedForTrack.clear();
     if (this.engine.name === "native" || copyFollows(change)) return;
     relayLog.info("stream changed ({change}): restarting FFmpeg on the new stream", {
       ...this.#context(),
       change: change.description,
     });
+    this.#restartOnNextQueue([]);
+  }
+
+  /**
+   * FFmpeg fixes its tracks from what it reads while it probes the start of its input (half a
+   * second, see `ffmpeg_args.ts`): a track the stream starts later (an encoder whose camera comes
+   * up after its audio) would be dropped for the whole session. Once FFmpeg has said what it reads,
+   * a track the stream has that it does not read starts it again, and so does the first packet of
+   * such a track arriving later. A stream with both tracks from its start never comes here.
+   */
+  #checkTracksCarried(attempt: EngineAttempt): void {
+    const carried = ffmpegInputTracks(attempt);
+    if (carried === undefined) return;
+    const missing = new Map<number, MediaTrack>();
+    for (const track of ["video", "audio"] as const) {
+      if (!carried.has(track)) missing.set(TRACK_TAG_TYPES[track], track);
+    }
+    this.#notCarried = missing;
+    const configuration = this.#stream.configuration;
+    for (const track of missing.values()) {
+      // A track only announced by metadata, with no packet yet, is not one FFmpeg dropped.
+      if (configuration[track]?.codec !== undefined) {
+        this.#trackNotCarried(track);
+        return;
+      }
+    }
+  }
+
+  /**
+   * The stream has `track` and the running FFmpeg does not read it. Once per track, FFmpeg is
+   * started again on the stream from its headers (the new track's with them, ahead of any frame:
+   * FFmpeg must meet it within its probe) and last keyframe on: the destination sees one
+   * reconnect, then every track. Should the new FFmpeg still not read it, the status says so
+   * rather than dropping it unseen. True when `packet`, the one that told, is queued already.
+   */
+  #trackNotCarried(track: MediaTrack, packet?: MediaPacket): boolean {
+    this.#notCarried = NO_TRACKS;
+    // Stopping, or a restart already on its way: the next attempt starts with every header.
+    if (this.#terminated || this.#restartRequested) return false;
+    if (this.#restartedForTrack.has(track)) {
+      const problem =
+        `${track} not carried: FFmpeg read none of it, even started again with it first; use engine = native`;
+      relayLog.error("destination does not carry the stream's {track}: {reason}", {
+        ...this.#context(),
+        track,
+        reason: problem,
+      });
+      this.#lastError = problem;
+      this.#failure = "codec";
+      return false;
+    }
+    this.#restartedForTrack.add(track);
+    relayLog.warn(
+      "FFmpeg started without the stream's {track}, which began after FFmpeg had fixed its tracks: starting it again to carry every track",
+      { ...this.#context(), track },
+    );
+    const opening = this.#stream.gop.snapshot();
+    this.#restartOnNextQueue(opening);
+    return packet !== undefined && opening.includes(packet);
+  }
+
+  /**
+   * Ends the running attempt cleanly (it gets everything queued so far) and starts the next one at
+   * once on a queue of its own: `opening` (headers, a GOP), then the stream from this point on.
+   */
+  #restartOnNextQueue(opening: readonly MediaPacket[]): void {
     this.#nextQueue?.close();
-    this.#nextQueue = this.#newQueue();
+    const queue = this.#newQueue();
+    const now = performance.now();
+    for (const held of opening) queue.pushMedia(held, now);
+    this.#nextQueue = queue;
     this.#restartRequested = true;
     this.#wait?.abort();
     this.#stopAttempt().catch((error: Error) => {

@@ -1,12 +1,15 @@
 /**
  * FFmpeg's argument list for one destination: FLV in on stdin, `-c copy`, FLV out to the push URL.
  * An argument array, never a shell line; the URL is validated before it gets here and is always
- * the last argument, after `-f flv`, so nothing in it can be read as an option.
+ * the last argument, after `-f flv`, so nothing in it can be read as an option. And what FFmpeg
+ * prints back of that URL, made safe to log.
  *
  * @module
  */
 
 import type { Destination } from "../control_plane/destination.ts";
+import { redactKey } from "../redact.ts";
+import { parsePublishUrl } from "../rtmp/client_conversation.ts";
 
 export interface FfmpegArgsOptions {
   /** Seconds FFmpeg waits on a stalled destination socket before giving up (and being restarted). */
@@ -40,6 +43,8 @@ export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOpt
     "-loglevel",
     "info",
     // The input starts with metadata and sequence headers, so a short probe finds both streams.
+    // A track that starts later is not read by this FFmpeg: the supervisor starts another one
+    // (see DestinationSupervisor's #trackNotCarried); a longer probe would delay every start.
     // No "-fflags nobuffer": it discards the packets read while probing, the stream's start.
     "-probesize",
     "65536",
@@ -69,4 +74,41 @@ export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOpt
     "flv",
     url,
   ];
+}
+
+/** Keys shorter than this are left alone: replacing two letters would garble every line. */
+const MIN_REDACTED_KEY = 4;
+
+/**
+ * A scrubber for FFmpeg's stderr lines: FFmpeg prints its output URL, and a destination's refusal
+ * may name the stream, so the push URL becomes `displayUrl` and the key, wherever it shows alone,
+ * is redacted. The key is `stream_key`, or when that is empty (a key written in `rtmp_url`) the
+ * stream name FFmpeg publishes, split from the URL as FFmpeg splits it; also without its query
+ * string and without the `mp4:` FFmpeg puts before a name ending in `.mp4`, as a server may echo
+ * the name. Made once per FFmpeg: the split is not redone for every line.
+ */
+export function ffmpegLogRedactor(destination: Destination): (line: string) => string {
+  const { pushUrl, displayUrl, streamKey } = destination;
+  const key = streamKey !== "" ? streamKey : publishedName(pushUrl);
+  const bare = key.split("?")[0]!.replace(/^mp4:/, "");
+  const secrets = [...new Set([key, bare])]
+    .filter((secret) => secret.length >= MIN_REDACTED_KEY)
+    .sort((a, b) => b.length - a.length); // the whole name before a part of it
+  return (line) => {
+    let out = line.replaceAll(pushUrl, displayUrl);
+    for (const secret of secrets) out = out.replaceAll(secret, redactKey(secret));
+    return out;
+  };
+}
+
+/** The stream name FFmpeg publishes to `pushUrl`; "" when it has none (nothing to hide then). */
+function publishedName(pushUrl: string): string {
+  try {
+    return parsePublishUrl(pushUrl).streamName;
+  } catch (error) {
+    // A URL with no name after its application: FFmpeg fails on it and says so, and every part
+    // of it is shown in `displayUrl` already.
+    if (error instanceof TypeError) return "";
+    throw error;
+  }
 }

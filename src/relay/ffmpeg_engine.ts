@@ -1,17 +1,17 @@
 /**
  * The FFmpeg engine: one `ffmpeg -c copy` child per attempt, fed FLV on its stdin, spawned and
  * reaped by the process pool. "Connected" is FFmpeg's `Output #0` line (printed once the
- * destination accepted the publish); its stderr gives the typed failure.
+ * destination accepted the publish); its stderr gives the typed failure, and the tracks FFmpeg
+ * found in its input (`Input #0` and its `Stream` lines, printed before `Output #0`).
  *
  * @module
  */
 
-import type { Destination } from "../control_plane/destination.ts";
 import { encodeFlvTags, flvFileHeader, type MediaPacket } from "../media/flv.ts";
+import type { StreamConfiguration } from "../media/stream_configuration.ts";
 import { log } from "../log.ts";
-import { redactKey } from "../redact.ts";
 import { DestinationFailure } from "./destination_failure.ts";
-import { buildFfmpegArgs } from "./ffmpeg_args.ts";
+import { buildFfmpegArgs, ffmpegLogRedactor } from "./ffmpeg_args.ts";
 import { ffmpegFailure } from "./ffmpeg_errors.ts";
 import type { ProcessPool } from "./process_pool.ts";
 import type { EngineAttempt, EngineContext, RelayEngine } from "./relay_engine.ts";
@@ -36,6 +36,24 @@ const STDERR_LINES_KEPT = 8;
  * is how a drain sees FFmpeg still sending after its stdin closed.
  */
 const PROGRESS_ARGS = ["-progress", "pipe:1", "-stats_period", "0.5"];
+
+/** "video" or "audio". */
+export type MediaTrack = keyof StreamConfiguration;
+
+/**
+ * One input stream in FFmpeg's `Input #0` listing: `Stream #0:1: Audio: aac (LC), 44100 Hz, …`,
+ * with an id (`#0:0[0x100]`) or a language (`#0:1(eng)`) in some formats.
+ */
+const INPUT_STREAM_LINE = /^Stream #0:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: (Video|Audio):/;
+
+/**
+ * The tracks the FFmpeg of `attempt` reads from its input, complete once the attempt is connected
+ * (FFmpeg lists its input before it opens the destination). Undefined before FFmpeg listed them,
+ * and for an attempt of another engine, which carries whatever it is given.
+ */
+export function ffmpegInputTracks(attempt: EngineAttempt): ReadonlySet<MediaTrack> | undefined {
+  return attempt instanceof FfmpegAttempt ? attempt.inputTracks : undefined;
+}
 
 export class FfmpegEngine implements RelayEngine {
   readonly name = "ffmpeg";
@@ -87,6 +105,10 @@ class FfmpegAttempt implements EngineAttempt {
   #headerSent = false;
   #finished = false;
   #bytesOut = 0;
+  /** Filled from FFmpeg's `Input #0` listing; see `ffmpegInputTracks`. */
+  #inputTracks: Set<MediaTrack> | undefined;
+  /** Between `Input #0` and `Output #0`: stderr lines are FFmpeg's listing of its input. */
+  #listingInput = false;
   readonly ended: Promise<DestinationFailure | undefined>;
 
   constructor(child: Deno.ChildProcess, options: FfmpegEngineOptions, context: EngineContext) {
@@ -114,6 +136,12 @@ class FfmpegAttempt implements EngineAttempt {
 
   get bytesOut(): number {
     return this.#bytesOut;
+  }
+
+  get inputTracks(): ReadonlySet<MediaTrack> | undefined {
+    // FFmpeg starts no output without a stream: a listing with none we could read is one printed
+    // in a form we do not know, and says nothing (rather than "no track", which would restart).
+    return this.#inputTracks?.size ? this.#inputTracks : undefined;
   }
 
   async write(packets: readonly MediaPacket[]): Promise<void> {
@@ -170,10 +198,12 @@ class FfmpegAttempt implements EngineAttempt {
 
   async #readStderr(stderr: ReadableStream<Uint8Array>, recent: string[]): Promise<void> {
     const decoder = new TextDecoder();
+    const redact = ffmpegLogRedactor(this.#context.destination);
     let carry = "";
     const onLine = (raw: string) => {
-      const line = redactLine(this.#context.destination, raw.trim()).slice(0, MAX_STDERR_LINE);
+      const line = redact(raw.trim()).slice(0, MAX_STDERR_LINE);
       if (line === "") return;
+      this.#readInputListing(line);
       if (line.startsWith("Output #0")) this.#context.onConnected();
       recent.push(line);
       if (recent.length > STDERR_LINES_KEPT) recent.shift();
@@ -187,12 +217,20 @@ class FfmpegAttempt implements EngineAttempt {
     }
     onLine(carry);
   }
-}
 
-/** FFmpeg prints its output URL; the key in it never reaches our logs or the API. */
-function redactLine(destination: Destination, line: string): string {
-  const { pushUrl, streamKey, displayUrl } = destination;
-  let out = line.replaceAll(pushUrl, displayUrl);
-  if (streamKey.length >= 4) out = out.replaceAll(streamKey, redactKey(streamKey));
-  return out;
+  /**
+   * Notes the tracks FFmpeg lists under `Input #0`: those it found while probing the start of its
+   * input, the only ones it will ever read (`-map 0` maps them when it starts).
+   */
+  #readInputListing(line: string): void {
+    if (line.startsWith("Input #0")) {
+      this.#inputTracks = new Set();
+      this.#listingInput = true;
+    } else if (line.startsWith("Output #0") || line.startsWith("Stream mapping")) {
+      this.#listingInput = false;
+    } else if (this.#listingInput) {
+      const kind = INPUT_STREAM_LINE.exec(line)?.[1];
+      if (kind !== undefined) this.#inputTracks?.add(kind === "Video" ? "video" : "audio");
+    }
+  }
 }
