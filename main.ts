@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import denoJson from "./deno.json" with { type: "json" };
 import { ConfigError, loadConfig, readEnv } from "./src/config.ts";
 import { log, setupLogging } from "./src/log.ts";
-import { RelayService } from "./src/service.ts";
+import { checkFfmpeg, needsFfmpeg, RelayService } from "./src/service.ts";
 
 const USAGE =
   `neustream ${denoJson.version}: RTMP relay to YouTube, Twitch, Facebook and any RTMP(S) URL
@@ -124,11 +124,18 @@ async function main(): Promise<void> {
   };
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
+  const reload = async () => {
+    const next = await load();
+    // A relay that started with nothing for FFmpeg to do did not check it; a reload that gives it
+    // some does, so that a missing FFmpeg is one line now, not a failure per destination later.
+    if (needsFfmpeg(next) && !needsFfmpeg(service.currentConfig)) {
+      await checkFfmpeg(service.config.streaming.ffmpeg_path);
+    }
+    service.reload(next);
+    await setupLogging({ level: next.logging.level, format: next.logging.format });
+  };
   Deno.addSignalListener("SIGHUP", () => {
-    load().then((next) => {
-      service.reload(next);
-      return setupLogging({ level: next.logging.level, format: next.logging.format });
-    }, (error) => {
+    reload().catch((error) => {
       mainLog.error("configuration reload rejected, keeping the old one: {reason}", {
         reason: (error as Error).message.replaceAll("\n", "; "),
       });

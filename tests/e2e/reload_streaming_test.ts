@@ -114,3 +114,31 @@ Deno.test("SIGHUP: a pending restart is named by every reload; a new shutdown_gr
   await accepting;
   for (const conn of accepted) conn.close();
 });
+
+Deno.test("SIGHUP that gives destinations to a relay started without any, and without a usable FFmpeg, is rejected", async () => {
+  await using dir = await tempDir();
+  const missing = "/nonexistent/ffmpeg"; // not checked at start: nothing needed FFmpeg then
+  const base = `[streaming]\nffmpeg_path = "${missing}"\n[[streams]]\nkey = "reload-ffmpeg-key"\n`;
+  await using relay = await spawnRelay(dir.path, base);
+  const before = relay.process.stderr.length;
+  await Deno.writeTextFile(
+    relay.configPath,
+    relayConfigText(
+      relay.rtmpPort,
+      relay.httpPort,
+      `${base}[[streams.destinations]]\nid = "d"\nrtmp_url = "rtmp://127.0.0.1:1/live"\n` +
+        `stream_key = "k"\n`,
+    ),
+  );
+  relay.process.kill("SIGHUP");
+  const rejected = await waitFor(
+    () => relay.process.stderr.slice(before).match(/configuration reload rejected[^\n]*/)?.[0],
+    "the reload to be rejected",
+    5_000,
+  );
+  assertMatch(
+    rejected,
+    /FFmpeg \(streaming\.ffmpeg_path = "\/nonexistent\/ffmpeg"\) cannot be run/,
+  );
+  assert(reloadLines(relay).length === 0, "nothing reloaded");
+});
