@@ -107,9 +107,11 @@ export class RelayManager implements StreamHubListener {
   }
 
   /**
-   * The resuming publisher's own answer decides: `forward: false` stops the destinations (players
-   * keep watching), `forward: true` on a stream that was not forwarded starts them, and the same
-   * answer as before leaves them running untouched, so the platforms see no break.
+   * The resuming publisher's own answer decides, compared with the previous publisher's:
+   * `forward: false` after `true` stops every destination, API-added ones included (players keep
+   * watching), `forward: true` after `false` starts the authority's, and the same answer as before
+   * leaves every destination running untouched, whatever the API changed meanwhile, so the
+   * platforms see no break.
    */
   onResumed(stream: LiveStream): void {
     const relay = this.#relays.get(stream.key);

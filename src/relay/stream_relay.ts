@@ -119,10 +119,15 @@ export class StreamRelay {
     return this.#forwardingEpoch;
   }
 
-  /** Records a new forwarding decision; returns its epoch. */
+  /** Records the publisher's forwarding decision; returns its epoch. */
   setForwarding(forward: boolean): number {
     this.#forwarding = forward;
-    this.destinationsError = undefined; // a fetch still being retried was for the old decision
+    return this.#supersedeFetches();
+  }
+
+  /** A newer say on the destinations than any fetch under way: such a fetch is now stale. */
+  #supersedeFetches(): number {
+    this.destinationsError = undefined; // a fetch still being retried was for the old say
     return ++this.#forwardingEpoch;
   }
 
@@ -202,8 +207,7 @@ export class StreamRelay {
    * Makes the stream's destinations exactly `records`, by id: new ones start from the last
    * keyframe, gone ones stop, those whose validated target or `enabled` changed are stopped and
    * started anew, and the rest are left untouched (same supervisor, same FFmpeg, nothing lost).
-   * Records that fail validation are left out and reported in `rejected`. The stream counts as
-   * forwarded from then on. Resolves once every stopped FFmpeg is reaped. Throws `RangeError` once
+   * Records that fail validation are left out and reported in `rejected`. Resolves once every stopped FFmpeg is reaped. Throws `RangeError` once
    * the relay is stopped.
    */
   replaceDestinations(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
@@ -213,8 +217,9 @@ export class StreamRelay {
   async #replace(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
     if (this.#stopped) throw new RangeError("stream relay already stopped");
     // The latest list wins: a fetch for the publisher's forwarding still under way is now stale
-    // and must not add its destinations on top of this list.
-    this.setForwarding(true);
+    // and must not add its destinations on top of this list. `forwarding` stays the publisher's
+    // answer: a returning publisher with the same answer leaves this list as it is.
+    this.#supersedeFetches();
     const selection = this.#select(records);
     const changes: DestinationChanges = {
       added: [],

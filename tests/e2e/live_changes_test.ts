@@ -186,3 +186,29 @@ Deno.test("a refresh applies the control plane's changed list; unchanged destina
   const logs = relay.logText();
   for (const key of [KEY, a.stream_key, c.stream_key]) assert(!logs.includes(key), key);
 });
+
+Deno.test("destinations PUT on a key without any of its own keep their FFmpeg when the encoder reconnects", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 4 });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  // No destinations in the config: the publisher's answer is `forward: false`, before and after.
+  await using relay = await startTestRelay({
+    http: { allow_unauthenticated_control: true },
+    streaming: { reconnect_grace_seconds: 10 },
+    streams: [{ key: KEY }],
+  });
+  const first = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  await waitFor(() => relay.service.manager.relayFor(KEY), "live");
+  await putDestinations(relay, [destination("api", nginx, "api-dest-key")]);
+  const { api: pid } = await connectedPids(relay, ["api"]);
+  assertEquals((await first.wait()).code, 0, first.stderr);
+  await using second = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  await waitFor(() => relay.service.hub.get(KEY)?.reconnects === 1, "the encoder back");
+  const before = await forwardingStatus(relay, "api");
+  assert(before !== undefined, "the destination is still there after the reconnect");
+  assertEquals((await second.wait()).code, 0, second.stderr);
+  const after = await forwardingStatus(relay, "api");
+  assertEquals(after?.pid, pid, "the same FFmpeg carries on");
+  assert(after!.packets_sent > before.packets_sent, "and carries the returning encoder's stream");
+  assert(!/not to be forwarded/.test(relay.logText()), relay.logText());
+});
