@@ -255,6 +255,8 @@ export class ControlPlaneClient implements StreamAuthority {
         failures++;
         this.#stalled = true;
         this.#notify();
+        // A graceful stop that came during the attempt found no wait to cut short: none starts.
+        if (this.#closed) break;
         const wait = Math.min(this.#backoffBaseMs * 2 ** (failures - 1), this.#maxRetryDelayMs);
         const woken = new AbortController();
         this.#wake = () => woken.abort();
@@ -409,9 +411,11 @@ export class ControlPlaneClient implements StreamAuthority {
         status >= 500 || status === 429,
       );
     }
+    // A call whose reply does not matter (stream-end: any 2xx is taken) reads none of it.
+    if (schema instanceof z.ZodUnknown) return undefined as T;
     let json: unknown;
     try {
-      json = text === "" && schema instanceof z.ZodUnknown ? null : JSON.parse(text);
+      json = JSON.parse(text);
     } catch {
       throw new CallFailure(`control plane reply is not JSON (${text.length} bytes)`, false);
     }

@@ -73,6 +73,11 @@ function parse(text: string): { entries: OutboxEntry[]; torn: boolean; bad: numb
       bad.push(index + 1);
       return;
     }
+    // Valid JSON need not be an object (`null`, `7`): such a line is as unreadable as any other.
+    if (value === null || typeof value !== "object") {
+      bad.push(index + 1);
+      return;
+    }
     const record = value as Record<string, unknown>;
     if (typeof record.ack === "number") {
       waiting.delete(record.ack);

@@ -3,6 +3,8 @@
  * or of not answering, refuses the publish promptly with a reason.
  */
 
+import { Hono } from "hono";
+import { delay } from "../../src/async.ts";
 import { ControlPlaneClient, whyUnreachable } from "../../src/control_plane/http_client.ts";
 import { StreamEndOutbox } from "../../src/control_plane/outbox.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
@@ -234,4 +236,51 @@ Deno.test("streamEnded() drops a report the control plane refuses for good (4xx)
   assertEquals(cp.streamEnds, ["next-key-1"]);
   assertEquals(cp1.pendingStreamEnds, 0);
   await cp1.flush();
+});
+
+Deno.test("flush() during a stream-end attempt that then fails does not wait out the next backoff", async () => {
+  let attempts = 0;
+  const app = new Hono();
+  app.post("/api/auth/stream-end", async (c) => {
+    // The first attempt fails at once; the second is under way when the relay stops.
+    if (++attempts > 1) await delay(500);
+    return c.json({ code: 1 }, 503);
+  });
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    app.fetch,
+  );
+  const cp = new ControlPlaneClient({
+    url: `http://127.0.0.1:${server.addr.port}`,
+    timeoutMs: 2_000,
+    retryAttempts: 0,
+    backoffBaseMs: 1_000, // then 2 s before a third attempt
+  });
+  await cp.streamEnded("flush-key-0001");
+  await waitFor(() => attempts === 2, "the second attempt", 5_000);
+  const started = performance.now();
+  await cp.flush();
+  const took = performance.now() - started;
+  assert(took < 1_500, `the stop waited ${Math.round(took)} ms: the backoff after the attempt`);
+  assertEquals(cp.pendingStreamEnds, 1, "the report is kept for the next start");
+});
+
+Deno.test("streamEnded() takes any 2xx as delivered, whatever its body", async () => {
+  const app = new Hono();
+  const taken: string[] = [];
+  app.post("/api/auth/stream-end", async (c) => {
+    taken.push((await c.req.json<{ name: string }>()).name);
+    return c.text(taken.length === 1 ? "OK" : "", 200);
+  });
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    app.fetch,
+  );
+  const cp = client(`http://127.0.0.1:${server.addr.port}`);
+  await cp.streamEnded("text-end-key-1");
+  await cp.streamEnded("text-end-key-2");
+  await waitFor(() => cp.pendingStreamEnds === 0, "both delivered");
+  assertEquals(taken, ["text-end-key-1", "text-end-key-2"], "each sent once");
+  assertEquals([cp.stats.stream_end.ok, cp.stats.stream_end.failed], [2, 0]);
+  await cp.flush();
 });

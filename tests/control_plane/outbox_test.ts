@@ -100,6 +100,20 @@ Deno.test("StreamEndOutbox.open() drops a torn last line and keeps every whole o
   assert(!text.includes("torn-key"), "no key in the logs");
 });
 
+Deno.test("StreamEndOutbox.open() skips lines that are JSON but not a record, and keeps the rest", async () => {
+  await using dir = await tempDir();
+  await Deno.writeTextFile(
+    `${dir.path}/${OUTBOX_FILE_NAME}`,
+    '{"seq":1,"name":"null-key-one","ended_at":"2026-11-25T10:00:00.000Z"}\nnull\n7\n"x"\n[]\n' +
+      '{"seq":2,"name":"null-key-two","ended_at":"2026-11-25T10:00:01.000Z"}\n',
+    { mode: 0o600 },
+  );
+  const outbox = await StreamEndOutbox.open(dir.path);
+  assertEquals(names(outbox), ["null-key-one", "null-key-two"]);
+  assertEquals(outbox.path, `${dir.path}/${OUTBOX_FILE_NAME}`, "still on disk");
+  await outbox.close();
+});
+
 Deno.test("StreamEndOutbox refuses reports beyond its bound with an error line, and takes them again once there is room", async () => {
   await using dir = await tempDir();
   const logs = await captureLogs();
