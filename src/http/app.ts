@@ -17,7 +17,7 @@ import { InvalidDestination, validateDestination } from "../control_plane/destin
 import { log } from "../log.ts";
 import type { StreamHub } from "../media/live_stream.ts";
 import { ThumbnailBusyError, type Thumbnailer } from "../media/thumbnail.ts";
-import type { RelayManager } from "../relay/relay_manager.ts";
+import { type RelayManager, SupersededRefresh } from "../relay/relay_manager.ts";
 import { redactKey } from "../redact.ts";
 import { renderMetrics } from "./metrics.ts";
 import { describeDestination, type ReadModel } from "./read_model.ts";
@@ -303,6 +303,7 @@ export function createApp(deps: AppDeps): Hono {
     try {
       refreshed = await deps.manager.refreshDestinations(key);
     } catch (error) {
+      if (error instanceof SupersededRefresh) return c.json({ error: error.message }, 409);
       return c.json({ error: `cannot fetch destinations: ${(error as Error).message}` }, 502);
     }
     const relay = deps.manager.relayFor(key);

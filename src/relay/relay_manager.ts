@@ -34,6 +34,11 @@ const DESTINATIONS_RETRY: BackoffOptions = {
   resetAfterMs: Infinity,
 };
 
+/** A refresh whose answer came after a newer decision on the stream's destinations. */
+export class SupersededRefresh extends Error {
+  override name = "SupersededRefresh";
+}
+
 export interface RelayManagerOptions {
   supervisor: SupervisorOptions;
   maxDestinationsPerStream: number;
@@ -228,7 +233,8 @@ export class RelayManager implements StreamHubListener {
   /**
    * Asks the authority (control plane or static config) for the stream's destinations again and
    * applies them with `replaceDestinations`: unchanged destinations carry on untouched. Undefined
-   * when the stream has no relay (not live). Throws when the authority cannot be asked. What the
+   * when the stream has no relay (not live). Throws when the authority cannot be asked, and
+   * `SupersededRefresh` when the stream's destinations were decided again while it asked. What the
    * source found malformed is logged and returned in `malformed`, as at the stream's start.
    */
   async refreshDestinations(
@@ -236,9 +242,16 @@ export class RelayManager implements StreamHubListener {
   ): Promise<(DestinationChanges & { malformed: string[] }) | undefined> {
     const relay = this.#relays.get(key);
     if (relay === undefined) return undefined;
+    const epoch = relay.forwardingEpoch;
     const fetched = await this.#authority.destinations(key);
     // The stream ended while we asked.
     if (this.#relays.get(key) !== relay || relay.stopped) return undefined;
+    // A returning publisher's answer (or another list) came while we asked: this one is older.
+    if (relay.forwardingEpoch !== epoch) {
+      throw new SupersededRefresh(
+        "the stream's destinations were decided again while they were being fetched (a returning publisher, or another change); nothing applied",
+      );
+    }
     const changes = await relay.replaceDestinations(fetched.records);
     const context = { stream: redactKey(key) };
     for (const problem of fetched.malformed) {

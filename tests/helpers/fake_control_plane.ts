@@ -10,7 +10,7 @@ import { Hono } from "hono";
 export interface FakeControlPlaneBehaviour {
   /** Answer to POST /api/auth/stream: a JSON body and status, raw text, or a delay first. */
   auth: (name: string) => { status?: number; body?: unknown; text?: string; delayMs?: number };
-  forwarding: (key: string) => { status?: number; body?: unknown };
+  forwarding: (key: string) => { status?: number; body?: unknown; delayMs?: number };
   /** Answer to POST /api/auth/stream-end (status only). */
   streamEnd: (name: string) => number;
 }
@@ -43,23 +43,16 @@ export class FakeControlPlane implements AsyncDisposable {
       this.authCalls.push(name);
       this.calls.push(`auth ${name}`);
       const answer = this.behaviour.auth(name);
-      if (answer.delayMs) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(() => {
-            this.#delays.delete(timer);
-            resolve();
-          }, answer.delayMs);
-          this.#delays.set(timer, resolve);
-        });
-      }
+      await this.#delay(answer.delayMs);
       if (answer.text !== undefined) return c.text(answer.text, (answer.status ?? 200) as 200);
       return c.json(answer.body ?? {}, (answer.status ?? 200) as 200);
     });
-    app.get("/api/streams/forwarding/:key", (c) => {
+    app.get("/api/streams/forwarding/:key", async (c) => {
       const key = c.req.param("key");
       this.forwardingCalls.push(key);
       this.calls.push(`forwarding ${key}`);
       const answer = this.behaviour.forwarding(key);
+      await this.#delay(answer.delayMs);
       return c.json(answer.body ?? {}, (answer.status ?? 200) as 200);
     });
     app.post("/api/auth/stream-end", async (c) => {
@@ -74,6 +67,17 @@ export class FakeControlPlane implements AsyncDisposable {
     });
     this.#server = this.#listen(port);
     this.#port = this.#server.addr.port;
+  }
+  /** Holds an answer `ms` (none when undefined); released at once when the fake stops. */
+  async #delay(ms: number | undefined): Promise<void> {
+    if (!ms) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.#delays.delete(timer);
+        resolve();
+      }, ms);
+      this.#delays.set(timer, resolve);
+    });
   }
 
   #listen(port: number): Deno.HttpServer<Deno.NetAddr> {

@@ -17,6 +17,7 @@ import { fixture } from "../helpers/media.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
+import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
 const KEY = "api-live-change-key-0001";
 const TOKEN = "a-very-secret-token-0002";
@@ -221,4 +222,36 @@ Deno.test("refresh answers 502 naming the cause when the control plane cannot be
   assertMatch(ErrorSchema.parse(JSON.parse(text)).error, /^cannot fetch destinations: /);
   assert(!text.includes(KEY), "the stream key is not echoed");
   publisher.kill();
+});
+
+Deno.test("a refresh whose answer comes after a returning publisher's forward: false applies nothing (409)", async () => {
+  await using cp = new FakeControlPlane();
+  await using relay = await startTestRelay({
+    control_plane: { url: cp.url, timeout_seconds: 5, retry_attempts: 0 },
+    streaming: { reconnect_grace_seconds: 10 },
+  });
+  const app = appFor(relay, { allowUnauthenticatedControl: true });
+  const publish = async () => {
+    const client = await TestRtmpClient.connect(relay.rtmpPort);
+    await client.handshake();
+    assertEquals((await client.publish(KEY)).code, "NetStream.Publish.Start");
+    return client;
+  };
+  const first = await publish(); // forward: true, and no destinations yet
+  await waitFor(() => relay.service.manager.relayFor(KEY), "live");
+  cp.behaviour.forwarding = () => ({
+    delayMs: 1_000,
+    body: { destinations: [{ id: "late", rtmp_url: "rtmp://127.0.0.1:1/live", stream_key: "k" }] },
+  });
+  const refreshing = app.request(`/api/streams/${KEY}/destinations/refresh`, { method: "POST" });
+  await waitFor(() => cp.forwardingCalls.length === 2, "the refresh's call");
+  await first.end(); // the encoder drops and comes back, no longer to be forwarded
+  cp.behaviour.auth = () => ({ body: { code: 0, data: { forward: false } } });
+  await using _second = await publish();
+  await waitFor(() => relay.service.hub.get(KEY)?.reconnects === 1, "the encoder back");
+  const response = await refreshing;
+  const text = await response.text();
+  assertEquals(response.status, 409, text);
+  assertMatch(ErrorSchema.parse(JSON.parse(text)).error, /decided again/);
+  assertEquals(relay.service.manager.relayFor(KEY)?.size, 0, "no destination started");
 });
