@@ -18,7 +18,7 @@ import type { Destination } from "../control_plane/destination.ts";
 import { type MediaPacket, TagType } from "../media/flv.ts";
 import type { LiveStream, StreamSubscriber } from "../media/live_stream.ts";
 import type { ConfigurationChange } from "../media/stream_configuration.ts";
-import { MediaQueue } from "../media/media_queue.ts";
+import { MediaQueue, type QueueItem } from "../media/media_queue.ts";
 import { RateMeter } from "../media/rate_meter.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
@@ -131,6 +131,14 @@ export const DEGRADED_LAG_MS = 2_000;
 export const DEGRADED_AFTER_DROP_MS = 10_000;
 
 const relayLog = log("relay");
+/**
+ * Media bytes given to the engine in one write, plus the packet that crosses the limit. A backlog
+ * (a destination slower than the stream, the end of a stream queued behind it) goes out in pieces,
+ * not as one write of megabytes: each piece is encoded into a buffer of its size rather than one
+ * as large as the backlog (the native writer reuses one of up to 256 KiB, and this leaves room for
+ * chunk headers in it), and `bytes_sent`, `packets_sent` and `bitrate_kbps` move as it goes.
+ */
+const PUMP_BATCH_BYTES = 128 * 1024;
 /** How often a stop checks a draining engine for progress. */
 const DRAIN_CHECK_MS = 250;
 const TRACK_TAG_TYPES = { video: TagType.Video, audio: TagType.Audio } as const;
@@ -441,14 +449,23 @@ export class DestinationSupervisor implements StreamSubscriber {
     }
   }
 
-  /** Moves queued packets to the engine, a batch at a time; finishes the attempt at the end. */
+  /**
+   * Moves queued packets to the engine, a batch at a time (at most `PUMP_BATCH_BYTES` and a
+   * packet); finishes the attempt at the end.
+   */
   async #pump(attempt: EngineAttempt, queue: MediaQueue): Promise<void> {
     const checkCodecs = this.engine.name === "ffmpeg";
+    // What was taken from the queue, written a bounded batch at a time from `next` on.
+    let items: QueueItem<never>[] = [];
+    let next = 0;
     try {
       // takeAll/wait rather than `for await (… of queue.batches())`: an async generator costs
       // several promises per batch, and here a batch is usually one packet.
       for (;;) {
-        const items = queue.takeAll();
+        if (next === items.length) {
+          items = queue.takeAll();
+          next = 0;
+        }
         if (items.length === 0) {
           if (queue.closed) break;
           await queue.wait();
@@ -457,7 +474,8 @@ export class DestinationSupervisor implements StreamSubscriber {
         const packets: MediaPacket[] = [];
         let bytes = 0;
         let headers = false;
-        for (const item of items) {
+        for (; next < items.length && bytes < PUMP_BATCH_BYTES; next++) {
+          const item = items[next]!;
           if (item.kind !== "media") continue;
           packets.push(item.packet);
           bytes += item.packet.payload.length;

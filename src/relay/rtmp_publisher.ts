@@ -418,7 +418,15 @@ export class RtmpPublisher implements AsyncDisposable {
           throw error;
         }
         if (count === null) {
-          if (!this.#closing) {
+          if (this.#closing) return;
+          // Refusing a key by hanging up on `publish` is how nginx-rtmp's `on_publish` and Twitch
+          // do it: at that point it says the key is wrong, not that the server went away.
+          if (this.#conversation.state === "publishing") {
+            this.#fail(
+              "rejected",
+              "rejected by destination: the server closed the connection instead of answering publish (how nginx-rtmp and Twitch refuse a stream key: check it)",
+            );
+          } else {
             this.#fail("closed", `closed by destination: the server hung up ${this.#where()}`);
           }
           return;

@@ -49,7 +49,11 @@ export class MessageWriter {
     return this.#scratch.length;
   }
 
-  /** Every byte written, handshake included. */
+  /**
+   * Every byte the socket took, handshake included, counted as each write returns: a batch that
+   * takes a slow destination seconds to take in shows its progress while it goes (a stream's end
+   * is waited for as long as this moves).
+   */
   get bytesOut(): number {
     return this.#bytesOut;
   }
@@ -86,8 +90,9 @@ export class MessageWriter {
   async writeAll(bytes: Uint8Array): Promise<void> {
     let written = 0;
     while (written < bytes.length) {
-      written += await this.#conn.write(bytes.subarray(written));
+      const count = await this.#conn.write(bytes.subarray(written));
+      written += count;
+      this.#bytesOut += count;
     }
-    this.#bytesOut += bytes.length;
   }
 }

@@ -263,12 +263,13 @@ async function readExactly(conn: Deno.Conn, count: number): Promise<Uint8Array> 
 /**
  * One connection served by our own server conversation, recording every message as it arrived on
  * the wire. With `refusal`, the publish is refused with that description (given the key), as some
- * ingests word it ("Already publishing: <key>"); otherwise accepted, and served until the client
- * hangs up.
+ * ingests word it ("Already publishing: <key>"), or, given `hangUpOn`, the connection is closed
+ * unanswered on that command (nginx-rtmp's `on_publish` and Twitch refuse a key so); otherwise
+ * accepted, and served until the client hangs up.
  */
 async function serveOnce(
   listener: Deno.Listener,
-  refusal?: (key: string) => string,
+  refusal?: ((key: string) => string) | { hangUpOn: string },
 ): Promise<RtmpMessage[]> {
   using conn = await listener.accept();
   await conn.write(createServerHandshake(await readExactly(conn, 1 + HANDSHAKE_SIZE)));
@@ -283,11 +284,19 @@ async function serveOnce(
     if (n === null) break;
     const replies: OutgoingMessage[] = [];
     decoder.push(buffer.subarray(0, n), (message) => {
+      if (refused) return;
       received.push(message);
+      if (
+        typeof refusal === "object" && message.typeId === MessageType.CommandAmf0 &&
+        parseCommand(message).name === refusal.hangUpOn
+      ) {
+        refused = true;
+        return;
+      }
       const step = conversation.receive(message);
       replies.push(...step.replies);
       if (step.intent?.kind !== "publishRequested") return;
-      if (refusal === undefined) {
+      if (typeof refusal !== "function") {
         replies.push(...conversation.acceptPublish());
         return;
       }
@@ -298,6 +307,36 @@ async function serveOnce(
   }
   return received;
 }
+
+/** How `open` fails against a server that hangs up on `command` instead of answering it. */
+async function failureOfHangUpOn(
+  command: string,
+  kind: DestinationFailure["kind"],
+): Promise<DestinationFailure> {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = serveOnce(listener, { hangUpOn: command });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const error = await failureOf(
+    () => RtmpPublisher.open({ url: `rtmp://127.0.0.1:${port}/live/${KEY}` }),
+    kind,
+  );
+  await serving;
+  return error;
+}
+
+Deno.test("RtmpPublisher reports a server that hangs up on publish, as nginx-rtmp and Twitch refuse a key, as rejected", async () => {
+  assertEquals(
+    (await failureOfHangUpOn("publish", "rejected")).message,
+    "rejected by destination: the server closed the connection instead of answering publish (how nginx-rtmp and Twitch refuse a stream key: check it)",
+  );
+});
+
+Deno.test("RtmpPublisher reports a server that hangs up before publish as closed", async () => {
+  assertMatch(
+    (await failureOfHangUpOn("connect", "closed")).message,
+    /^closed by destination: .* waiting for the answer to connect$/,
+  );
+});
 
 Deno.test("RtmpPublisher never repeats the key a destination quotes back", async () => {
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });

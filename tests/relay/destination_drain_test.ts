@@ -11,6 +11,7 @@ import { ffmpegProcessesWith, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
 import { NginxSink, settledFile } from "../helpers/sinks.ts";
 import { ThrottledProxy } from "../helpers/throttled_proxy.ts";
+import type { EngineName } from "../../src/relay/relay_engine.ts";
 
 // A short grace makes the old fixed drain timer (half of it: 1 s, then SIGTERM and 0.5 s more)
 // far shorter than the drain.
@@ -23,13 +24,19 @@ const SHUTDOWN_GRACE_SECONDS = 2;
  * than that, and the relay's queue is made big enough to hold it all, so that the relay still holds
  * most of it when the stream ends.
  */
-async function slowDestination(dir: string, name: string, graceSeconds = SHUTDOWN_GRACE_SECONDS) {
+async function slowDestination(
+  dir: string,
+  name: string,
+  graceSeconds = SHUTDOWN_GRACE_SECONDS,
+  engine: EngineName = "ffmpeg",
+  bytesPerSecond = 1_000_000,
+) {
   await using stack = new AsyncDisposableStack();
   const key = `${name}-0001`;
   const out = `${name}-out`;
   const source = await fixture({ seconds: 8, gop: 30, videoBitrate: "6M", size: "1280x720" });
   const nginx = stack.use(await NginxSink.start(`${dir}/nginx`));
-  const proxy = stack.use(new ThrottledProxy(nginx.port, 1_000_000));
+  const proxy = stack.use(new ThrottledProxy(nginx.port, bytesPerSecond));
   const relay = stack.use(
     await startTestRelay({
       streams: [{
@@ -39,6 +46,7 @@ async function slowDestination(dir: string, name: string, graceSeconds = SHUTDOW
           platform: "custom",
           rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
           stream_key: out,
+          engine,
         }],
       }],
       streaming: { shutdown_grace_seconds: graceSeconds, buffer_size_kb: 16_384 },
@@ -91,6 +99,28 @@ Deno.test("DestinationSupervisor.stop() waits while a slow destination still dra
   assert(
     drainSeconds > SHUTDOWN_GRACE_SECONDS * 0.75,
     `the destination drained in ${drainSeconds.toFixed(1)} s: too fast to tell`,
+  );
+});
+
+// At 500 KB/s what the native engine still holds when the stream ends takes well over the 5 s
+// stall limit to get through, in writes that each take only part of it: progress must be seen
+// as the socket takes bytes, not once a write is done.
+Deno.test("native engine: a slow destination still draining is never cut off while it makes progress: the whole stream arrives", async () => {
+  await using dir = await tempDir();
+  await using scenario = await slowDestination(dir.path, "native", undefined, "native", 500_000);
+  const { proxy, relay, nginx } = scenario;
+  await scenario.ended();
+  await waitFor(() => proxy.finished === 1, "the proxy to forward everything", 30_000);
+  await settledFile(nginx.recording(scenario.out));
+  const logs = relay.logText();
+  assert(
+    !logs.includes("cut off"),
+    `the native engine was cut off while it still drained:\n${logs}`,
+  );
+  assertSamePackets(
+    await framemd5(nginx.recording(scenario.out)),
+    await framemd5(scenario.source),
+    "slow native destination",
   );
 });
 

@@ -11,6 +11,7 @@ import { setChunkSize, streamBegin } from "../../src/rtmp/messages.ts";
 import { createMediaPacket, TagType } from "../../src/media/flv.ts";
 import { MediaQueue } from "../../src/media/media_queue.ts";
 import { assertEquals, assertRejects } from "../helpers/assert.ts";
+import { waitFor } from "../helpers/process.ts";
 
 /** A connected loopback pair, closed on dispose. */
 async function socketPair() {
@@ -110,4 +111,27 @@ Deno.test("MessageWriter.send() keeps a grown output buffer only up to 256 KiB",
   pair.client.close();
   const { messages } = await reading;
   assertEquals(messages.map((m) => m.payload), sent.map((m) => m.payload));
+});
+
+Deno.test("MessageWriter.bytesOut counts bytes as the socket takes them, not once a whole batch is written", async () => {
+  using pair = await socketPair();
+  const writer = new MessageWriter(pair.client);
+  // Far more than loopback's socket buffers hold while the peer reads nothing: the send blocks.
+  const payload = new Uint8Array(12 * 1024 * 1024);
+  let sent = false;
+  const sending = writer.send([{
+    chunkStreamId: 6,
+    typeId: MessageType.Video,
+    timestamp: 0,
+    streamId: 1,
+    payload,
+  }]).then(() => sent = true);
+  await waitFor(() => writer.bytesOut > 0, "the first bytes to be counted", 5_000);
+  assertEquals(sent, false, "the send is still blocked on the peer");
+  const reading = readMessages(pair.server);
+  await sending;
+  pair.client.close();
+  const { messages, bytes } = await reading;
+  assertEquals(messages.map((m) => m.payload.length), [payload.length]);
+  assertEquals(writer.bytesOut, bytes);
 });
