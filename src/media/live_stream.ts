@@ -415,6 +415,11 @@ export class StreamHub {
   #streams = new Map<string, LiveStream>();
   #listeners: StreamHubListener[] = [];
   #reconnectTimers = new Map<LiveStream, ReturnType<typeof setTimeout>>();
+  /**
+   * Streams whose reconnect window closed while a returning publisher, which came within it, was
+   * being authorised, with the reason they end for if it does not take the stream after all.
+   */
+  #windowClosed = new Map<LiveStream, string>();
   totalStreams = 0;
 
   constructor(options: StreamHubOptions) {
@@ -469,6 +474,7 @@ export class StreamHub {
   accept(claim: Claim, publisher: PublisherInfo): void {
     const { stream, kind } = claim;
     stream.authorizing = false;
+    this.#windowClosed.delete(stream); // it came within the window: the stream continues
     if (kind === "new" || stream.state === "idle") {
       // "idle" here: the stream ended while we asked; this publish starts a new live period.
       stream.goLive(publisher);
@@ -485,6 +491,8 @@ export class StreamHub {
   /** Gives a claim back untouched (the publisher's connection closed while it was authorised). */
   release(claim: Claim): void {
     claim.stream.authorizing = false;
+    const reason = this.#windowClosed.get(claim.stream);
+    if (reason !== undefined) this.end(claim.stream, reason);
     this.#forgetIfUnused(claim.stream);
   }
 
@@ -518,7 +526,12 @@ export class StreamHub {
       stream,
       setTimeout(() => {
         this.#reconnectTimers.delete(stream);
-        this.end(stream, `${reason}; no reconnect within ${grace / 1000} s`);
+        const ending = `${reason}; no reconnect within ${grace / 1000} s`;
+        // A returning publisher that came in time is being authorised: its answer decides
+        // (`accept` continues the stream, `refuse` and `release` end it). Ending now would report
+        // the end to the control plane, then go live again on its yes, unannounced.
+        if (stream.authorizing) this.#windowClosed.set(stream, ending);
+        else this.end(stream, ending);
       }, grace),
     );
   }
@@ -528,6 +541,7 @@ export class StreamHub {
    * the key free again.
    */
   end(stream: LiveStream, reason: string): void {
+    this.#windowClosed.delete(stream);
     if (stream.state === "idle") return;
     this.#clearReconnectTimer(stream);
     stream.publisher?.detach(reason);

@@ -52,6 +52,40 @@ Deno.test("StreamHub.claim() refuses an active key, resumes a waiting one, takes
   assertEquals(hub.live(), []);
 });
 
+Deno.test("StreamHub: a reconnect window that closes while a returning publisher is authorised waits for the answer", async () => {
+  const hub = new StreamHub({ gopCache: true, gopCacheMaxBytes: 1 << 20, reconnectGraceMs: 50 });
+  const events: string[] = [];
+  hub.addListener({
+    onLive: () => events.push("live"),
+    onResumed: () => events.push("resumed"),
+    onEnded: (_stream, reason) => events.push(`ended: ${reason}`),
+  });
+  const first = hub.claim("k");
+  assert(!("refused" in first));
+  hub.accept(first, publisher(1, []));
+  const stream = first.stream;
+
+  // Back within the window, but authorised after it: the stream continues, nothing ended.
+  hub.publisherLeft(stream, "gone");
+  const back = hub.claim("k");
+  assert(!("refused" in back) && back.kind === "resume");
+  await sleep(150);
+  assertEquals(stream.state, "reconnecting", "still waiting for the answer");
+  hub.accept(back, publisher(2, []));
+  assertEquals(events, ["live", "resumed"]);
+
+  // Back within the window, then gone while authorised after it: the stream ends then.
+  hub.publisherLeft(stream, "gone again");
+  const abandoned = hub.claim("k");
+  assert(!("refused" in abandoned) && abandoned.kind === "resume");
+  await sleep(150);
+  assertEquals(events, ["live", "resumed"]);
+  hub.release(abandoned);
+  assertEquals(events, ["live", "resumed", "ended: gone again; no reconnect within 0.05 s"]);
+  assertEquals(hub.live(), []);
+  assertEquals(hub.diagnostics.reconnectTimers, 0);
+});
+
 Deno.test("LiveStream rebases a returning publisher's timestamps after the real gap", async () => {
   const hub = new StreamHub({
     gopCache: true,
