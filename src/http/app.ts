@@ -17,11 +17,15 @@ import { InvalidDestination, validateDestination } from "../control_plane/destin
 import { log } from "../log.ts";
 import type { StreamHub } from "../media/live_stream.ts";
 import { ThumbnailBusyError, type Thumbnailer } from "../media/thumbnail.ts";
-import { type RelayManager, SupersededRefresh } from "../relay/relay_manager.ts";
+import type { RelayManager } from "../relay/relay_manager.ts";
 import { redactKey } from "../redact.ts";
 import { renderMetrics } from "./metrics.ts";
 import { describeDestination, type ReadModel } from "./read_model.ts";
-import type { DestinationChanges, StreamRelay } from "../relay/stream_relay.ts";
+import {
+  type DestinationChanges,
+  type StreamRelay,
+  SupersededRefresh,
+} from "../relay/stream_relay.ts";
 import { DASHBOARD_ASSETS, DASHBOARD_CSP, INDEX_HTML } from "./dashboard/dashboard_assets.ts";
 import { type RelayEvents, serveEvents } from "./events.ts";
 import { AddDestinationBodySchema, ReplaceDestinationsBodySchema } from "./schemas.ts";

@@ -34,11 +34,6 @@ const DESTINATIONS_RETRY: BackoffOptions = {
   resetAfterMs: Infinity,
 };
 
-/** A refresh whose answer came after a newer decision on the stream's destinations. */
-export class SupersededRefresh extends Error {
-  override name = "SupersededRefresh";
-}
-
 export interface RelayManagerOptions {
   supervisor: SupervisorOptions;
   maxDestinationsPerStream: number;
@@ -126,9 +121,9 @@ export class RelayManager implements StreamHubListener {
 
   #applyForwarding(relay: StreamRelay, forward: boolean): void {
     if (forward === relay.forwarding) return;
-    const epoch = relay.setForwarding(forward);
+    const ticket = relay.setForwarding(forward);
     if (forward) {
-      this.#track(this.#startDestinations(relay, epoch));
+      this.#track(this.#startDestinations(relay, ticket));
       return;
     }
     if (relay.size > 0) {
@@ -154,9 +149,9 @@ export class RelayManager implements StreamHubListener {
     this.#track(this.#authority.streamEnded(stream.key));
   }
 
-  async #startDestinations(relay: StreamRelay, epoch: number): Promise<void> {
+  async #startDestinations(relay: StreamRelay, ticket: number): Promise<void> {
     const context = { stream: redactKey(relay.stream.key) };
-    const fetched = await this.#fetchDestinations(relay, epoch);
+    const fetched = await this.#fetchDestinations(relay, ticket);
     if (fetched === undefined) return;
     for (const problem of fetched.malformed) {
       managerLog.warn("destination skipped: {reason}", { ...context, reason: problem });
@@ -197,10 +192,11 @@ export class RelayManager implements StreamHubListener {
    */
   async #fetchDestinations(
     relay: StreamRelay,
-    epoch: number,
+    ticket: number,
   ): Promise<Awaited<ReturnType<StreamAuthority["destinations"]>> | undefined> {
     const key = relay.stream.key;
-    const current = () => this.#relays.get(key) === relay && relay.forwardingEpoch === epoch;
+    const current = () => this.#relays.get(key) === relay && relay.decided === ticket;
+    const stale = relay.decisionSignal; // aborts on a newer say, or when the stream ends
     const backoff = new Backoff(DESTINATIONS_RETRY);
     for (;;) {
       let wait: number;
@@ -221,9 +217,9 @@ export class RelayManager implements StreamHubListener {
         });
       }
       try {
-        await delay(wait, { signal: relay.signal });
+        await delay(wait, { signal: stale });
       } catch (error) {
-        if (relay.signal.aborted) return undefined; // the stream ended
+        if (stale.aborted) return undefined; // the stream ended, or a newer say took over
         throw error;
       }
       if (!current()) return undefined;
@@ -242,17 +238,12 @@ export class RelayManager implements StreamHubListener {
   ): Promise<(DestinationChanges & { malformed: string[] }) | undefined> {
     const relay = this.#relays.get(key);
     if (relay === undefined) return undefined;
-    const epoch = relay.forwardingEpoch;
+    const ticket = relay.ticket();
     const fetched = await this.#authority.destinations(key);
     // The stream ended while we asked.
     if (this.#relays.get(key) !== relay || relay.stopped) return undefined;
-    // A returning publisher's answer (or another list) came while we asked: this one is older.
-    if (relay.forwardingEpoch !== epoch) {
-      throw new SupersededRefresh(
-        "the stream's destinations were decided again while they were being fetched (a returning publisher, or another change); nothing applied",
-      );
-    }
-    const changes = await relay.replaceDestinations(fetched.records);
+    // Throws SupersededRefresh if a newer say is applied before this one's turn.
+    const changes = await relay.replaceDestinations(fetched.records, ticket);
     const context = { stream: redactKey(key) };
     for (const problem of fetched.malformed) {
       managerLog.warn("destination skipped: {reason}", { ...context, reason: problem });

@@ -63,6 +63,11 @@ function sameTarget(a: Destination, b: Destination): boolean {
   return isDeepStrictEqual(a, b);
 }
 
+/** A refresh whose answer came after a newer say on the stream's destinations was applied. */
+export class SupersededRefresh extends Error {
+  override name = "SupersededRefresh";
+}
+
 export class StreamRelay {
   readonly stream: LiveStream;
   readonly #options: SupervisorOptions;
@@ -71,14 +76,19 @@ export class StreamRelay {
   readonly #entries = new Map<string, Entry>();
   #stopped = false;
   #forwarding = false;
-  /** Counts forwarding decisions, so that an answer to an older one is recognised as stale. */
-  #forwardingEpoch = 0;
+  /**
+   * Says on the stream's destinations (a publisher's answer, a PUT, a refresh's fetch) are
+   * numbered as they are made, or asked for; `#decided` is the newest applied. An answer to an
+   * older one than that is stale.
+   */
+  #tickets = 0;
+  #decided = 0;
+  /** Aborted when a newer say is applied, or the relay stops: ends work for the old one. */
+  #decision = new AbortController();
   /** Bytes sent by FFmpegs already stopped (removed, restarted or disabled destinations). */
   #removedBytes = 0;
   /** Replacements and enable/disable run one after the other, never interleaved. */
   #changes: Promise<unknown> = Promise.resolve();
-  /** Aborted when the relay stops, ending work still under way for it (a fetch being retried). */
-  readonly #stopping = new AbortController();
   /**
    * Why the stream's destinations could not be fetched, while they are being asked for again;
    * undefined once they were, or when no fetch is under way.
@@ -96,9 +106,12 @@ export class StreamRelay {
     return this.#stopped;
   }
 
-  /** Aborts when the relay stops for good. */
-  get signal(): AbortSignal {
-    return this.#stopping.signal;
+  /**
+   * Aborts when a say on the destinations newer than the one in force is applied, or the relay
+   * stops: work for the one in force (a fetch being retried) then ends.
+   */
+  get decisionSignal(): AbortSignal {
+    return this.#decision.signal;
   }
 
   /** Destinations of the stream, disabled ones included. */
@@ -115,20 +128,29 @@ export class StreamRelay {
     return this.#forwarding;
   }
 
-  get forwardingEpoch(): number {
-    return this.#forwardingEpoch;
+  /** The newest say on the destinations applied (see `ticket`). */
+  get decided(): number {
+    return this.#decided;
   }
 
-  /** Records the publisher's forwarding decision; returns its epoch. */
+  /** A number for a say on the destinations about to be asked for (a refresh's fetch). */
+  ticket(): number {
+    return ++this.#tickets;
+  }
+
+  /** Records the publisher's forwarding decision, newer than any; returns its ticket. */
   setForwarding(forward: boolean): number {
     this.#forwarding = forward;
-    return this.#supersedeFetches();
+    return this.#decide(this.ticket());
   }
 
-  /** A newer say on the destinations than any fetch under way: such a fetch is now stale. */
-  #supersedeFetches(): number {
+  /** `ticket` is in force: work for an older say is stale, and told so. */
+  #decide(ticket: number): number {
+    this.#decided = ticket;
     this.destinationsError = undefined; // a fetch still being retried was for the old say
-    return ++this.#forwardingEpoch;
+    this.#decision.abort();
+    this.#decision = new AbortController();
+    return ticket;
   }
 
   /** Bytes written to every FFmpeg of this stream, stopped ones included. */
@@ -207,19 +229,33 @@ export class StreamRelay {
    * Makes the stream's destinations exactly `records`, by id: new ones start from the last
    * keyframe, gone ones stop, those whose validated target or `enabled` changed are stopped and
    * started anew, and the rest are left untouched (same supervisor, same FFmpeg, nothing lost).
-   * Records that fail validation are left out and reported in `rejected`. Resolves once every stopped FFmpeg is reaped. Throws `RangeError` once
-   * the relay is stopped.
+   * Records that fail validation are left out and reported in `rejected`. Resolves once every
+   * stopped FFmpeg is reaped. Throws `RangeError` once the relay is stopped. `ticket` (a refresh)
+   * is the say the list answers, taken when it was asked for: should a newer one have been applied
+   * by the time this change's turn comes, nothing is applied and it throws `SupersededRefresh`.
+   * Without one (a PUT) the list is the newest say when its turn comes.
    */
-  replaceDestinations(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
-    return this.#serialised(() => this.#replace(records));
+  replaceDestinations(
+    records: readonly DestinationRecord[],
+    ticket?: number,
+  ): Promise<DestinationChanges> {
+    return this.#serialised(() => this.#replace(records, ticket));
   }
 
-  async #replace(records: readonly DestinationRecord[]): Promise<DestinationChanges> {
+  async #replace(
+    records: readonly DestinationRecord[],
+    ticket = this.ticket(),
+  ): Promise<DestinationChanges> {
     if (this.#stopped) throw new RangeError("stream relay already stopped");
+    if (ticket < this.#decided) {
+      throw new SupersededRefresh(
+        "the stream's destinations were decided again while they were being fetched (a returning publisher, or another change); nothing applied",
+      );
+    }
     // The latest list wins: a fetch for the publisher's forwarding still under way is now stale
     // and must not add its destinations on top of this list. `forwarding` stays the publisher's
     // answer: a returning publisher with the same answer leaves this list as it is.
-    this.#supersedeFetches();
+    this.#decide(ticket);
     const selection = this.#select(records);
     const changes: DestinationChanges = {
       added: [],
@@ -311,7 +347,7 @@ export class StreamRelay {
   /** Stops every destination for good and waits until each FFmpeg is reaped. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#stopping.abort();
+    this.#decision.abort();
     await this.removeAll();
   }
 

@@ -255,3 +255,38 @@ Deno.test("a refresh whose answer comes after a returning publisher's forward: f
   assertMatch(ErrorSchema.parse(JSON.parse(text)).error, /decided again/);
   assertEquals(relay.service.manager.relayFor(KEY)?.size, 0, "no destination started");
 });
+
+Deno.test("of two refreshes under way, the one asked last is what stays, whichever answer comes first", async () => {
+  await using cp = new FakeControlPlane();
+  await using relay = await startTestRelay({
+    control_plane: { url: cp.url, timeout_seconds: 5, retry_attempts: 0 },
+  });
+  const app = appFor(relay, { allowUnauthenticatedControl: true });
+  await using _publisher = await TestRtmpClient.connect(relay.rtmpPort);
+  await _publisher.handshake();
+  assertEquals((await _publisher.publish(KEY)).code, "NetStream.Publish.Start");
+  await waitFor(() => relay.service.manager.relayFor(KEY), "live");
+  const listed = (id: string) => [{ id, rtmp_url: "rtmp://127.0.0.1:1/live", stream_key: "k" }];
+  const refresh = () => app.request(`/api/streams/${KEY}/destinations/refresh`, { method: "POST" });
+  const orders: [number, number][] = [[200, 800], [800, 200]];
+  for (const [firstDelay, secondDelay] of orders) {
+    let calls = 0;
+    cp.behaviour.forwarding = () =>
+      ++calls === 1
+        ? { delayMs: firstDelay, body: { destinations: listed("asked-first") } }
+        : { delayMs: secondDelay, body: { destinations: listed("asked-last") } };
+    const first = refresh();
+    await waitFor(() => calls === 1, "the first refresh's call");
+    const second = refresh();
+    const [a, b] = await Promise.all([first, second]);
+    const label = `answers after ${firstDelay} and ${secondDelay} ms`;
+    assertEquals(b.status, 200, `${label}: ${await b.text()}`);
+    // The first is applied, then replaced, if it came first; refused (409) if it came last.
+    assertEquals(a.status, firstDelay < secondDelay ? 200 : 409, label);
+    assertEquals(
+      relay.service.manager.relayFor(KEY)?.list().map((d) => d.destination.id),
+      ["asked-last"],
+      label,
+    );
+  }
+});
