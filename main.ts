@@ -128,14 +128,19 @@ async function main(): Promise<void> {
     const next = await load();
     // A relay that started with nothing for FFmpeg to do did not check it; a reload that gives it
     // some does, so that a missing FFmpeg is one line now, not a failure per destination later.
-    if (needsFfmpeg(next) && !needsFfmpeg(service.currentConfig)) {
+    // The control plane's URL takes a restart: whether it is set is the running one's say.
+    const running = { ...next, control_plane: service.config.control_plane };
+    if (needsFfmpeg(running) && !needsFfmpeg(service.currentConfig)) {
       await checkFfmpeg(service.config.streaming.ffmpeg_path);
     }
     service.reload(next);
     await setupLogging({ level: next.logging.level, format: next.logging.format });
   };
+  // One reload at a time, in the order of the signals: one waiting on its FFmpeg check must not
+  // be applied after a later one.
+  let reloading = Promise.resolve();
   Deno.addSignalListener("SIGHUP", () => {
-    reload().catch((error) => {
+    reloading = reloading.then(reload).catch((error) => {
       mainLog.error("configuration reload rejected, keeping the old one: {reason}", {
         reason: (error as Error).message.replaceAll("\n", "; "),
       });

@@ -44,7 +44,12 @@ export function redactUrl(url: string, { keyInPath = true }: RedactUrlOptions = 
     return `${parsed.protocol}${rest === "" ? "" : redactKey(rest)}`;
   }
   const segments = parsed.pathname.split("/").filter((segment) => segment !== "");
-  const appSegments = !keyInPath ? segments.length : segments.length >= 3 ? 2 : 1;
+  // As `parsePublishUrl` splits: a colon in the second segment makes it part of the name.
+  const appSegments = !keyInPath
+    ? segments.length
+    : segments.length >= 3 && !segments[1]!.includes(":")
+    ? 2
+    : 1;
   const app = segments.slice(0, appSegments).map((segment) => `/${segment}`).join("");
   const key = segments.slice(appSegments).join("/");
   const origin = `${parsed.protocol}//${parsed.host}${app}`;

@@ -32,6 +32,8 @@ Deno.test("redactUrl() hides a key written in the URL's path", () => {
       "SECRET",
     ],
     ["rtmp:host/live/a-key-here", "rtmp:host…(20)", "a-key-here"],
+    // FFmpeg's split: a colon before the second slash keeps it in the name (`parsePublishUrl`).
+    ["rtmp://h/app/ab:cd/ef", "rtmp://h/app/ab…(8)", "cd/ef"],
   ];
   for (const [url, shown, secret] of cases) {
     const redacted = redactUrl(url);
