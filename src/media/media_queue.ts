@@ -9,10 +9,13 @@
 
 import { type MediaPacket, TagType } from "./flv.ts";
 
-/** An item in the queue: media subject to the drop policy, or a control item that is not. */
+/**
+ * An item in the queue: media subject to the drop policy, or a control item that is not. `at` is
+ * when it was queued (`performance.now()`), for `oldestAgeMs`.
+ */
 export type QueueItem<Control> =
-  | { readonly kind: "media"; readonly packet: MediaPacket }
-  | { readonly kind: "control"; readonly control: Control };
+  | { readonly kind: "media"; readonly packet: MediaPacket; readonly at: number }
+  | { readonly kind: "control"; readonly control: Control; readonly at: number };
 
 export interface MediaQueueStats {
   queuedBytes: number;
@@ -28,12 +31,6 @@ export class MediaQueue<Control = never> {
   #dropping = false;
   #sawVideo = false;
   #closed = false;
-  /**
-   * When the oldest queued item was queued (`performance.now()`), for `oldestAgeMs`. Items are
-   * only ever taken all at once, so the oldest is the first one queued into an empty queue: one
-   * clock read per batch, none per packet.
-   */
-  #oldestAt = 0;
   #wake: (() => void) | undefined;
   #onDropStart: ((stats: MediaQueueStats) => void) | undefined;
   droppedPackets = 0;
@@ -94,8 +91,7 @@ export class MediaQueue<Control = never> {
         return false;
       }
     }
-    if (this.#items.length === 0) this.#oldestAt = now;
-    this.#items.push({ kind: "media", packet });
+    this.#items.push({ kind: "media", packet, at: now });
     this.#queuedBytes += packet.payload.length;
     this.#notify();
     return true;
@@ -111,8 +107,7 @@ export class MediaQueue<Control = never> {
 
   pushControl(control: Control): void {
     if (this.#closed) return;
-    if (this.#items.length === 0) this.#oldestAt = performance.now();
-    this.#items.push({ kind: "control", control });
+    this.#items.push({ kind: "control", control, at: performance.now() });
     this.#notify();
   }
 
@@ -121,22 +116,27 @@ export class MediaQueue<Control = never> {
    * far the reader lags behind the stream. `now` is a `performance.now()` reading.
    */
   oldestAgeMs(now: number = performance.now()): number {
-    return this.#items.length === 0 ? 0 : Math.max(0, now - this.#oldestAt);
+    const oldest = this.#items[0];
+    return oldest === undefined ? 0 : Math.max(0, now - oldest.at);
   }
 
   /**
-   * The way to drain the queue: yields everything queued as one batch (oldest first) each time
-   * something is, so a reader writes it in one call. Ends when the queue is closed and empty, or
-   * as soon as `signal` aborts (what is still queued is then left in it).
+   * The way to drain the queue: yields what is queued as one batch (oldest first, at most
+   * `maxBytes` of media and the packet that crosses it, as `take`) each time something is, so a
+   * reader writes it in one call. Ends when the queue is closed and empty, or as soon as `signal`
+   * aborts (what is still queued is then left in it).
    *
    * ```ts
    * for await (const batch of queue.batches(signal)) await write(batch);
    * ```
    */
-  async *batches(signal?: AbortSignal): AsyncGenerator<QueueItem<Control>[], void, undefined> {
+  async *batches(
+    signal?: AbortSignal,
+    maxBytes = Infinity,
+  ): AsyncGenerator<QueueItem<Control>[], void, undefined> {
     while (!signal?.aborted) {
       if (this.#items.length > 0) {
-        yield this.takeAll();
+        yield this.take(maxBytes);
       } else if (this.#closed) {
         return;
       } else {
@@ -146,15 +146,37 @@ export class MediaQueue<Control = never> {
   }
 
   /**
-   * Removes and returns everything queued, oldest first. With `wait`, the cheaper way to drain for
-   * a reader that takes one packet at a time most of the time (a destination's pump): no async
-   * generator in between.
+   * Removes and returns the oldest items: media up to `maxBytes` and the packet that crosses it
+   * (control items with them), or everything when it fits. With `wait`, the cheaper way to drain
+   * for a reader that takes one packet at a time most of the time (a destination's pump): no
+   * async generator in between.
+   *
+   * A reader behind takes its backlog a piece at a time, so what it has not started on stays
+   * here: counted against `maxBytes` of the queue (the drop policy bounds everything not yet
+   * being written) and in `oldestAgeMs` (how far behind the reader really is).
    */
-  takeAll(): QueueItem<Control>[] {
+  take(maxBytes = Infinity): QueueItem<Control>[] {
     const items = this.#items;
-    this.#items = [];
-    this.#queuedBytes = 0;
-    return items;
+    if (this.#queuedBytes <= maxBytes) {
+      this.#items = [];
+      this.#queuedBytes = 0;
+      return items;
+    }
+    let count = 0;
+    let bytes = 0;
+    while (count < items.length && bytes < maxBytes) {
+      const item = items[count++]!;
+      if (item.kind === "media") bytes += item.packet.payload.length;
+    }
+    this.#queuedBytes -= bytes;
+    // A backlog is a few thousand items at most (the queue is bounded): moving them is cheap,
+    // and nothing taken stays referenced from here.
+    return items.splice(0, count);
+  }
+
+  /** Removes and returns everything queued, oldest first. */
+  takeAll(): QueueItem<Control>[] {
+    return this.take();
   }
 
   /** Resolves when an item is queued or the queue is closed. */

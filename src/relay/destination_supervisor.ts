@@ -18,7 +18,7 @@ import type { Destination } from "../control_plane/destination.ts";
 import { type MediaPacket, TagType } from "../media/flv.ts";
 import type { LiveStream, StreamSubscriber } from "../media/live_stream.ts";
 import type { ConfigurationChange } from "../media/stream_configuration.ts";
-import { MediaQueue, type QueueItem } from "../media/media_queue.ts";
+import { MediaQueue } from "../media/media_queue.ts";
 import { RateMeter } from "../media/rate_meter.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
@@ -159,6 +159,8 @@ export class DestinationSupervisor implements StreamSubscriber {
   #droppedBytesBefore = 0;
   #dropEpisodesBefore = 0;
   #lastDropAt = -Infinity;
+  /** When the oldest packet of the batch being written was queued; undefined between writes. */
+  #writingSince: number | undefined;
   readonly #addedAt = performance.now();
   #liveMs = 0;
   #liveSince: number | undefined;
@@ -211,8 +213,18 @@ export class DestinationSupervisor implements StreamSubscriber {
   get state(): DestinationState {
     if (this.#state !== "connected") return this.#state;
     const now = performance.now();
-    const lagging = (this.#queue?.oldestAgeMs(now) ?? 0) > DEGRADED_LAG_MS;
+    const lagging = this.#lagMs(now) > DEGRADED_LAG_MS;
     return lagging || now - this.#lastDropAt < DEGRADED_AFTER_DROP_MS ? "degraded" : "connected";
+  }
+
+  /**
+   * How long the oldest packet not yet written has waited: the batch being written if there is
+   * one, else the queue's oldest. (What the kernel holds in the socket's buffer counts as written:
+   * on loopback that can be megabytes, taken in bursts.)
+   */
+  #lagMs(now: number): number {
+    const queued = this.#queue?.oldestAgeMs(now) ?? 0;
+    return this.#writingSince === undefined ? queued : Math.max(queued, now - this.#writingSince);
   }
 
   #context(): Record<string, unknown> {
@@ -455,17 +467,13 @@ export class DestinationSupervisor implements StreamSubscriber {
    */
   async #pump(attempt: EngineAttempt, queue: MediaQueue): Promise<void> {
     const checkCodecs = this.engine.name === "ffmpeg";
-    // What was taken from the queue, written a bounded batch at a time from `next` on.
-    let items: QueueItem<never>[] = [];
-    let next = 0;
     try {
-      // takeAll/wait rather than `for await (… of queue.batches())`: an async generator costs
-      // several promises per batch, and here a batch is usually one packet.
+      // take/wait rather than `for await (… of queue.batches())`: an async generator costs
+      // several promises per batch, and here a batch is usually one packet. A backlog is taken a
+      // batch at a time, so the rest stays in the queue: bounded by its drop policy and counted
+      // in its lag.
       for (;;) {
-        if (next === items.length) {
-          items = queue.takeAll();
-          next = 0;
-        }
+        const items = queue.take(PUMP_BATCH_BYTES);
         if (items.length === 0) {
           if (queue.closed) break;
           await queue.wait();
@@ -474,8 +482,7 @@ export class DestinationSupervisor implements StreamSubscriber {
         const packets: MediaPacket[] = [];
         let bytes = 0;
         let headers = false;
-        for (; next < items.length && bytes < PUMP_BATCH_BYTES; next++) {
-          const item = items[next]!;
+        for (const item of items) {
           if (item.kind !== "media") continue;
           packets.push(item.packet);
           bytes += item.packet.payload.length;
@@ -486,7 +493,9 @@ export class DestinationSupervisor implements StreamSubscriber {
           await attempt.abort();
           return;
         }
+        this.#writingSince = items[0]!.at;
         await attempt.write(packets);
+        this.#writingSince = undefined;
         const now = performance.now();
         this.#bytesSent += bytes;
         this.#packetsSent += packets.length;
@@ -504,6 +513,8 @@ export class DestinationSupervisor implements StreamSubscriber {
         });
         await attempt.abort();
       }
+    } finally {
+      this.#writingSince = undefined;
     }
   }
 
@@ -679,7 +690,7 @@ export class DestinationSupervisor implements StreamSubscriber {
       input_bitrate_kbps: Math.round(this.#inputRate.bitsPerSecond(now) / 1000),
       output_bitrate_kbps: Math.round(this.#outputRate.bitsPerSecond(now) / 1000),
       bytes_out: this.#bytesOut,
-      queue_lag_ms: Math.round(queue?.oldestAgeMs(now) ?? 0),
+      queue_lag_ms: Math.round(this.#lagMs(now)),
       dropped_bytes: this.#droppedBytesBefore + (queue?.droppedBytes ?? 0),
       drop_episodes: this.#dropEpisodesBefore + (queue?.dropEpisodes ?? 0),
       live_seconds: Math.round(liveMs) / 1000,

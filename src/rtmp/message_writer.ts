@@ -17,6 +17,11 @@ import type { MediaQueue } from "../media/media_queue.ts";
  */
 const SCRATCH_INITIAL_SIZE = 64 * 1024;
 const SCRATCH_MAX_SIZE = 256 * 1024;
+/**
+ * Media bytes taken from the queue for one write: a player behind takes its backlog in pieces that
+ * fit the kept buffer, and what it has not started on stays queued, under the queue's drop policy.
+ */
+const BATCH_BYTES = SCRATCH_MAX_SIZE / 2;
 
 export class MessageWriter {
   readonly #conn: Deno.Conn;
@@ -65,7 +70,7 @@ export class MessageWriter {
   async run(): Promise<void> {
     const queue = this.#queue;
     if (queue === undefined) throw new TypeError("run() needs a writer made with a queue");
-    for await (const items of queue.batches()) {
+    for await (const items of queue.batches(undefined, BATCH_BYTES)) {
       const streamId = this.#mediaStreamId();
       const messages = items.map((item) =>
         item.kind === "control" ? item.control : mediaMessage(item.packet, streamId)

@@ -171,3 +171,22 @@ Deno.test("MediaQueue.oldestAgeMs() counts from the arrival time pushMedia() was
   queue.pushMedia(audio(46), 2_000);
   assertEquals(queue.oldestAgeMs(2_100), 100, "from the first packet after a drain");
 });
+
+Deno.test("MediaQueue.take() takes up to maxBytes and the packet that crosses it, leaving the rest counted", () => {
+  const queue = new MediaQueue<string>(1_000);
+  queue.pushMedia(video(0, true, 300), 1_000);
+  queue.pushControl("status");
+  queue.pushMedia(video(33, false, 300), 1_033);
+  queue.pushMedia(video(66, false, 300), 1_066);
+  queue.pushMedia(audio(70, 50), 1_070);
+  const first = queue.take(400);
+  assertEquals(first.map((item) => item.kind), ["media", "control", "media"]);
+  assertEquals(queue.queuedBytes, 350, "what was not taken is still queued");
+  assertEquals(queue.oldestAgeMs(2_066), 1_000, "the lag is the oldest packet not taken");
+  // The part not taken still counts against the limit: 350 + 700 is over it.
+  assertEquals(queue.pushMedia(video(99, false, 700), 1_099), false);
+  assertEquals(queue.take(400).length, 2, "the rest fits: all of it");
+  assertEquals([queue.queuedBytes, queue.oldestAgeMs(2_000)], [0, 0]);
+  assertEquals(queue.pushMedia(video(132, true, 700), 1_132), true);
+  assertEquals(queue.take().length, 1, "no limit: everything");
+});
