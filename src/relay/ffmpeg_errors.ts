@@ -85,6 +85,16 @@ const RULES: readonly Rule[] = [
     pattern: /: (Broken pipe|Connection reset by peer|End of file)$/,
     message: (match) => `destination closed the connection: ${match[1]}`,
   },
+  {
+    // Opening the output failed with nothing more specific above: all FFmpeg 5.1 prints when the
+    // server hangs up unanswered on connect, createStream or publish. Which one it was, FFmpeg
+    // does not say at this log level; a hang-up on publish is how nginx-rtmp's on_publish and
+    // Twitch refuse a key, so the sentence points there.
+    kind: "closed",
+    pattern: /^rtmps?:\/\/\S*: Input\/output error$/,
+    message: () =>
+      "destination closed the connection before accepting the publish (nginx-rtmp and Twitch refuse a stream key this way: check it)",
+  },
 ];
 
 /**

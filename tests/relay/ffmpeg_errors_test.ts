@@ -133,6 +133,24 @@ const CASES: { what: string; lines: string[]; expected: Expected }[] = [
     ],
     expected: ["closed", "destination closed the connection: Broken pipe"],
   },
+  {
+    // All FFmpeg 5.1 prints when the server closes the connection unanswered, whether on
+    // connect, createStream or publish (seen against a server of ours doing each).
+    what: "a destination that hung up before accepting the publish (how nginx-rtmp refuses a key)",
+    lines: ["rtmp://127.0.0.1:24999/live/secr…(9): Input/output error"],
+    expected: [
+      "closed",
+      "destination closed the connection before accepting the publish (nginx-rtmp and Twitch refuse a stream key this way: check it)",
+    ],
+  },
+  {
+    what: "an RTMPS destination that hung up before accepting the publish",
+    lines: [IO_ERROR],
+    expected: [
+      "closed",
+      "destination closed the connection before accepting the publish (nginx-rtmp and Twitch refuse a stream key this way: check it)",
+    ],
+  },
   { what: "no stderr at all", lines: [], expected: undefined },
 ];
 
