@@ -142,3 +142,46 @@ Deno.test("SIGHUP that gives destinations to a relay started without any, and wi
   );
   assert(reloadLines(relay).length === 0, "nothing reloaded");
 });
+
+Deno.test("SIGHUP: reloads apply in the order of the signals, a later one waiting for one still checking FFmpeg", async () => {
+  await using dir = await tempDir();
+  // An FFmpeg that takes 2 s to answer, and says when it was asked: the first reload is then
+  // held on its check, for certain, when the second signal comes.
+  const asked = `${dir.path}/ffmpeg-asked`;
+  const slowFfmpeg = `${dir.path}/slow-ffmpeg`;
+  await Deno.writeTextFile(
+    slowFfmpeg,
+    `#!/bin/sh\ntouch '${asked}'\nsleep 2\nexec ffmpeg "$@"\n`,
+    { mode: 0o755 },
+  );
+  const streaming = `[streaming]\nffmpeg_path = "${slowFfmpeg}"\nstate_dir = "${dir.path}/state"\n`;
+  const first = `${streaming}[[streams]]\nkey = "order-first"\n`;
+  await using relay = await spawnRelay(dir.path, first, "", [
+    "--allow-net",
+    "--allow-read",
+    `--allow-write=${dir.path}`,
+    "--allow-env",
+    `--allow-run=${slowFfmpeg}`,
+  ]);
+  const write = (body: string) =>
+    Deno.writeTextFile(relay.configPath, relayConfigText(relay.rtmpPort, relay.httpPort, body));
+
+  // Reload 1 gives FFmpeg its first work (one stream, a destination): FFmpeg is checked first.
+  await write(
+    `${first}[[streams.destinations]]\nid = "d"\nrtmp_url = "rtmp://127.0.0.1:1/live"\n` +
+      `stream_key = "k"\n`,
+  );
+  relay.process.kill("SIGHUP");
+  await waitFor(() => Deno.stat(asked).then(() => true, () => false), "the FFmpeg check");
+  // Reload 2, while 1 is held there: two streams, nothing for FFmpeg.
+  await write(`${first}[[streams]]\nkey = "order-second"\n`);
+  relay.process.kill("SIGHUP");
+
+  const lines = await waitFor(
+    () => reloadLines(relay).length === 2 ? reloadLines(relay) : undefined,
+    "both reloads",
+    10_000,
+  );
+  assertMatch(lines[0]!, /streams=1\b/);
+  assertMatch(lines[1]!, /streams=2\b/, "the file as it was at the last signal is what runs");
+});
