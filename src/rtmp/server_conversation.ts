@@ -348,7 +348,9 @@ export class ServerConversation {
         replies: [command(0, "_error", cmd.transactionId, null, { ...rejected, objectEncoding })],
         intent: {
           kind: "close",
-          reason: `connect to unknown application ${JSON.stringify(loggableApp(app))}`,
+          reason: `connect to unknown application ${
+            JSON.stringify(loggableApp(app, this.#options.app))
+          } (this server's is ${JSON.stringify(this.#options.app)})`,
         },
       };
     }
@@ -476,13 +478,14 @@ function ignored(
 
 /**
  * An application name as it may be logged. A streamer who pastes the whole URL into the server
- * field connects to `live/<key>`, and one who swaps the fields to `<key>`: what follows the first
- * segment, and a first segment longer than any application's name, are redacted as keys.
+ * field connects to `live/<key>`, and one who swaps the fields connects to `<key>`: anything but
+ * this server's own application (`known`, in any case) is redacted as a key, the first segment
+ * and what follows it alike. A short key is a key too.
  */
-export function loggableApp(app: string): string {
+export function loggableApp(app: string, known: string): string {
   const slash = app.indexOf("/");
   const first = slash < 0 ? app : app.slice(0, slash);
-  const shown = first.length <= 12 ? first : redactKey(first);
+  const shown = first.toLowerCase() === known.toLowerCase() ? first : redactKey(first);
   return slash < 0 ? shown : `${shown}/${redactKey(app.slice(slash + 1))}`;
 }
 

@@ -219,20 +219,29 @@ Deno.test("ServerConversation.receive() refuses connect to another application w
     description: "unknown application",
     objectEncoding: 0,
   }]]);
-  assertEquals(step.intent, { kind: "close", reason: 'connect to unknown application "admin"' });
+  assertEquals(step.intent, {
+    kind: "close",
+    reason: `connect to unknown application "a…(5)" (this server's is "live")`,
+  });
   assert(!client.conversation.connected);
 });
 
-Deno.test("loggableApp() shows an application's name and redacts a key sent in its place", () => {
+Deno.test("loggableApp() shows the server's application and redacts anything else as a key", () => {
   const table: [string, string][] = [
-    ["admin", "admin"],
-    ["", ""],
+    ["live", "live"],
+    ["LIVE", "LIVE"],
+    ["admin", "a…(5)"],
+    ["", "(empty)"],
     ["live/abcdefghijklmnop", "live/abcd…(16)"],
     ["live/", "live/(empty)"],
     ["live_123456789_abcdefghij", "live…(25)"],
     ["live_123456789_abcdefghij/x", "live…(25)/…(1)"],
+    // Key and server swapped in OBS, with a short key: the key is the application.
+    ["k1", "…(2)"],
+    ["abc123secret", "abc1…(12)"],
+    ["sk_9f8e7d6c/live", "sk_…(11)/l…(4)"],
   ];
-  for (const [app, expected] of table) assertEquals(loggableApp(app), expected, app);
+  for (const [app, expected] of table) assertEquals(loggableApp(app, "live"), expected, app);
 });
 
 Deno.test("ServerConversation.receive() answers createStream with [_result, txn, null, id] and echoes transaction ids", () => {
