@@ -104,6 +104,9 @@ class FfmpegAttempt implements EngineAttempt {
   readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
   #headerSent = false;
   #finished = false;
+  /** FFmpeg printed `Output #0`: the destination accepted the publish. */
+  #connected = false;
+  readonly #startedAt = performance.now();
   #bytesOut = 0;
   /** Filled from FFmpeg's `Input #0` listing; see `ffmpegInputTracks`. */
   #inputTracks: Set<MediaTrack> | undefined;
@@ -126,7 +129,10 @@ class FfmpegAttempt implements EngineAttempt {
       await writer.abort(new Deno.errors.BrokenPipe("ffmpeg exited")).catch(() => {});
       await Promise.all([stderrDone, progressDone]);
       if (this.#finished && status.success) return undefined;
-      return ffmpegFailure(recent, status);
+      // An attempt that never connected and ended at -rw_timeout or later was met with silence.
+      const timeout = options.ioTimeoutSeconds;
+      const silent = !this.#connected && performance.now() - this.#startedAt >= timeout * 1000;
+      return ffmpegFailure(recent, status, { unansweredForSeconds: silent ? timeout : undefined });
     })();
   }
 
@@ -204,7 +210,10 @@ class FfmpegAttempt implements EngineAttempt {
       const line = redact(raw.trim()).slice(0, MAX_STDERR_LINE);
       if (line === "") return;
       this.#readInputListing(line);
-      if (line.startsWith("Output #0")) this.#context.onConnected();
+      if (line.startsWith("Output #0")) {
+        this.#connected = true;
+        this.#context.onConnected();
+      }
       recent.push(line);
       if (recent.length > STDERR_LINES_KEPT) recent.shift();
     };

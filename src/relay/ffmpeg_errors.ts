@@ -16,6 +16,8 @@ interface Rule {
 }
 
 const TLS_LINE = /^\[tls @ [^\]]*\] (.*)$/;
+/** FFmpeg's whole account of an output it could not open, when nothing more specific comes first. */
+const OPEN_FAILED_BARE = /^rtmps?:\/\/\S*: Input\/output error$/;
 
 /** First rule that matches any line wins: the order is from most to least specific. */
 const RULES: readonly Rule[] = [
@@ -91,22 +93,43 @@ const RULES: readonly Rule[] = [
     // does not say at this log level; a hang-up on publish is how nginx-rtmp's on_publish and
     // Twitch refuse a key, so the sentence points there.
     kind: "closed",
-    pattern: /^rtmps?:\/\/\S*: Input\/output error$/,
+    pattern: OPEN_FAILED_BARE,
     message: () =>
       "destination closed the connection before accepting the publish (nginx-rtmp and Twitch refuse a stream key this way: check it)",
   },
 ];
 
+/** What the engine knows of an attempt that its stderr does not say. */
+export interface FfmpegAttemptFacts {
+  /**
+   * Set when FFmpeg never connected and gave up after its `-rw_timeout` (these seconds): a server
+   * that says nothing while the publish opens leaves FFmpeg 5.1 printing only "Input/output
+   * error", as one that hangs up does.
+   */
+  unansweredForSeconds?: number | undefined;
+}
+
 /**
  * A typed failure from FFmpeg's last stderr lines, or undefined when none of them is one we
  * recognise (see `ffmpegFailure`).
  */
-export function classifyFfmpegError(lines: readonly string[]): DestinationFailure | undefined {
+export function classifyFfmpegError(
+  lines: readonly string[],
+  facts: FfmpegAttemptFacts = {},
+): DestinationFailure | undefined {
   const tlsLines = lines.flatMap((line) => line.match(TLS_LINE)?.[1] ?? []);
+  const seconds = facts.unansweredForSeconds;
   for (const rule of RULES) {
     for (const line of lines) {
       const match = line.match(rule.pattern);
-      if (match) return new DestinationFailure(rule.kind, rule.message(match, tlsLines));
+      if (!match) continue;
+      if (rule.pattern === OPEN_FAILED_BARE && seconds !== undefined) {
+        return new DestinationFailure(
+          "timeout",
+          `destination timed out: no answer within ${seconds} s while opening the publish`,
+        );
+      }
+      return new DestinationFailure(rule.kind, rule.message(match, tlsLines));
     }
   }
   return undefined;
@@ -122,8 +145,9 @@ const ERROR_WORDS =
 export function ffmpegFailure(
   lines: readonly string[],
   status: { code: number; signal: string | null },
+  facts: FfmpegAttemptFacts = {},
 ): DestinationFailure {
-  const known = classifyFfmpegError(lines);
+  const known = classifyFfmpegError(lines, facts);
   if (known) return known;
   const reason = lines.findLast((line) => ERROR_WORDS.test(line)) ?? lines.at(-1);
   const how = status.signal ? `signal ${status.signal}` : `code ${status.code}`;

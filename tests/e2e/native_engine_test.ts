@@ -8,7 +8,7 @@
  */
 
 import { selectRendition } from "../../src/media/enhanced_rtmp.ts";
-import { assert, assertEquals } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import {
   asPlayed,
   decodedFrames,
@@ -25,6 +25,7 @@ import { ffmpegPlay, ffmpegPublish } from "../helpers/peers.ts";
 import { freePort, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
+import { SilentRtmpServer } from "../helpers/silent_server.ts";
 import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
 import { makeTestPki, TlsFront } from "../helpers/tls.ts";
 import type { DestinationSupervisor } from "../../src/relay/destination_supervisor.ts";
@@ -129,6 +130,31 @@ Deno.test("both engines report a key the destination refuses as rejected, with i
     assertEquals([status.failure, status.last_error], ["rejected", expected[engine]], engine);
     assert(status.attempt >= 2, `${engine}: attempt ${status.attempt}`);
   }
+});
+
+Deno.test("both engines report a destination that never answers connect as timed out", async () => {
+  const source = await fixture({ seconds: 20, gop: 30 });
+  await using silent = new SilentRtmpServer();
+  const hung = (engine: string) => ({
+    id: engine,
+    rtmp_url: `rtmp://127.0.0.1:${silent.port}/live`,
+    stream_key: "hung-key",
+    engine,
+  });
+  await using relay = await startTestRelay({
+    streams: [{ key: KEY, destinations: [hung("native"), hung("ffmpeg")] }],
+  });
+  await using _publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  // Both give up after the I/O timeout (10 s): FFmpeg prints only "Input/output error" then,
+  // as it does for a server that hangs up, so how long the attempt lasted tells them apart.
+  for (const engine of ["native", "ffmpeg"]) {
+    const destination = await destinationOf(relay, engine);
+    await waitFor(() => destination.status().error_count >= 1, `${engine}: a failure`, 20_000);
+    const status = destination.status();
+    assertEquals(status.failure, "timeout", `${engine}: ${status.last_error}`);
+    assertMatch(status.last_error ?? "", /no answer within 10 s/, engine);
+  }
+  assert(silent.handshakes >= 2);
 });
 
 /** Publishes Enhanced RTMP `tags` to relay A (our test publisher, not FFmpeg); keeps it open. */

@@ -14,7 +14,7 @@ const NOT_TRUSTED =
   "TLS certificate not trusted: the chain does not verify against the trusted CAs (unknown issuer, self-signed, expired or not yet valid)";
 
 type Expected = [DestinationFailureKind, string] | undefined;
-const CASES: { what: string; lines: string[]; expected: Expected }[] = [
+const CASES: { what: string; lines: string[]; expected: Expected; unansweredFor?: number }[] = [
   {
     what: "a self-signed certificate, or one from a CA not configured",
     lines: ["[tls @ 0x55630fbdd300] Peer certificate failed verification", OPEN_FAILED, IO_ERROR],
@@ -151,12 +151,23 @@ const CASES: { what: string; lines: string[]; expected: Expected }[] = [
       "destination closed the connection before accepting the publish (nginx-rtmp and Twitch refuse a stream key this way: check it)",
     ],
   },
+  {
+    // Same line, but the attempt lasted -rw_timeout without connecting: the server kept the
+    // connection open and said nothing (a handshake or connect never answered).
+    what: "a destination that never answered while FFmpeg opened the publish (-rw_timeout)",
+    lines: ["rtmp://127.0.0.1:23002/live/test…(7): Input/output error"],
+    unansweredFor: 10,
+    expected: [
+      "timeout",
+      "destination timed out: no answer within 10 s while opening the publish",
+    ],
+  },
   { what: "no stderr at all", lines: [], expected: undefined },
 ];
 
-for (const { what, lines, expected } of CASES) {
+for (const { what, lines, expected, unansweredFor } of CASES) {
   Deno.test(`classifyFfmpegError() explains ${what}`, () => {
-    const failure = classifyFfmpegError(lines);
+    const failure = classifyFfmpegError(lines, { unansweredForSeconds: unansweredFor });
     assertEquals(failure === undefined ? undefined : [failure.kind, failure.message], expected);
   });
 }
