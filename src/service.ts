@@ -38,10 +38,12 @@ export interface ServiceOptions {
 /** Floor for a destination's queue: a few seconds of high-bitrate video, whatever the config says. */
 const MIN_DESTINATION_QUEUE_BYTES = 4 * 1024 * 1024;
 /**
- * A stopping FFmpeg that shows no progress for this long (it reports twice a second while it
- * works) is stuck, not slow: SIGTERM. Below FFmpeg's own 10 s I/O timeout on the destination.
+ * A stopping destination that shows no progress for this long is stuck, not slow: cut off. Above
+ * both engines' own 10 s I/O timeout (FFmpeg's `-rw_timeout`, the native publisher's), so each
+ * engine decides for its destination and this catches only a hung engine: a socket's send buffer
+ * opens in bursts of a megabyte or more, so a slow destination can take seconds between them.
  */
-const DRAIN_STALL_MS = 5_000;
+const DRAIN_STALL_MS = 12_000;
 
 /**
  * What a reload (SIGHUP) does with each setting of the sections (`[[streams]]` goes to the

@@ -426,12 +426,14 @@ export class DestinationSupervisor implements StreamSubscriber {
    * A fixed timer here cut off the end of streams on a busy machine, where FFmpeg is slow but
    * working. Progress is the bytes of our writes the engine took (it is reading its input) plus
    * the bytes it reports written to the destination (it is sending, which also covers the tail
-   * FFmpeg holds after its stdin closed). Both come from the engine doing the work, so a blocked
-   * destination or a hung FFmpeg shows as a stall, while a slow one is given the time it needs.
+   * FFmpeg holds after its stdin closed) plus the bytes the destination acknowledged (native: it
+   * is reading what the socket's buffer holds, which takes megabytes in bursts). All come from the
+   * work being done, so a blocked destination or a hung FFmpeg shows as a stall, while a slow one
+   * is given the time it needs.
    */
   async #drains(attempt: EngineAttempt): Promise<boolean> {
     const { drainStallMs, drainGraceMs, shutdown } = this.#options;
-    const progress = () => this.#bytesSent + attempt.bytesOut;
+    const progress = () => this.#bytesSent + attempt.bytesOut + (attempt.bytesAcknowledged ?? 0);
     let last = progress();
     let lastProgressAt = performance.now();
     let shutdownAt: number | undefined;

@@ -100,6 +100,10 @@ class NativeAttempt implements EngineAttempt {
     return this.#publisher?.bytesOut ?? 0;
   }
 
+  get bytesAcknowledged(): number {
+    return this.#publisher?.bytesAcknowledged ?? 0;
+  }
+
   write(packets: readonly MediaPacket[]): Promise<void> {
     const publisher = this.#publisher;
     if (publisher === undefined) return this.#opening.then(() => this.write(packets));

@@ -35,6 +35,12 @@ export interface EngineAttempt {
   readonly pid: number | null;
   /** Bytes the engine has written to the destination (FFmpeg: as it reports them). */
   readonly bytesOut: number;
+  /**
+   * Bytes the destination said it received (native: its RTMP Acknowledgements); absent where the
+   * engine cannot tell (FFmpeg). The socket's buffer takes megabytes in bursts, so for a slow
+   * destination this moves while `bytesOut` waits.
+   */
+  readonly bytesAcknowledged?: number;
   /** Sends one batch, in order; resolves when the engine took it (the backpressure). */
   write(packets: readonly MediaPacket[]): Promise<void>;
   /** End of input: the engine sends what it holds and ends the publish. Never rejects. */

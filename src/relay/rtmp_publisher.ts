@@ -33,7 +33,7 @@ import { DestinationFailure, type DestinationFailureKind } from "./destination_f
 import { trustedCertificates } from "./tls_trust.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
-import { deadline, settlesWithin } from "../async.ts";
+import { settlesWithin } from "../async.ts";
 
 export interface RtmpPublisherOptions {
   /** The push target, `rtmp_url + "/" + stream_key` (`Destination.pushUrl`). Secret. */
@@ -43,7 +43,11 @@ export interface RtmpPublisherOptions {
    * gives the system roots plus `tls_ca_file`. Read from the system bundle when omitted.
    */
   caCerts?: readonly string[];
-  /** Time allowed from the first TCP packet to `NetStream.Publish.Start`. */
+  /**
+   * Time allowed from the first TCP packet to `NetStream.Publish.Start`; once publishing, how long
+   * the destination may take nothing (no byte written, none acknowledged) while a write waits, and
+   * while the stream's end leaves, before it is given up as timed out (FFmpeg's `-rw_timeout`).
+   */
   timeoutMs?: number;
   /** Cancels the connection (a pending `open`, `write` or `close` rejects with its reason). */
   signal?: AbortSignal;
@@ -59,13 +63,8 @@ export const DEFAULT_PUBLISH_TIMEOUT_MS = 10_000;
  * one per destination, is enough.
  */
 const READ_BUFFER_SIZE = 8 * 1024;
-/** How long `close()` waits for the goodbye (`FCUnpublish`, `deleteStream`) to leave. */
-const CLOSE_FLUSH_TIMEOUT_MS = 2_000;
-/**
- * How long `close()` then waits for the destination to close its side, after ours: as long as the
- * relay lets a draining destination go without progress (`DRAIN_STALL_MS`).
- */
-const HANG_UP_TIMEOUT_MS = 5_000;
+/** How often a waiting write and a closing connection are checked for progress. */
+const PROGRESS_CHECK_MS = 1_000;
 
 const publisherLog = log("relay", "native");
 
@@ -139,9 +138,39 @@ export class RtmpPublisher implements AsyncDisposable {
   #ended: PromiseWithResolvers<Error | undefined> = Promise.withResolvers();
   /** Removes our listener from the caller's AbortSignal, which may outlive us. */
   #stopListening = () => {};
+  /** See `timeoutMs`. */
+  readonly #stallMs: number;
+  /** `#progress()` when last seen to move, and when (`performance.now()`). */
+  #lastProgress = 0;
+  #lastProgressAt = 0;
+
+  /**
+   * Publishing connections, checked once a second by one timer for all of them: a destination
+   * that stopped reading (no FIN, no reset) would otherwise hold a write forever. One timer, not
+   * one per connection: hundreds of destinations cost one wake-up a second.
+   */
+  static readonly #watched = new Set<RtmpPublisher>();
+  static #watchdog: ReturnType<typeof setInterval> | undefined;
+
+  static #watch(publisher: RtmpPublisher): void {
+    publisher.#lastProgress = publisher.#progress();
+    publisher.#lastProgressAt = performance.now();
+    RtmpPublisher.#watched.add(publisher);
+    RtmpPublisher.#watchdog ??= setInterval(() => {
+      const now = performance.now();
+      for (const watched of RtmpPublisher.#watched) watched.#checkStall(now);
+    }, PROGRESS_CHECK_MS);
+  }
+
+  static #unwatch(publisher: RtmpPublisher): void {
+    if (!RtmpPublisher.#watched.delete(publisher) || RtmpPublisher.#watched.size > 0) return;
+    clearInterval(RtmpPublisher.#watchdog);
+    RtmpPublisher.#watchdog = undefined;
+  }
 
   private constructor(options: RtmpPublisherOptions, target: PublishTarget) {
     this.#options = options;
+    this.#stallMs = options.timeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS;
     this.target = target;
     this.display = displayTarget(target);
     this.#conversation = new ClientConversation({
@@ -188,6 +217,55 @@ export class RtmpPublisher implements AsyncDisposable {
   }
 
   /**
+   * Bytes the destination said it received (its Acknowledgements, about every 256 KiB, counted
+   * from the handshake): how far it has read what the socket took, where `bytesOut` says only
+   * what the kernel took.
+   */
+  get bytesAcknowledged(): number {
+    return this.#conversation.acknowledgedBytes;
+  }
+
+  /** Grows while the destination takes what we send: written, acknowledged, or anything read. */
+  #progress(): number {
+    return (this.#writer?.bytesOut ?? 0) + this.#conversation.acknowledgedBytes + this.#bytesIn;
+  }
+
+  /** The watchdog's look (see `#watched`): a write waiting `#stallMs` without progress fails. */
+  #checkStall(now: number): void {
+    const progress = this.#progress();
+    if (progress !== this.#lastProgress || this.#inFlight === 0) {
+      this.#lastProgress = progress;
+      this.#lastProgressAt = now;
+    } else if (now - this.#lastProgressAt >= this.#stallMs) {
+      this.#fail(
+        "timeout",
+        `destination timed out: it took nothing for ${this.#stallMs / 1000} s while publishing`,
+      );
+    }
+  }
+
+  /**
+   * Waits for `done` while the destination makes progress: true once it resolves, false if it
+   * rejects or nothing moves for `#stallMs`.
+   */
+  async #whileProgressing(done: Promise<unknown>): Promise<boolean> {
+    const outcome = done.then(() => true, () => false);
+    let last = this.#progress();
+    let lastAt = performance.now();
+    for (;;) {
+      if (await settlesWithin(outcome, PROGRESS_CHECK_MS)) return await outcome;
+      const now = performance.now();
+      const progress = this.#progress();
+      if (progress !== last) {
+        last = progress;
+        lastAt = now;
+      } else if (now - lastAt >= this.#stallMs) {
+        return false;
+      }
+    }
+  }
+
+  /**
    * Sends `packets` (metadata, sequence headers, media, in the order given) on the publish
    * stream, as one write; resolves when the socket took them, which is the backpressure. Rejects
    * with the connection's failure once it has one.
@@ -215,18 +293,18 @@ export class RtmpPublisher implements AsyncDisposable {
   /**
    * Ends the publish: `FCUnpublish` and `deleteStream` after what is already written, then our
    * side of the socket shuts and what the destination still sends is read until it closes its
-   * side (at most `HANG_UP_TIMEOUT_MS`), then the socket closes. Never throws for a connection
-   * that had already failed.
+   * side, then the socket closes. Each wait lasts as long as the destination makes progress (see
+   * `timeoutMs`): the kernel may still hold megabytes of the stream for a slow destination, and
+   * closing the socket under them loses them. Never throws for a connection that had already
+   * failed.
    */
   async close(): Promise<void> {
+    RtmpPublisher.#unwatch(this);
     if (!this.#closing && !this.#error && this.#writer) {
       this.#closing = true;
       const goodbye = this.#conversation.finish();
-      // Not said: the write failed or did not finish in time, and nothing is left to hang up.
-      const said = await deadline(this.#send(goodbye), CLOSE_FLUSH_TIMEOUT_MS).then(
-        () => true,
-        () => false,
-      );
+      // Not said: the write failed or stalled, and nothing is left to hang up.
+      const said = await this.#whileProgressing(this.#send(goodbye));
       if (said) await this.#hangUp();
     }
     this.#closing = true;
@@ -248,11 +326,11 @@ export class RtmpPublisher implements AsyncDisposable {
   async #hangUp(): Promise<void> {
     this.#writeShut = true;
     if (!await shutWrite(this.#conn!)) return; // already reset or closed by the destination
-    if (!await settlesWithin(this.#reading, HANG_UP_TIMEOUT_MS)) {
-      publisherLog.debug("destination kept the connection open {seconds} s after our goodbye", {
-        destination: this.display,
-        seconds: HANG_UP_TIMEOUT_MS / 1000,
-      });
+    if (!await this.#whileProgressing(this.#reading)) {
+      publisherLog.debug(
+        "destination kept the connection open {seconds} s after our goodbye, taking nothing",
+        { destination: this.display, seconds: this.#stallMs / 1000 },
+      );
     }
   }
 
@@ -431,8 +509,14 @@ export class RtmpPublisher implements AsyncDisposable {
           }
           return;
         }
-        // After our goodbye nothing is answered: our side is shut.
-        if (this.#writeShut) continue;
+        // After our goodbye nothing is answered (our side is shut); its acknowledgements still
+        // say how much of the stream's end it has read.
+        if (this.#writeShut) {
+          this.#decoder.push(buffer.subarray(0, count), (message) => {
+            if (message.typeId === MessageType.Acknowledgement) this.#conversation.receive(message);
+          });
+          continue;
+        }
         // The decoder owns nothing it is given: it copies into messages as they complete.
         this.#decoder.push(buffer.subarray(0, count), (message) => this.#onMessage(message));
         const ack = this.#conversation.acknowledgementFor(this.#bytesIn);
@@ -463,6 +547,7 @@ export class RtmpPublisher implements AsyncDisposable {
       case "published":
         this.#phase = "publishing";
         this.#published.resolve();
+        RtmpPublisher.#watch(this);
         break;
       case "rejected":
         this.#fail(
@@ -547,6 +632,7 @@ export class RtmpPublisher implements AsyncDisposable {
   }
 
   #end(error: Error): void {
+    RtmpPublisher.#unwatch(this);
     this.#error = error;
     this.#published.reject(error);
     this.#failed.reject(error);

@@ -106,6 +106,14 @@ export interface ClientConversationOptions {
 export const DEFAULT_FLASH_VER = "FMLE/3.0 (compatible; Neustream)";
 /** What OBS sends with: big enough to cost few headers, small enough for every server. */
 export const CLIENT_CHUNK_SIZE = 4096;
+/**
+ * The Window Acknowledgement Size we announce once connected: the destination acknowledges every
+ * 256 KiB it receives. Those acknowledgements are the only sign that it is reading what the
+ * kernel holds for it (a socket's send buffer can hold megabytes and takes them in bursts), which
+ * tells a slow destination from a stuck one, while live and while the stream's end drains. Servers'
+ * own windows (2.5 to 5 MB) would leave a slow destination silent for many seconds.
+ */
+export const CLIENT_ACK_WINDOW = 256 * 1024;
 
 /** Where the conversation is. */
 export type ClientState =
@@ -163,8 +171,11 @@ export class ClientConversation {
   #state: ClientState = "idle";
   #streamId = 0;
   readonly #window = new AcknowledgementWindow();
-  /** The Window Acknowledgement Size we last announced (answering Set Peer Bandwidth). */
-  #announcedWindow = 0;
+  /** The last Set Peer Bandwidth the server sent, answered with a Window Acknowledgement Size. */
+  #peerBandwidth = 0;
+  /** Bytes the server has acknowledged receiving (its sequence numbers, unwrapped). */
+  #acknowledged = 0;
+  #lastAckSequence = 0;
 
   constructor(options: ClientConversationOptions) {
     this.#target = options.target;
@@ -180,6 +191,14 @@ export class ClientConversation {
   /** The message stream media goes out on, once `createStream` answered. */
   get streamId(): number {
     return this.#streamId;
+  }
+
+  /**
+   * Bytes the server said it received, from its Acknowledgements (it counts from the handshake):
+   * grows while it reads what we send, about every `CLIENT_ACK_WINDOW` bytes.
+   */
+  get acknowledgedBytes(): number {
+    return this.#acknowledged;
   }
 
   /** The chunk size announced after `connect`; the caller's encoder switches where it is sent. */
@@ -245,14 +264,24 @@ export class ClientConversation {
         const size = parseU32(message.payload, "Set Peer Bandwidth");
         if (size === 0) throw new RangeError("Set Peer Bandwidth of 0");
         // RTMP specification 5.4.5: a peer told a different bandwidth answers with a Window
-        // Acknowledgement Size of that value.
-        if (size === this.#announcedWindow) return { replies: NO_REPLIES };
-        this.#announcedWindow = size;
+        // Acknowledgement Size of that value. (Once connected we announce our own window: see
+        // CLIENT_ACK_WINDOW.)
+        if (size === this.#peerBandwidth) return { replies: NO_REPLIES };
+        this.#peerBandwidth = size;
         return { replies: [windowAckSize(size)] };
+      }
+      case MessageType.Acknowledgement: {
+        const sequence = parseU32(message.payload, "Acknowledgement");
+        // A 32-bit counter that wraps; one going backwards is ignored, not counted as 4 GB.
+        const delta = (sequence - this.#lastAckSequence) >>> 0;
+        if (delta < 0x8000_0000) {
+          this.#acknowledged += delta;
+          this.#lastAckSequence = sequence;
+        }
+        return { replies: NO_REPLIES };
       }
       case MessageType.SetChunkSize: // applied by the decoder where it arrived
       case MessageType.Abort:
-      case MessageType.Acknowledgement:
       case MessageType.Audio:
       case MessageType.Video:
       case MessageType.DataAmf0:
@@ -290,6 +319,7 @@ export class ClientConversation {
       return {
         replies: [
           setChunkSize(this.#chunkSize),
+          windowAckSize(CLIENT_ACK_WINDOW),
           command(0, "releaseStream", Transaction.ReleaseStream, null, name),
           command(0, "FCPublish", Transaction.FcPublish, null, name),
           command(0, "createStream", Transaction.CreateStream, null),

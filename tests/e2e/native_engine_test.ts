@@ -26,6 +26,7 @@ import { freePort, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 import { SilentRtmpServer } from "../helpers/silent_server.ts";
+import { ThrottledProxy } from "../helpers/throttled_proxy.ts";
 import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
 import { makeTestPki, TlsFront } from "../helpers/tls.ts";
 import type { DestinationSupervisor } from "../../src/relay/destination_supervisor.ts";
@@ -155,6 +156,49 @@ Deno.test("both engines report a destination that never answers connect as timed
     assertMatch(status.last_error ?? "", /no answer within 10 s/, engine);
   }
   assert(silent.handshakes >= 2);
+});
+
+Deno.test("native engine: a destination that stops reading while live is timed out and reconnected, as FFmpeg's -rw_timeout does", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 40, gop: 30, videoBitrate: "6M", size: "1280x720" });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  await using proxy = new ThrottledProxy(nginx.port, 100_000_000);
+  await using relay = await startTestRelay({
+    streams: [{
+      key: KEY,
+      destinations: [{
+        id: "stuck",
+        rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
+        stream_key: "stuck-out",
+        engine: "native",
+      }],
+    }],
+  });
+  await using _publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  const destination = await destinationOf(relay, "stuck");
+  await waitFor(() => destination.status().connected, "the destination to connect", 20_000);
+  // The platform stops reading, keeping the connection open: no FIN, no reset. The socket's
+  // buffers fill in a few seconds, then a write waits for good.
+  proxy.paused = true;
+  const timedOut = await waitFor(
+    () => {
+      const status = destination.status();
+      return status.failure !== null ? status : undefined;
+    },
+    "the destination to be given up",
+    40_000,
+  );
+  assertEquals(timedOut.failure, "timeout", timedOut.last_error ?? "");
+  assertMatch(timedOut.last_error ?? "", /took nothing for 10 s while publishing/);
+  proxy.paused = false;
+  await waitFor(
+    () => {
+      const status = destination.status();
+      return status.connected && status.reconnects >= 1;
+    },
+    "the destination to reconnect",
+    20_000,
+  );
 });
 
 /** Publishes Enhanced RTMP `tags` to relay A (our test publisher, not FFmpeg); keeps it open. */

@@ -192,6 +192,8 @@ Deno.test("ClientConversation.receive() goes from connect to published against n
       // Set Peer Bandwidth is answered with a Window Acknowledgement Size of that value.
       [0, "type 5", "004c4b40"],
       [0, "type 1", "00001000"],
+      // Our own window: acknowledgements every 256 KiB show the destination reading.
+      [0, "type 5", "00040000"],
       [0, "releaseStream", 2, null, KEY],
       [0, "FCPublish", 3, null, KEY],
       [0, "createStream", 4, null],
@@ -362,6 +364,27 @@ Deno.test("ClientConversation.acknowledgementFor() acknowledges each window of b
   assertEquals(rowOf(ack), [0, "type 3", "002625a0"]);
   assertEquals(server.client.acknowledgementFor(4_000_000), undefined);
   assertEquals(rowOf(server.client.acknowledgementFor(5_000_001)!), [0, "type 3", "004c4b41"]);
+});
+
+Deno.test("ClientConversation.acknowledgedBytes counts the server's acknowledgements across the 32-bit wrap", () => {
+  const server = new Server();
+  server.client.start();
+  const ack = (sequence: number): OutgoingMessage => ({
+    chunkStreamId: 2,
+    typeId: MessageType.Acknowledgement,
+    timestamp: 0,
+    streamId: 0,
+    payload: new Uint8Array([sequence >>> 24, sequence >>> 16, sequence >>> 8, sequence]),
+  });
+  assertEquals(server.client.acknowledgedBytes, 0);
+  assertEquals(server.replies(ack(262_144 + 3_073)), []);
+  assertEquals(server.client.acknowledgedBytes, 265_217);
+  for (const sequence of [0x7000_0000, 0xe000_0000, 0xffff_f000]) server.send(ack(sequence));
+  assertEquals(server.client.acknowledgedBytes, 0xffff_f000);
+  server.send(ack(0x0000_1000)); // wrapped: 8 KiB more
+  assertEquals(server.client.acknowledgedBytes, 0xffff_f000 + 0x2000);
+  server.send(ack(0x0000_0800)); // backwards: not counted
+  assertEquals(server.client.acknowledgedBytes, 0xffff_f000 + 0x2000);
 });
 
 Deno.test("ClientConversation.receive() turns a malformed server message into a protocolError", () => {
