@@ -44,6 +44,19 @@ function portFlag(name: string, value: string | undefined): number | undefined {
 }
 
 async function main(): Promise<void> {
+  // SIGHUP's default action ends the process, and systemd does not restart a unit that a SIGHUP
+  // ended: a `systemctl reload` right after `start` must not kill the relay. The listener comes
+  // first; a reload asked for during start-up waits for it and reads the file then.
+  const started = Promise.withResolvers<void>();
+  let reloading: Promise<void> = started.promise;
+  let applyReload = (): Promise<void> => Promise.resolve();
+  let reloadRejected = (_error: unknown): void => {};
+  Deno.addSignalListener("SIGHUP", () => {
+    // One reload at a time, in the order of the signals: one waiting on its FFmpeg check must not
+    // be applied after a later one.
+    reloading = reloading.then(() => applyReload()).catch((error) => reloadRejected(error));
+  });
+
   let flags;
   try {
     flags = parseArgs({
@@ -124,7 +137,7 @@ async function main(): Promise<void> {
   };
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
-  const reload = async () => {
+  applyReload = async () => {
     const next = await load();
     // A relay that started with nothing for FFmpeg to do did not check it; a reload that gives it
     // some does, so that a missing FFmpeg is one line now, not a failure per destination later.
@@ -136,16 +149,12 @@ async function main(): Promise<void> {
     service.reload(next);
     await setupLogging({ level: next.logging.level, format: next.logging.format });
   };
-  // One reload at a time, in the order of the signals: one waiting on its FFmpeg check must not
-  // be applied after a later one.
-  let reloading = Promise.resolve();
-  Deno.addSignalListener("SIGHUP", () => {
-    reloading = reloading.then(reload).catch((error) => {
-      mainLog.error("configuration reload rejected, keeping the old one: {reason}", {
-        reason: (error as Error).message.replaceAll("\n", "; "),
-      });
+  reloadRejected = (error) => {
+    mainLog.error("configuration reload rejected, keeping the old one: {reason}", {
+      reason: (error as Error).message.replaceAll("\n", "; "),
     });
-  });
+  };
+  started.resolve();
 }
 
 if (import.meta.main) await main();

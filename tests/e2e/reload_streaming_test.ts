@@ -185,3 +185,33 @@ Deno.test("SIGHUP: reloads apply in the order of the signals, a later one waitin
   assertMatch(lines[0]!, /streams=1\b/);
   assertMatch(lines[1]!, /streams=2\b/, "the file as it was at the last signal is what runs");
 });
+
+Deno.test("SIGHUP while the relay is still starting is applied once it has started, not fatal", async () => {
+  await using dir = await tempDir();
+  // Start-up checks FFmpeg (a destination needs it): this one says when it is asked, then takes
+  // 2 s, so the signal lands in the middle of start-up for certain.
+  const asked = `${dir.path}/ffmpeg-asked`;
+  const slowFfmpeg = `${dir.path}/slow-ffmpeg`;
+  await Deno.writeTextFile(
+    slowFfmpeg,
+    `#!/bin/sh\ntouch '${asked}'\nsleep 2\nexec ffmpeg "$@"\n`,
+    { mode: 0o755 },
+  );
+  const body = `[streaming]\nffmpeg_path = "${slowFfmpeg}"\nstate_dir = "${dir.path}/state"\n` +
+    `[[streams]]\nkey = "early-key"\n[[streams.destinations]]\nid = "d"\n` +
+    `rtmp_url = "rtmp://127.0.0.1:1/live"\nstream_key = "k"\n`;
+  const permissions = [
+    "--allow-net",
+    "--allow-read",
+    `--allow-write=${dir.path}`,
+    "--allow-env",
+    `--allow-run=${slowFfmpeg}`,
+  ];
+  await using relay = await spawnRelay(dir.path, body, "", permissions, async (process) => {
+    await waitFor(() => Deno.stat(asked).then(() => true, () => false), "the FFmpeg check");
+    process.kill("SIGHUP"); // `systemctl reload` right after `start`
+  });
+  const line = await waitFor(() => reloadLines(relay)[0], "the held reload", 10_000);
+  assertMatch(line, /configuration reloaded streams=1/);
+  assert(!relay.process.exited, "the relay still runs");
+});

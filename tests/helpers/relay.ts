@@ -143,6 +143,8 @@ export async function spawnRelay(
   configBody: string,
   rtmpSettings = "",
   permissions?: string[],
+  /** Runs while the relay starts, before it answers /health (signals sent during start-up). */
+  whileStarting?: (process: TestProcess) => Promise<void>,
 ): Promise<RelayProcess> {
   const rtmpPort = freePort();
   const httpPort = freePort();
@@ -163,6 +165,7 @@ export async function spawnRelay(
     stderrLimit: 16 * 1024 * 1024,
     ...(permissions ? {} : { env: { STATE_DIRECTORY: `${dir}/state` } }),
   });
+  await whileStarting?.(process);
   await waitFor(
     async () => {
       if (process.exited) throw new Error(`relay exited:\n${process.stderr}`);
