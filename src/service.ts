@@ -438,6 +438,10 @@ export class RelayService implements AsyncDisposable {
    */
   shutdown(reason = "relay shutting down"): Promise<void> {
     this.#stopping ??= (async () => {
+      // The whole stop fits in the grace, with a moment left to close the HTTP server: past it
+      // main.ts exits 1, and systemd marks the unit failed.
+      const graceMs = this.shutdownGraceMs;
+      const deadlineAt = performance.now() + graceMs - Math.min(1_000, graceMs / 5);
       serviceLog.info("shutting down: {reason}", { reason });
       this.#shutdownSignal.abort();
       // End every stream now (no reconnect window on our own shutdown), then close the rest.
@@ -446,7 +450,7 @@ export class RelayService implements AsyncDisposable {
       const forceAfterMs = this.shutdownGraceMs / 2;
       await this.rtmp.close(reason, { forceAfterMs });
       this.hub.endAll(reason);
-      await this.manager.settle();
+      await this.manager.settle(deadlineAt);
       this.events.close();
       await this.http.shutdown();
       serviceLog.info("stopped");

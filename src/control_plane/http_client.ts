@@ -6,7 +6,7 @@
  */
 
 import { z } from "zod";
-import { deadline, delay, isTimeout } from "../async.ts";
+import { deadline, delay, isTimeout, settlesWithin } from "../async.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
@@ -88,6 +88,8 @@ export class ControlPlaneClient implements StreamAuthority {
   /** Cuts the loop's wait short (the control plane answered another call, or we stop). */
   #wake: (() => void) | undefined;
   #closed = false;
+  /** Aborted when a graceful stop's deadline comes with a request still waiting for its answer. */
+  readonly #stopRequests = new AbortController();
   /** Resolved and replaced whenever the outbox shrinks or the loop stalls or stops. */
   #changed = Promise.withResolvers<void>();
   readonly stats: Record<CallKind, CallStats> = {
@@ -187,14 +189,24 @@ export class ControlPlaneClient implements StreamAuthority {
   /**
    * Graceful stop: delivers what the control plane takes within half the timeout, lets an attempt
    * under way finish (its answer decides whether the report is done), and leaves the rest in the
-   * outbox for the next start.
+   * outbox for the next start. All of it by `deadlineAt` (the relay's shutdown grace): an attempt
+   * still waiting for its answer then is given up, and its report kept (a control plane that
+   * hangs must not make the stop overrun and exit 1).
    */
-  async flush(): Promise<void> {
-    await this.#until(() => this.#outbox.size === 0 || this.#stalled, this.#timeoutMs / 2);
+  async flush(deadlineAt = Infinity): Promise<void> {
+    const left = () => Math.max(0, deadlineAt - performance.now());
+    await this.#until(
+      () => this.#outbox.size === 0 || this.#stalled,
+      Math.min(this.#timeoutMs / 2, left()),
+    );
     this.#closed = true;
     this.#wake?.();
     this.#notify();
-    await this.#delivering;
+    const delivering = this.#delivering;
+    if (delivering !== undefined && !await settlesWithin(delivering, left())) {
+      this.#stopRequests.abort();
+      await delivering;
+    }
     if (this.#outbox.size > 0) {
       cpLog.warn("{count} stream-end report(s) not delivered, kept for the next start", {
         count: this.#outbox.size,
@@ -295,6 +307,8 @@ export class ControlPlaneClient implements StreamAuthority {
     } catch (error) {
       if (!(error instanceof CallFailure)) throw error;
       stats.failed++;
+      // Given up by a graceful stop: kept, and `flush` says so.
+      if (this.#stopRequests.signal.aborted) return "retry";
       if (!error.retryable) {
         // The control plane answered and said no (4xx): asking again would get the same answer and
         // hold up every report behind this one.
@@ -385,7 +399,7 @@ export class ControlPlaneClient implements StreamAuthority {
           ? { accept: "application/json" }
           : { accept: "application/json", "content-type": "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),
-        signal: controller.signal,
+        signal: AbortSignal.any([controller.signal, this.#stopRequests.signal]),
       });
       status = response.status;
       text = await response.text();

@@ -39,7 +39,7 @@ export class StaticAuthority implements StreamAuthority {
     return Promise.resolve();
   }
 
-  flush(): Promise<void> {
+  flush(_deadlineAt?: number): Promise<void> {
     return Promise.resolve();
   }
 }

@@ -37,8 +37,11 @@ export interface StreamAuthority {
   destinations(key: string): Promise<{ records: DestinationRecord[]; malformed: string[] }>;
   /** Reports that a stream ended. Retries on its own; resolves when done or given up, never throws. */
   streamEnded(key: string): Promise<void>;
-  /** Waits for reports still under way (shutdown). */
-  flush(): Promise<void>;
+  /**
+   * Waits for reports still under way (shutdown), until `deadlineAt` (`performance.now()`) at most:
+   * what is not delivered by then stays for the next start.
+   */
+  flush(deadlineAt?: number): Promise<void>;
   /**
    * Takes a reloaded `config.toml` (SIGHUP): sources that read their keys from it (static mode)
    * swap them in one step; streams already live keep their destinations until refreshed. Sources

@@ -14,7 +14,7 @@ import type { CallStats } from "../control_plane/http_client.ts";
 import type { StreamAuthority } from "../control_plane/stream_authority.ts";
 import type { LiveStream, StreamHubListener } from "../media/live_stream.ts";
 import type { PublishDecision, PublishRequest } from "../rtmp/publish_authorizer.ts";
-import { delay } from "../async.ts";
+import { delay, settlesWithin } from "../async.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
@@ -273,9 +273,15 @@ export class RelayManager implements StreamHubListener {
     void work.finally(() => this.#background.delete(work));
   }
 
-  /** Waits for destinations being stopped and stream ends being reported. */
-  async settle(): Promise<void> {
-    while (this.#background.size > 0) await Promise.all(this.#background);
-    await this.#authority.flush();
+  /**
+   * Waits for destinations being stopped and stream ends being reported, until `deadlineAt`
+   * (`performance.now()`) at most: reports not delivered by then stay in the outbox.
+   */
+  async settle(deadlineAt = Infinity): Promise<void> {
+    while (this.#background.size > 0) {
+      const left = deadlineAt - performance.now();
+      if (left <= 0 || !await settlesWithin(Promise.all(this.#background), left)) break;
+    }
+    await this.#authority.flush(deadlineAt);
   }
 }

@@ -95,3 +95,27 @@ Deno.test("stream-ends that fail during an outage are delivered once, in order, 
   for (const key of keys) assert(!logs.includes(key), "no stream key in the logs");
   assertMatch(logs, /stream end reported stream=outb…\(20\)/);
 });
+
+Deno.test("a graceful stop stays within shutdown_grace_seconds while the control plane hangs on stream-end, keeping the report", async () => {
+  await using dir = await tempDir();
+  await using cp = new FakeControlPlane({
+    auth: () => ({ body: { code: 0, data: { forward: false } } }),
+  });
+  await using relay = await startTestRelay({
+    control_plane: { url: cp.url, timeout_seconds: 10, retry_attempts: 1 },
+    streaming: { state_dir: `${dir.path}/state`, shutdown_grace_seconds: 3 },
+  });
+  const key = "outbox-hung-key-0001";
+  {
+    await using _publisher = ffmpegPublish(await fixture({ seconds: 30 }), relay.rtmpUrl(key));
+    await waitFor(() => relay.service.hub.get(key)?.state === "live", "live");
+    cp.behaviour.streamEndDelayMs = 60_000; // the control plane takes the request, answers late
+    const started = performance.now();
+    await relay.service.shutdown("stop while the control plane hangs");
+    const seconds = (performance.now() - started) / 1000;
+    // Within the grace, or main.ts's timer exits 1 and systemd marks the unit failed.
+    assert(seconds < 3, `the stop took ${seconds.toFixed(1)} s, over shutdown_grace_seconds = 3`);
+  }
+  assertEquals(cp.streamEnds, []);
+  assertEquals(clientOf(relay).pendingStreamEnds, 1, "kept for the next start");
+});

@@ -13,6 +13,8 @@ export interface FakeControlPlaneBehaviour {
   forwarding: (key: string) => { status?: number; body?: unknown; delayMs?: number };
   /** Answer to POST /api/auth/stream-end (status only). */
   streamEnd: (name: string) => number;
+  /** Holds every stream-end answer this long first (a control plane that hangs). */
+  streamEndDelayMs?: number;
 }
 
 export class FakeControlPlane implements AsyncDisposable {
@@ -58,6 +60,7 @@ export class FakeControlPlane implements AsyncDisposable {
     app.post("/api/auth/stream-end", async (c) => {
       const { name } = await c.req.json<{ name: string }>();
       this.streamEndAttempts.push(name);
+      await this.#delay(this.behaviour.streamEndDelayMs);
       const status = this.behaviour.streamEnd(name);
       if (status >= 200 && status < 300) {
         this.streamEnds.push(name);
