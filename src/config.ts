@@ -16,6 +16,7 @@ import {
 import { LOG_LEVELS } from "./log.ts";
 import { redactRtmpUrl } from "./redact.ts";
 import { ENGINE_NAMES, isEngineName } from "./relay/relay_engine.ts";
+import { MAX_KEY_LENGTH } from "./rtmp/server_conversation.ts";
 
 // 0 asks the OS for any free port (tests use it).
 const port = z.number().int().min(0).max(65535);
@@ -90,7 +91,10 @@ const LoggingSchema = z.strictObject({
 });
 
 const StaticStreamSchema = z.strictObject({
-  key: z.string().min(1).regex(/^[^\s/?#]+$/, "must not contain whitespace, /, ? or #"),
+  key: z.string().min(1).max(
+    MAX_KEY_LENGTH,
+    `must be at most ${MAX_KEY_LENGTH} characters (the longest key a publish may use)`,
+  ).regex(/^[^\s/?#]+$/, "must not contain whitespace, /, ? or #"),
   destinations: z.array(DestinationSchema).default([]),
 });
 

@@ -124,6 +124,13 @@ Deno.test("validateConfig() rejects a destination that is not rtmp or rtmps, wit
     ConfigError,
   );
   assertMatch(keyError.message, /streams\[0\]\.key = \(hidden\)/);
+  // Longer than any publish the RTMP server accepts: it could never go live.
+  const longError = assertThrows(
+    () => validateConfig({ streams: [{ key: "k".repeat(513) }] }, "c"),
+    ConfigError,
+  );
+  assertMatch(longError.message, /streams\[0\]\.key = \(hidden\).*512 characters/);
+  validateConfig({ streams: [{ key: "k".repeat(512) }] }, "c");
 });
 
 Deno.test("loadConfig() reports a missing named file and bad TOML as ConfigError", async () => {

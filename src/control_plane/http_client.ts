@@ -12,6 +12,7 @@ import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
 import { type OutboxEntry, StreamEndOutbox } from "./outbox.ts";
 import type { AuthDecision, CallStats, StreamAuthority } from "./stream_authority.ts";
+import { streamFields } from "../stream_id.ts";
 
 export type { CallStats };
 
@@ -290,7 +291,7 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /** One attempt to report `entry`: done (taken, or refused for good) or to be retried. */
   async #reportEnd(entry: OutboxEntry, failures: number): Promise<"done" | "retry"> {
-    const entryLog = cpLog.with({ stream: redactKey(entry.name), ended_at: entry.endedAt });
+    const entryLog = cpLog.with({ ...streamFields(entry.name), ended_at: entry.endedAt });
     const started = performance.now();
     const stats = this.stats.stream_end;
     try {

@@ -23,7 +23,7 @@
  */
 
 import { log } from "../log.ts";
-import { redactKey } from "../redact.ts";
+import { streamFields } from "../stream_id.ts";
 
 export const OUTBOX_FILE_NAME = "stream_end_outbox.jsonl";
 /** About 10,000 reports of ordinary keys: far beyond any real outage, small on disk and in memory. */
@@ -204,7 +204,7 @@ export class StreamEndOutbox {
   add(name: string, endedAt = new Date()): Promise<OutboxEntry | undefined> {
     if (this.#closed) {
       outboxLog.error("stream-end outbox closed: the end of this stream is not kept", {
-        stream: redactKey(name),
+        ...streamFields(name),
       });
       return Promise.resolve(undefined);
     }
@@ -214,7 +214,7 @@ export class StreamEndOutbox {
     if (this.#bytes + bytes > this.maxBytes) {
       outboxLog.error(
         "stream-end outbox full ({count} reports, {bytes} of {max} bytes): the end of this stream is not kept and the control plane will think it is still live",
-        { stream: redactKey(name), count: this.size, bytes: this.#bytes, max: this.maxBytes },
+        { ...streamFields(name), count: this.size, bytes: this.#bytes, max: this.maxBytes },
       );
       return Promise.resolve(undefined);
     }

@@ -29,7 +29,7 @@ import {
 import { DASHBOARD_ASSETS, DASHBOARD_CSP, INDEX_HTML } from "./dashboard/dashboard_assets.ts";
 import { type RelayEvents, serveEvents } from "./events.ts";
 import { AddDestinationBodySchema, ReplaceDestinationsBodySchema } from "./schemas.ts";
-import { streamId } from "./stream_id.ts";
+import { streamId } from "../stream_id.ts";
 import { tokensEqual } from "./token.ts";
 
 /** What the API reads and steers; the service provides it. */

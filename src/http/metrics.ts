@@ -65,6 +65,9 @@ export function renderMetrics(snapshot: Snapshot): string {
   const destinations = snapshot.streams.flatMap((stream) =>
     stream.destinations.map((destination) => ({
       stream: stream.stream_key,
+      // Redacted keys can look alike (`live…(25)` for two keys with one prefix): the stream's id
+      // keeps each series apart, as the API does.
+      streamId: stream.id,
       status: destination.status,
     }))
   );
@@ -170,9 +173,10 @@ export function renderMetrics(snapshot: Snapshot): string {
   ];
   for (const [name, type, help, value] of perDestination) {
     out.family(name, type, help);
-    for (const { stream, status } of destinations) {
+    for (const { stream, streamId, status } of destinations) {
       out.sample(name, value(status), {
         stream,
+        stream_id: streamId,
         destination: status.id,
         platform: status.platform,
         engine: status.engine,
@@ -184,9 +188,10 @@ export function renderMetrics(snapshot: Snapshot): string {
     "gauge",
     "1 for the destination's state, with the kind of its last failure (none while it has none).",
   );
-  for (const { stream, status } of destinations) {
+  for (const { stream, streamId, status } of destinations) {
     out.sample("neustream_destination_state", 1, {
       stream,
+      stream_id: streamId,
       destination: status.id,
       platform: status.platform,
       engine: status.engine,

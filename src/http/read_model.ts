@@ -14,7 +14,7 @@ import type { RelayDestination, RelayDestinationStatus } from "../relay/stream_r
 import type { RtmpServer } from "../rtmp/server.ts";
 import type { RtmpSession } from "../rtmp/session.ts";
 import { redactKey, redactRtmpUrl } from "../redact.ts";
-import { streamId } from "./stream_id.ts";
+import { streamId } from "../stream_id.ts";
 
 /** The parts of the service the read model reads; never changed through it. */
 export interface ReadModelSources {
@@ -62,7 +62,7 @@ export interface PlayerView {
 
 /** A stream in a live period (publishing, or waiting for its publisher to come back). */
 export interface StreamView {
-  /** The stream's public id (src/http/stream_id.ts): paths accept it in place of the key. */
+  /** The stream's public id (src/stream_id.ts): paths accept it in place of the key. */
   id: string;
   stream_key: string;
   state: StreamState;

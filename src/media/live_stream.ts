@@ -33,6 +33,7 @@ import {
 } from "./stream_configuration.ts";
 import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
+import { streamFields } from "../stream_id.ts";
 
 const mediaLog = log("media");
 
@@ -272,7 +273,7 @@ export class LiveStream {
         this.#resumeAt = undefined;
         // Once a resume: what to compare with a destination's timestamps if it reports a jump.
         mediaLog.info("the returning publisher's first frame ({from} ms) continues at {at} ms", {
-          stream: redactKey(this.key),
+          ...streamFields(this.key),
           from: packet.timestamp,
           at: resumeAt,
         });
@@ -304,7 +305,7 @@ export class LiveStream {
     this.audioCodec = after.audio?.codec;
     if (!sentMetadata) this.metadata = {};
     mediaLog.info("the returning publisher changed the stream: {change}", {
-      stream: redactKey(this.key),
+      ...streamFields(this.key),
       change: change.description,
     });
     for (const subscriber of [...this.#subscribers.keys()]) {

@@ -26,6 +26,11 @@ export class Backoff {
     this.#next = options.initialMs;
   }
 
+  /** Starts over from `initialMs` (an operator's restart: a fresh start, not one more failure). */
+  reset(): void {
+    this.#next = this.options.initialMs;
+  }
+
   /** The delay before the next attempt, given how long the last run lasted. */
   next(lastRunMs: number): number {
     if (lastRunMs >= this.options.resetAfterMs) this.#next = this.options.initialMs;

@@ -21,7 +21,6 @@ import type { ConfigurationChange } from "../media/stream_configuration.ts";
 import { MediaQueue } from "../media/media_queue.ts";
 import { RateMeter } from "../media/rate_meter.ts";
 import { log } from "../log.ts";
-import { redactKey } from "../redact.ts";
 import { delay, settlesWithin } from "../async.ts";
 import { Backoff, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { copyFollows } from "./copy_compatibility.ts";
@@ -31,6 +30,7 @@ import { FfmpegEngine, ffmpegInputTracks, type MediaTrack } from "./ffmpeg_engin
 import { NativeEngine } from "./native_engine.ts";
 import type { ProcessPool } from "./process_pool.ts";
 import type { EngineAttempt, EngineName, RelayEngine } from "./relay_engine.ts";
+import { streamFields } from "../stream_id.ts";
 
 export interface SupervisorOptions {
   /** The engine of destinations that do not name one (`[streaming] engine`). */
@@ -229,7 +229,7 @@ export class DestinationSupervisor implements StreamSubscriber {
 
   #context(): Record<string, unknown> {
     return {
-      stream: redactKey(this.#stream.key),
+      ...streamFields(this.#stream.key),
       destination: this.destination.id,
       url: this.destination.displayUrl,
       engine: this.engine.name,
@@ -405,6 +405,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     if (this.#terminated) return;
     this.#restartRequested = true;
     this.#attemptNumber = 0;
+    this.#backoff.reset();
     this.#codecProblem = undefined;
     this.#wait?.abort();
     await this.#stopAttempt();

@@ -20,6 +20,7 @@ import { redactKey } from "../redact.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import type { SupervisorOptions } from "./destination_supervisor.ts";
 import { type DestinationChanges, StreamRelay } from "./stream_relay.ts";
+import { streamFields } from "../stream_id.ts";
 
 const managerLog = log("relay");
 
@@ -128,7 +129,7 @@ export class RelayManager implements StreamHubListener {
     }
     if (relay.size > 0) {
       managerLog.info("publisher not to be forwarded: stopping {count} destination(s)", {
-        stream: redactKey(relay.stream.key),
+        ...streamFields(relay.stream.key),
         count: relay.size,
       });
     }
@@ -136,7 +137,7 @@ export class RelayManager implements StreamHubListener {
   }
 
   onEnded(stream: LiveStream, reason: string): void {
-    managerLog.info("stream ended: {reason}", { stream: redactKey(stream.key), reason });
+    managerLog.info("stream ended: {reason}", { ...streamFields(stream.key), reason });
     const relay = this.#relays.get(stream.key);
     if (relay?.stream === stream) this.#relays.delete(stream.key);
     if (relay) {
@@ -150,7 +151,7 @@ export class RelayManager implements StreamHubListener {
   }
 
   async #startDestinations(relay: StreamRelay, ticket: number): Promise<void> {
-    const context = { stream: redactKey(relay.stream.key) };
+    const context = { ...streamFields(relay.stream.key) };
     const fetched = await this.#fetchDestinations(relay, ticket);
     if (fetched === undefined) return;
     for (const problem of fetched.malformed) {
@@ -211,7 +212,7 @@ export class RelayManager implements StreamHubListener {
         const reason = (error as Error).message;
         relay.destinationsError = `cannot fetch destinations: ${reason}`;
         managerLog.error("cannot fetch destinations: {reason}; asking again in {seconds} s", {
-          stream: redactKey(key),
+          ...streamFields(key),
           reason,
           seconds: wait / 1000,
         });
@@ -244,7 +245,7 @@ export class RelayManager implements StreamHubListener {
     if (this.#relays.get(key) !== relay || relay.stopped) return undefined;
     // Throws SupersededRefresh if a newer say is applied before this one's turn.
     const changes = await relay.replaceDestinations(fetched.records, ticket);
-    const context = { stream: redactKey(key) };
+    const context = { ...streamFields(key) };
     for (const problem of fetched.malformed) {
       managerLog.warn("destination skipped: {reason}", { ...context, reason: problem });
     }

@@ -116,7 +116,11 @@ export class RtmpPublisher implements AsyncDisposable {
   readonly display: string;
   readonly #options: RtmpPublisherOptions;
   readonly #conversation: ClientConversation;
-  readonly #decoder = new ChunkDecoder();
+  /**
+   * Any chunk size the destination sets, down to 1 (FFmpeg follows one too): the floor that
+   * protects our ingest from tiny chunks is for strangers' input, and a destination sends little.
+   */
+  readonly #decoder = new ChunkDecoder({ minChunkSize: 1 });
   #conn: Deno.Conn | undefined;
   #writer: MessageWriter | undefined;
   /** Writes in order, one at a time: the encoder's header state is shared by every batch. */

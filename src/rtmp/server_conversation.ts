@@ -83,8 +83,8 @@ export const WINDOW_ACK_SIZE = 5_000_000;
 const MAX_MESSAGE_STREAMS = 8;
 /** Largest onMetaData relayed; encoders send a few hundred bytes. */
 const MAX_METADATA_BYTES = 64 * 1024;
-/** Longest stream key accepted for a publish. */
-const MAX_KEY_LENGTH = 512;
+/** Longest stream key accepted for a publish (config.toml's keys are held to it too). */
+export const MAX_KEY_LENGTH = 512;
 
 /** `live/key?x=y` and `live?x=y` both name app `live`. */
 function stripQuery(name: string): string {

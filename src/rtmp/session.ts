@@ -24,6 +24,7 @@ import { MediaQueue } from "../media/media_queue.ts";
 import { deadline, isTimeout } from "../async.ts";
 import { log, type Logger } from "../log.ts";
 import { redactKey } from "../redact.ts";
+import { streamFields } from "../stream_id.ts";
 
 /** Settings a session needs, derived from `[rtmp]` and `[streaming]`. */
 export interface SessionOptions {
@@ -161,9 +162,7 @@ export class RtmpSession implements StreamSubscriber {
   /** The logger for this connection, with the stream (redacted) once it has one. */
   get #log(): Logger {
     const stream = this.#stream;
-    return stream
-      ? this.#connectionLog.with({ stream: redactKey(stream.key) })
-      : this.#connectionLog;
+    return stream ? this.#connectionLog.with({ ...streamFields(stream.key) }) : this.#connectionLog;
   }
 
   /** Runs the connection to its end. Never throws. */
@@ -483,7 +482,7 @@ export class RtmpSession implements StreamSubscriber {
   async #onPublish(key: string): Promise<void> {
     const hub = this.#deps.hub;
     const claim = hub.claim(key);
-    const publishLog = this.#connectionLog.with({ stream: redactKey(key) });
+    const publishLog = this.#connectionLog.with({ ...streamFields(key) });
     if ("refused" in claim) {
       publishLog.warn("publish refused: {reason}", { reason: claim.refused });
       return this.#act(this.#conversation.refusePublish(claim.refused));

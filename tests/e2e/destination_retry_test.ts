@@ -124,3 +124,34 @@ Deno.test("the API restart of a destination waiting in backoff starts at once; a
   );
   assertEquals(destination.status().error_count, 1, "a restart is not an error");
 });
+
+Deno.test("the API restart of a failing destination starts its backoff over", async () => {
+  const source = await fixture({ seconds: 20, gop: 30 });
+  await using relay = await startTestRelay(
+    {
+      http: { allow_unauthenticated_control: true },
+      streams: [{
+        key: KEY,
+        destinations: [{
+          id: "dest",
+          rtmp_url: `rtmp://127.0.0.1:${freePort()}/live`,
+          stream_key: DEST_KEY,
+          engine: "native",
+        }],
+      }],
+    },
+    { backoff: { initialMs: 300, maxMs: 60_000, resetAfterMs: 120_000 } },
+  );
+  await using _publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  const destination = await destinationOf(relay);
+  // 0.3, 0.6, 1.2 s: the next wait would be 2.4 s, then 4.8.
+  await waitFor(() => destination.status().error_count >= 4, "four failures", 10_000);
+  const errors = destination.status().error_count;
+  await restart(relay);
+  const after = await waitFor(() => {
+    const status = destination.status();
+    return status.error_count > errors && status.next_attempt_at !== null ? status : undefined;
+  }, "the restarted attempt to fail");
+  const nextIn = Date.parse(after.next_attempt_at!) - Date.now();
+  assert(nextIn < 1_000, `next attempt in ${nextIn} ms: the backoff went on doubling`);
+});

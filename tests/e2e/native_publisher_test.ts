@@ -270,11 +270,12 @@ async function readExactly(conn: Deno.Conn, count: number): Promise<Uint8Array> 
 async function serveOnce(
   listener: Deno.Listener,
   refusal?: ((key: string) => string) | { hangUpOn: string },
+  chunkSize = 4096,
 ): Promise<RtmpMessage[]> {
   using conn = await listener.accept();
   await conn.write(createServerHandshake(await readExactly(conn, 1 + HANDSHAKE_SIZE)));
   await readExactly(conn, HANDSHAKE_SIZE);
-  const conversation = new ServerConversation({ app: "live", chunkSize: 4096 });
+  const conversation = new ServerConversation({ app: "live", chunkSize });
   const decoder = new ChunkDecoder();
   const encoder = new ChunkEncoder();
   const buffer = new Uint8Array(64 * 1024);
@@ -388,6 +389,18 @@ Deno.test("RtmpPublisher sends metadata as @setDataFrame, media as it came, then
     "FCUnpublish",
     "deleteStream",
   ]);
+});
+
+Deno.test("RtmpPublisher follows a server that sets a chunk size of 1, as FFmpeg does", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = serveOnce(listener, undefined, 1);
+  const port = (listener.addr as Deno.NetAddr).port;
+  const packets = (await readFlvTags(await fixture({ seconds: 2, gop: 30 }))).slice(1, 20);
+  const publisher = await publishPackets(`rtmp://127.0.0.1:${port}/live/${KEY}`, packets);
+  await publisher.close();
+  assertEquals(await publisher.ended, undefined, "a clean end");
+  const received = (await serving).filter((m) => m.streamId === 1 && m.typeId !== 20);
+  assertEquals(received.map((m) => [...m.payload]), packets.map((p) => [...p.payload]));
 });
 
 Deno.test("RtmpPublisher reports nothing listening as unreachable", async () => {

@@ -335,3 +335,26 @@ Deno.test("DELETE ends a stream; destinations are added, restarted and removed w
   await waitFor(() => cp.streamEnds.includes(KEY), "stream-end reported");
   assertEquals(relay.service.hub.live().length, 0);
 });
+
+Deno.test("/metrics keeps two streams apart whose redacted keys look the same (each sample once)", async () => {
+  // Keys a control plane might hand out: the same prefix and length, so `live…(25)` for both.
+  const keys = ["live_aaaaaaaaaaaaaaaaaaaa", "live_bbbbbbbbbbbbbbbbbbbb"];
+  const unreachable = `rtmp://127.0.0.1:${freePort()}/live`;
+  await using relay = await startTestRelay({
+    streams: keys.map((key) => ({
+      key,
+      destinations: [{ id: "yt", rtmp_url: unreachable, stream_key: "yt-key" }],
+    })),
+  });
+  const source = await fixture({ seconds: 10 });
+  await using _a = ffmpegPublish(source, relay.rtmpUrl(keys[0]!));
+  await using _b = ffmpegPublish(source, relay.rtmpUrl(keys[1]!));
+  for (const key of keys) await waitFor(() => relay.service.manager.relayFor(key), key);
+  const text = await (await fetch(relay.httpUrl("/metrics"))).text();
+  const series = text.split("\n").filter((line) => line.startsWith("neustream_destination_"))
+    .map((line) => line.slice(0, line.lastIndexOf(" ")));
+  assertEquals(series.length, new Set(series).size, "a series repeated:\n" + series.join("\n"));
+  const connected = series.filter((s) => s.startsWith("neustream_destination_connected{"));
+  assertEquals(connected.length, 2, connected.join("\n"));
+  for (const line of connected) assertMatch(line, /stream_id="[0-9a-f]+"/);
+});

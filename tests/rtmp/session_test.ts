@@ -185,9 +185,11 @@ Deno.test("a silent publisher is dropped by the ping timeout", async () => {
   await waitFor(() => relay.service.hub.live().length === 0, "stream to end", 5_000);
   assert(performance.now() - started < 3_000, "the timeout should apply within about a second");
   assert(/ping timeout/.test(relay.logText()), "the reason is logged");
-  // Every line about a connection carries its id and peer, and its stream (redacted) once it has one.
+  // Every line about a connection carries its id and peer, and its stream (redacted, and its id)
+  // once it has one.
   const text = relay.logText();
-  const context = String.raw`session=\d+ remote=127\.0\.0\.1:\d+ stream=ping…\(13\)`;
+  const context = String
+    .raw`session=\d+ remote=127\.0\.0\.1:\d+ stream=ping…\(13\) stream_id=[0-9a-f]{16}`;
   assertMatch(text, new RegExp(String.raw` rtmp: publish accepted ${context} encoder=`));
   assertMatch(
     text,

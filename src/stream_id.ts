@@ -7,10 +7,19 @@
  */
 
 import { createHmac } from "node:crypto";
+import { redactKey } from "./redact.ts";
 
 const SECRET = crypto.getRandomValues(new Uint8Array(32));
 
 /** 16 hex characters naming the stream with key `key` in this process. */
 export function streamId(key: string): string {
   return createHmac("sha256", SECRET).update(key).digest("hex").slice(0, 16);
+}
+
+/**
+ * How log lines name a stream: its key redacted, and its id, since redacted keys can look alike
+ * (`live…(25)` for two keys with one prefix) where ids never do.
+ */
+export function streamFields(key: string): { stream: string; stream_id: string } {
+  return { stream: redactKey(key), stream_id: streamId(key) };
 }
