@@ -113,7 +113,21 @@ export const ConfigSchema = z.strictObject({
   http: HttpSchema.default(HttpSchema.parse({})),
   streaming: StreamingSchema.default(StreamingSchema.parse({})),
   logging: LoggingSchema.default(LoggingSchema.parse({})),
-  streams: z.array(StaticStreamSchema).default([]),
+  // A key listed twice: which entry's destinations would a publish get? Neither is guessed.
+  streams: z.array(StaticStreamSchema).default([]).superRefine((streams, ctx) => {
+    const first = new Map<string, number>();
+    streams.forEach((stream, index) => {
+      const earlier = first.get(stream.key);
+      if (earlier === undefined) first.set(stream.key, index);
+      else {
+        ctx.addIssue({
+          code: "custom",
+          path: [index, "key"],
+          message: `the same key as streams[${earlier}]: list each key once`,
+        });
+      }
+    });
+  }),
 }).superRefine((config, context) => {
   config.streams.forEach((stream, streamIndex) => {
     stream.destinations.forEach((destination, index) => {

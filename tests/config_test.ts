@@ -131,6 +131,16 @@ Deno.test("validateConfig() rejects a destination that is not rtmp or rtmps, wit
   );
   assertMatch(longError.message, /streams\[0\]\.key = \(hidden\).*512 characters/);
   validateConfig({ streams: [{ key: "k".repeat(512) }] }, "c");
+  const twice = assertThrows(
+    () =>
+      validateConfig(
+        { streams: [{ key: "twice-key" }, { key: "other" }, { key: "twice-key" }] },
+        "c",
+      ),
+    ConfigError,
+  );
+  assertMatch(twice.message, /streams\[2\]\.key = \(hidden\).*same key as streams\[0\]/);
+  assert(!twice.message.includes("twice-key"), twice.message);
 });
 
 Deno.test("loadConfig() reports a missing named file and bad TOML as ConfigError", async () => {

@@ -392,6 +392,7 @@ export class ControlPlaneClient implements StreamAuthority {
     const timer = setTimeout(() => controller.abort(), timeoutMs);
     const url = this.#base + path;
     let status: number;
+    let location: string | null;
     let text: string;
     try {
       const response = await fetch(url, {
@@ -401,8 +402,12 @@ export class ControlPlaneClient implements StreamAuthority {
           : { accept: "application/json", "content-type": "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.any([controller.signal, this.#stopRequests.signal]),
+        // Followed, a redirect would take the key (in the body or the path) to whatever host it
+        // names, over whatever scheme, and a 301/302 would turn the POST into a GET.
+        redirect: "manual",
       });
       status = response.status;
+      location = response.headers.get("location");
       text = await response.text();
     } catch (error) {
       if (controller.signal.aborted) {
@@ -419,6 +424,14 @@ export class ControlPlaneClient implements StreamAuthority {
       );
     } finally {
       clearTimeout(timer);
+    }
+    if (status >= 300 && status < 400) {
+      throw new CallFailure(
+        `control plane answered with a redirect (HTTP ${status}) to ${
+          redirectOrigin(location, url)
+        }, not followed: point [control_plane] url there`,
+        false,
+      );
     }
     if (status < 200 || status > 299) {
       throw new CallFailure(
@@ -460,4 +473,14 @@ export function whyUnreachable(error: Error, url: string): string {
     : "";
   const path = new URL(url).pathname;
   return reason === "" || reason.includes(path) ? error.message : reason;
+}
+
+/** Where a redirect points, as far as it may be logged: its origin (a path may hold the key). */
+function redirectOrigin(location: string | null, from: string): string {
+  if (location === null) return "(no Location)";
+  try {
+    return `${new URL(location, from).origin}/…`;
+  } catch {
+    return "(an invalid Location)";
+  }
 }

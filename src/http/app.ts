@@ -125,7 +125,8 @@ export function createApp(deps: AppDeps): Hono {
       c.req.path.startsWith("/assets/")
     ) return await next();
     const header = c.req.header("authorization") ?? "";
-    const presented = header.startsWith("Bearer ") ? header.slice(7) : "";
+    // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` is as good as `Bearer`.
+    const presented = header.match(/^bearer +(.*)$/i)?.[1] ?? "";
     if (!(await tokensEqual(presented, apiToken))) {
       c.header("WWW-Authenticate", 'Bearer realm="neustream"');
       return c.json({ error: "missing or wrong bearer token" }, 401);

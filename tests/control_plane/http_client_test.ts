@@ -284,3 +284,34 @@ Deno.test("streamEnded() takes any 2xx as delivered, whatever its body", async (
   assertEquals([cp.stats.stream_end.ok, cp.stats.stream_end.failed], [2, 0]);
   await cp.flush();
 });
+
+Deno.test("a control plane that answers with a redirect is not followed: the key stays put and the reason names it", async () => {
+  // Another host gets every request sent to the first, the key in its body.
+  let followed = 0;
+  const elsewhere = new Hono();
+  elsewhere.all("*", (c) => {
+    followed++;
+    return c.json({ code: 0, data: { forward: true } });
+  });
+  await using other = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    elsewhere.fetch,
+  );
+  const redirecting = new Hono();
+  redirecting.all("*", (c) => c.redirect(`http://127.0.0.1:${other.addr.port}/steal`, 307));
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    redirecting.fetch,
+  );
+  const decision = await client(`http://127.0.0.1:${server.addr.port}`).authorize(
+    "redirect-key-0001",
+  );
+  assertEquals(decision.allowed, false);
+  if (!decision.allowed) {
+    assertMatch(
+      decision.reason,
+      /redirect \(HTTP 307\) to http:\/\/127\.0\.0\.1:\d+\/…, not followed/,
+    );
+  }
+  assertEquals(followed, 0, "the key went to the other host");
+});

@@ -178,6 +178,11 @@ Deno.test("a token guards everything but /health; bad bodies get 400 naming the 
     );
   }
   assertEquals((await app.request("/stats", { headers: auth })).status, 200);
+  // The scheme is case-insensitive (RFC 9110, 11.1).
+  for (const scheme of ["bearer", "BEARER"]) {
+    const headers = { authorization: `${scheme} ${token}` };
+    assertEquals((await app.request("/stats", { headers })).status, 200, scheme);
+  }
   assertEquals(
     (await app.request(`/api/streams/${KEY}`, { method: "DELETE", headers: auth })).status,
     404,
