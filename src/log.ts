@@ -53,12 +53,39 @@ export function textFormatter(record: LogRecord): string {
   return `${time} ${level} ${category}: ${message}${props ? " " + props : ""}\n`;
 }
 
+/** syslog priorities, as journald reads them from a line's `<N>` prefix. */
+const SYSLOG_PRIORITY: Record<LogLevel, number> = {
+  fatal: 2,
+  error: 3,
+  warning: 4,
+  info: 6,
+  debug: 7,
+  trace: 7,
+};
+
+/**
+ * Whether stderr goes to systemd's journal: systemd sets `JOURNAL_STREAM` for a unit whose output
+ * it collects. journald then files each line at the priority its `<N>` prefix gives (and strips
+ * it); without one, every line, errors included, would be filed as info.
+ */
+function toJournal(): boolean {
+  try {
+    return Deno.env.get("JOURNAL_STREAM") !== undefined;
+  } catch {
+    return false; // not allowed to look: not told it is the journal
+  }
+}
+
 function stderrSink(format: LogFormat): Sink {
   const encoder = new TextEncoder();
   const formatter = format === "json" ? jsonLinesFormatter : textFormatter;
+  const journal = toJournal();
   return (record) => {
+    const line = formatter(record);
     // Synchronous so that the last lines before an exit are never lost.
-    Deno.stderr.writeSync(encoder.encode(formatter(record)));
+    Deno.stderr.writeSync(
+      encoder.encode(journal ? `<${SYSLOG_PRIORITY[record.level]}>${line}` : line),
+    );
   };
 }
 

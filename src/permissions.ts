@@ -57,7 +57,8 @@ export function permissionFlags(paths: PermissionPaths): string[] {
     "--allow-net",
     `--allow-read=${paths.configDir},${paths.stateDir},${SYSTEM_CA_DIR},${DEFAULT_CONFIG_FILE}`,
     `--allow-write=${paths.stateDir}`,
-    `--allow-env=${ENV_VARIABLES.join(",")}`,
+    // JOURNAL_STREAM: whether stderr is systemd's journal (log lines then carry their priority).
+    `--allow-env=${[...ENV_VARIABLES, "JOURNAL_STREAM"].join(",")}`,
     `--allow-run=${paths.ffmpeg}`,
   ];
 }

@@ -35,8 +35,15 @@ export interface ServiceOptions {
   controlPlaneBackoffMs?: number;
 }
 
-/** Floor for a destination's queue: a few seconds of high-bitrate video, whatever the config says. */
-const MIN_DESTINATION_QUEUE_BYTES = 4 * 1024 * 1024;
+/**
+ * Floor for a destination's queue, whatever the config says: what a platform slow to accept the
+ * publish (a TLS handshake far away, FFmpeg's half-second probe) must not lose of the stream's
+ * start, and a few seconds of catching up: about 4 s at 30 Mbit/s, 2.6 s at 50. Only a destination
+ * behind holds it; the packets are shared with the stream's other destinations.
+ */
+const MIN_DESTINATION_QUEUE_BYTES = 16 * 1024 * 1024;
+/** Floor for a player's queue (beside twice the GOP cache): keyframes fit; a player may drop. */
+const MIN_PLAYER_QUEUE_BYTES = 4 * 1024 * 1024;
 /**
  * A stopping destination that shows no progress for this long is stuck, not slow: cut off. Above
  * both engines' own 10 s I/O timeout (FFmpeg's `-rw_timeout`, the native publisher's), so each
@@ -293,7 +300,7 @@ export class RelayService implements AsyncDisposable {
           pingIntervalMs: rtmp.ping_interval_seconds * 1000,
           pingTimeoutMs: rtmp.ping_timeout_seconds * 1000,
           handshakeTimeoutMs: streaming.connection_timeout_seconds * 1000,
-          playerQueueBytes: Math.max(rtmp.gop_cache_max_kb * 1024 * 2, MIN_DESTINATION_QUEUE_BYTES),
+          playerQueueBytes: Math.max(rtmp.gop_cache_max_kb * 1024 * 2, MIN_PLAYER_QUEUE_BYTES),
         },
         this.hub,
         this.manager.authorize,

@@ -652,11 +652,19 @@ export class DestinationSupervisor implements StreamSubscriber {
 
   #newQueue(): MediaQueue {
     return new MediaQueue(this.#options.queueBytes, (stats) => {
-      relayLog.warn("destination too slow, dropping until the next keyframe", {
+      const fields = {
         ...this.#context(),
         queued_bytes: stats.queuedBytes,
         episode: stats.dropEpisodes,
-      });
+      };
+      if (this.#state === "connected") {
+        relayLog.warn("destination too slow, dropping until the next keyframe", fields);
+      } else {
+        relayLog.warn(
+          "destination not connected yet and its queue is full: dropping until the next keyframe",
+          fields,
+        );
+      }
     });
   }
 

@@ -9,7 +9,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { fixture } from "../helpers/media.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
-import { tempDir, waitFor } from "../helpers/process.ts";
+import { sleep, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
 import { NginxSink } from "../helpers/sinks.ts";
 import { ThrottledProxy } from "../helpers/throttled_proxy.ts";
@@ -79,3 +79,41 @@ for (const engine of ["native", "ffmpeg"]) {
     assert(recovered.time_to_live_ms !== null && recovered.availability > 0.5, "availability");
   });
 }
+
+Deno.test("a destination slow to connect gets a high-bitrate stream from its start, nothing dropped", async () => {
+  await using dir = await tempDir();
+  // 6 Mbit/s: 7 s of it is about 5 MB, more than a 4 MiB queue holds.
+  const source = await fixture({ seconds: 40, gop: 30, videoBitrate: "6M", size: "1280x720" });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  await using proxy = new ThrottledProxy(nginx.port, 100_000_000);
+  proxy.paused = true; // the platform's ingest takes its time to answer
+  await using relay = await startTestRelay({
+    streams: [{
+      key: KEY,
+      destinations: [{
+        id: "late",
+        rtmp_url: `rtmp://127.0.0.1:${proxy.port}/live`,
+        stream_key: "late-out",
+        engine: "native",
+      }],
+    }],
+  });
+  await using _publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  const destination = await waitFor(
+    () => relay.service.manager.relayFor(KEY)?.get("late"),
+    "the destination",
+  );
+  await sleep(7_000);
+  proxy.paused = false;
+  await waitFor(() => destination.status().connected, "the destination to connect", 10_000);
+  const caughtUp = await waitFor(
+    () => {
+      const status = destination.status();
+      return status.queue_lag_ms < 500 ? status : undefined;
+    },
+    "the destination to catch up",
+    15_000,
+  );
+  assertEquals([caughtUp.dropped_packets, caughtUp.drop_episodes], [0, 0]);
+  assert(!relay.logText().includes("dropping until the next keyframe"), relay.logText());
+});

@@ -190,7 +190,7 @@ Deno.test({
     assertMatch(unit, /ExecStart=\S+ --config \/etc\/neustream\/config\.toml/);
     for (
       const setting of [
-        "KillMode=control-group",
+        "KillMode=mixed",
         "Restart=on-failure",
         "ProtectProc=invisible",
         "NoNewPrivileges=yes",

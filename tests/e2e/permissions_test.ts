@@ -35,7 +35,7 @@ Deno.test("runtimeFlags() is what compile.ts bakes in, deno task start/dev pass 
     "--allow-net",
     "--allow-read=/etc/neustream,/var/lib/neustream,/etc/ssl/certs,config.toml",
     "--allow-write=/var/lib/neustream",
-    "--allow-env=RTMP_PORT,HTTP_PORT,CONTROL_PLANE_URL,LOG_LEVEL,RUST_LOG,API_TOKEN,STATE_DIRECTORY",
+    "--allow-env=RTMP_PORT,HTTP_PORT,CONTROL_PLANE_URL,LOG_LEVEL,RUST_LOG,API_TOKEN,STATE_DIRECTORY,JOURNAL_STREAM",
     "--allow-run=ffmpeg",
   ]);
   // compile.ts, without NEUSTREAM_* overrides: exactly the list, nothing added.

@@ -193,7 +193,8 @@ async function load(engine: EngineName): Promise<void> {
   // A destination that falls behind drops to the next keyframe (by design); on a machine busy
   // with other work that shows here first, so say how often it happened.
   const relayLines = relay.process.stderr.split("\n");
-  const dropEpisodes = relayLines.filter((line) => line.includes("too slow, dropping")).length;
+  const dropEpisodes =
+    relayLines.filter((line) => line.includes("dropping until the next keyframe")).length;
   const cutShort = relayLines.filter((line) => /destination .*: SIGTERM/.test(line)).length;
   summary.push({
     part: `load (${engine})`,
@@ -737,7 +738,9 @@ Deno.test(`hostile input: fuzzed sessions, ${SIZE.halfOpen} half-open connection
   // Loss without such a log line is a bug: it caught FFmpeg being stopped before it had sent the
   // end of its stream (932 packets, every run, until stopping waited for FFmpeg to drain).
   const dropEpisodes =
-    relay.process.stderr.split("\n").filter((line) => line.includes("too slow, dropping")).length;
+    relay.process.stderr.split("\n").filter((line) =>
+      line.includes("dropping until the next keyframe")
+    ).length;
   if (floodLost > 0) {
     assert(
       dropEpisodes > 0,
