@@ -149,7 +149,9 @@ export class ControlPlaneClient implements StreamAuthority {
       }
       return { allowed: true, forward: reply.data.forward };
     } catch (error) {
-      return { allowed: false, reason: (error as Error).message };
+      // An outage (no answer, a timeout, 5xx after the retries) is not a verdict on the key.
+      const unanswered = error instanceof CallFailure && error.retryable;
+      return { allowed: false, reason: (error as Error).message, unanswered };
     }
   }
 

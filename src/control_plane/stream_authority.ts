@@ -16,7 +16,8 @@ export interface StaticStream {
 /** The answer to "may this key publish?". */
 export type AuthDecision =
   | { allowed: true; forward: boolean }
-  | { allowed: false; reason: string };
+  /** `unanswered`: no answer came (see `PublishDecision`). */
+  | { allowed: false; reason: string; unanswered?: boolean };
 
 /** Counts and time of one kind of call, for `/metrics`. */
 export interface CallStats {

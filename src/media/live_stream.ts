@@ -499,10 +499,20 @@ export class StreamHub {
 
   /**
    * The claimed publish was refused. A stream that was waiting for (or stalled on) this key ends:
-   * the key may have been revoked.
+   * the key may have been revoked. Unless the refusal was `unanswered` (the control plane could not
+   * be asked): a blip must not end a broadcast, so the stream goes on as before, in its reconnect
+   * window or with its publisher, and the encoder's next try is asked again.
    */
-  refuse(claim: Claim, reason: string): void {
+  refuse(claim: Claim, reason: string, unanswered = false): void {
     const { stream, kind } = claim;
+    if (unanswered && kind !== "new" && stream.state !== "idle") {
+      mediaLog.warn(
+        "returning publisher not authorised, no answer: {reason}; the stream waits on for it",
+        { ...streamFields(stream.key), reason },
+      );
+      this.release(claim);
+      return;
+    }
     stream.authorizing = false;
     if (kind === "new" || stream.state === "idle") {
       this.#forgetIfUnused(stream);

@@ -14,10 +14,14 @@ export interface PublishRequest {
   sessionId: number;
 }
 
-/** `forward`: whether the stream goes to its destinations (carried to the hub with the publisher). */
+/**
+ * `forward`: whether the stream goes to its destinations (carried to the hub with the publisher).
+ * `unanswered`: refused because no answer came (the control plane down, slow, or failing with
+ * 5xx), not because the key was judged: a stream waiting for its publisher waits on.
+ */
 export type PublishDecision =
   | { allowed: true; forward?: boolean }
-  | { allowed: false; reason: string };
+  | { allowed: false; reason: string; unanswered?: boolean };
 
 /** Decides whether a key may publish. Must settle within its own timeout. */
 export type PublishAuthorizer = (request: PublishRequest) => Promise<PublishDecision>;

@@ -503,7 +503,7 @@ export class RtmpSession implements StreamSubscriber {
       return;
     }
     if (!decision.allowed) {
-      hub.refuse(claim, decision.reason);
+      hub.refuse(claim, decision.reason, decision.unanswered === true);
       publishLog.warn("publish refused: {reason}", { reason: decision.reason });
       return this.#act(this.#conversation.refusePublish("publish not authorised"));
     }

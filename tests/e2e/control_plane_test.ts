@@ -266,3 +266,55 @@ Deno.test("stream-end arrives once per stream: clean end, vanished publisher, re
   assertEquals(cp.streamEnds.sort(), ["end-clean-1", "end-kill-1", "end-shutdown-1"]);
   assertEquals(await ffmpegProcessesWith("/live/end-"), []);
 });
+
+Deno.test("an encoder returning while the control plane is down keeps its stream and destinations until it is answered", async () => {
+  await using dir = await tempDir();
+  const source = await fixture({ seconds: 30, gop: 30 });
+  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
+  let authDown = false;
+  await using cp = new FakeControlPlane({
+    auth: () =>
+      authDown ? { status: 503, body: {} } : { body: { code: 0, data: { forward: true } } },
+    forwarding: () => ({
+      body: {
+        destinations: [{
+          id: "tw",
+          platform: "custom",
+          rtmp_url: nginx.baseUrl,
+          stream_key: "cp-blip-out",
+          engine: "native",
+        }],
+      },
+    }),
+  });
+  await using relay = await startTestRelay({
+    ...controlPlane(cp.url),
+    streaming: { reconnect_grace_seconds: 20 },
+  });
+  const key = "cp-blip-key-0001";
+  {
+    await using _first = ffmpegPublish(source, relay.rtmpUrl(key));
+    const destination = await waitFor(
+      () => relay.service.manager.relayFor(key)?.get("tw"),
+      "the destination",
+    );
+    await waitFor(() => destination.status().connected, "the destination to connect", 15_000);
+  } // the encoder drops: the reconnect window opens
+  await waitFor(() => relay.service.hub.get(key)?.state === "reconnecting", "the window");
+
+  authDown = true; // a control-plane blip, just as the encoder comes back
+  {
+    await using refused = ffmpegPublish(source, relay.rtmpUrl(key));
+    await refused.wait();
+  }
+  assertEquals(relay.service.hub.get(key)?.state, "reconnecting", "the stream waits on");
+  assertEquals(cp.streamEnds, [], "no stream-end for a blip");
+  const destination = relay.service.manager.relayFor(key)?.get("tw");
+  assert(destination !== undefined, "the destination is kept");
+
+  authDown = false; // the encoder's next retry is answered
+  await using _back = ffmpegPublish(source, relay.rtmpUrl(key));
+  await waitFor(() => relay.service.hub.get(key)?.state === "live", "live again", 15_000);
+  assertEquals(relay.service.manager.relayFor(key)?.get("tw"), destination, "the same destination");
+  assertEquals(destination.status().reconnects, 0, "its connection to the platform never dropped");
+});
