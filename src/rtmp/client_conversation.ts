@@ -17,6 +17,7 @@
 import { type AmfObject, type AmfValue, isAmfObject } from "./amf0.ts";
 import { MessageType, type OutgoingMessage, type RtmpMessage } from "./chunk.ts";
 import { AcknowledgementWindow, answerUserControl } from "./acknowledgement_window.ts";
+import { redactUrl } from "../redact.ts";
 import {
   type Command,
   command,
@@ -156,10 +157,18 @@ const Transaction = {
 
 function statusOf(value: AmfValue): { level: string; code: string; description: string } {
   const info: AmfObject = isAmfObject(value) ? value : {};
+  let description = typeof info.description === "string" ? info.description : "";
+  // FMS and some CDNs refuse a connect with where to go instead (`ex.redirect`): not followed (the
+  // operator's URL says where the key goes), but shown, so that the URL can be changed.
+  const ex = isAmfObject(info.ex) ? info.ex : {};
+  if (typeof ex.redirect === "string" && ex.redirect !== "") {
+    const target = redactUrl(ex.redirect.slice(0, 512));
+    description = `${description} (redirect to ${target}, not followed)`.trimStart();
+  }
   return {
     level: typeof info.level === "string" ? info.level : "",
     code: typeof info.code === "string" ? info.code : "",
-    description: typeof info.description === "string" ? info.description : "",
+    description,
   };
 }
 

@@ -300,6 +300,23 @@ Deno.test("ClientConversation.receive() reports a refused connect or createStrea
       description: "unknown application",
     }],
   );
+  // A CDN that sends the publisher elsewhere: where is shown (key redacted), not followed.
+  const redirected = new Server();
+  redirected.client.start();
+  assertEquals(
+    redirected.intents(command(0, "_error", 1, null, {
+      level: "error",
+      code: "NetConnection.Connect.Rejected",
+      description: "Connection failed: Application rejected connection.",
+      ex: { code: 302, redirect: "rtmp://edge2.example.com/app/live_123456789_abcdef" },
+    })),
+    [{
+      kind: "rejected",
+      code: "NetConnection.Connect.Rejected",
+      description:
+        "Connection failed: Application rejected connection. (redirect to rtmp://edge2.example.com/app/live…(21), not followed)",
+    }],
+  );
   const second = new Server();
   second.client.start();
   second.send(connectSuccess);
