@@ -10,6 +10,8 @@ import { isDeepStrictEqual } from "node:util";
 import type { Config, CONFIG_SECTIONS } from "./config.ts";
 import { ControlPlaneClient } from "./control_plane/http_client.ts";
 import { openOutbox, type StreamEndOutbox } from "./control_plane/outbox.ts";
+import { LiveRecord } from "./control_plane/live_record.ts";
+import { streamFields } from "./stream_id.ts";
 import { StaticAuthority } from "./control_plane/static_authority.ts";
 import type { StreamAuthority } from "./control_plane/stream_authority.ts";
 import { createApp } from "./http/app.ts";
@@ -180,10 +182,42 @@ export async function checkFfmpeg(path: string): Promise<void> {
   }
 }
 
+/** What the control plane's client keeps on disk (control-plane mode only). */
+interface ControlPlaneState {
+  outbox: StreamEndOutbox;
+  live: LiveRecord;
+}
+
+/**
+ * The outbox and the record of live streams in `dir`. Streams an earlier run left live (it died
+ * without a graceful stop) are reported ended: their reports go into the outbox first.
+ */
+async function openControlPlaneState(dir: string): Promise<ControlPlaneState> {
+  const outbox = await openOutbox(dir);
+  let opened;
+  try {
+    opened = await LiveRecord.open(dir);
+  } catch (error) {
+    serviceLog.error(
+      "cannot record live streams in {dir} ({reason}): after a crash their ends go unreported",
+      { dir, reason: (error as Error).message },
+    );
+    return { outbox, live: LiveRecord.inMemory() };
+  }
+  for (const { key, lastSeenAlive } of opened.orphaned) {
+    serviceLog.warn("stream was live when the relay died: reporting its end", {
+      ...streamFields(key),
+      last_seen_alive: lastSeenAlive.toISOString(),
+    });
+    await outbox.add(key, lastSeenAlive);
+  }
+  return { outbox, live: opened.record };
+}
+
 function createAuthority(
   config: Config,
   options: ServiceOptions,
-  outbox: StreamEndOutbox | undefined,
+  state: ControlPlaneState | undefined,
 ): StreamAuthority {
   const url = config.control_plane.url;
   if (url === undefined) return new StaticAuthority(config.streams);
@@ -192,7 +226,8 @@ function createAuthority(
     timeoutMs: config.control_plane.timeout_seconds * 1000,
     retryAttempts: config.control_plane.retry_attempts,
     backoffBaseMs: options.controlPlaneBackoffMs,
-    outbox,
+    outbox: state?.outbox,
+    live: state?.live,
   });
 }
 
@@ -263,7 +298,7 @@ export class RelayService implements AsyncDisposable {
     config: Config,
     options: ServiceOptions,
     trust: TlsTrust,
-    outbox: StreamEndOutbox | undefined,
+    state: ControlPlaneState | undefined,
   ) {
     this.config = config;
     this.#current = config;
@@ -285,7 +320,7 @@ export class RelayService implements AsyncDisposable {
       pool: this.#pool,
     };
     this.manager = new RelayManager(
-      createAuthority(config, options, outbox),
+      createAuthority(config, options, state),
       this.#streamOptions(streaming),
     );
     this.hub.addListener(this.manager);
@@ -352,14 +387,16 @@ export class RelayService implements AsyncDisposable {
     if (needsFfmpeg(config)) await checkFfmpeg(config.streaming.ffmpeg_path);
     const trust = prepareTlsTrust(tlsTrustOptions(config));
     logTlsTrust(trust);
-    // Stream-end reports an earlier run could not deliver are in here (control-plane mode only).
-    const outbox = config.control_plane.url === undefined
+    // Stream-end reports an earlier run could not deliver are in here, and the ends of streams it
+    // left live when it died (control-plane mode only).
+    const state = config.control_plane.url === undefined
       ? undefined
-      : await openOutbox(config.streaming.state_dir);
+      : await openControlPlaneState(config.streaming.state_dir);
     try {
-      return new RelayService(config, options, trust, outbox);
+      return new RelayService(config, options, trust, state);
     } catch (error) {
-      await outbox?.close();
+      await state?.live.close();
+      await state?.outbox.close();
       throw error;
     }
   }

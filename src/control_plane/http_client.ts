@@ -11,6 +11,7 @@ import { log } from "../log.ts";
 import { redactKey } from "../redact.ts";
 import { type DestinationRecord, DestinationSchema } from "./destination.ts";
 import { type OutboxEntry, StreamEndOutbox } from "./outbox.ts";
+import { LiveRecord } from "./live_record.ts";
 import type { AuthDecision, CallStats, StreamAuthority } from "./stream_authority.ts";
 import { streamFields } from "../stream_id.ts";
 
@@ -41,6 +42,8 @@ export interface ControlPlaneOptions {
    * only when not given.
    */
   outbox?: StreamEndOutbox;
+  /** The keys live now, on disk, so that a crash's streams are reported ended at the next start. */
+  live?: LiveRecord;
 }
 
 export type CallKind = "auth" | "forwarding" | "stream_end";
@@ -82,6 +85,7 @@ export class ControlPlaneClient implements StreamAuthority {
   readonly #backoffBaseMs: number;
   readonly #maxRetryDelayMs: number;
   readonly #outbox: StreamEndOutbox;
+  readonly #live: LiveRecord;
   /** The delivery loop, while it runs (one at most: that is what keeps the order). */
   #delivering: Promise<void> | undefined;
   /** The last stream-end attempt failed and the loop waits to retry: the control plane is down. */
@@ -106,6 +110,7 @@ export class ControlPlaneClient implements StreamAuthority {
     this.#backoffBaseMs = options.backoffBaseMs ?? 250;
     this.#maxRetryDelayMs = options.maxRetryDelayMs ?? 30_000;
     this.#outbox = options.outbox ?? StreamEndOutbox.inMemory();
+    this.#live = options.live ?? LiveRecord.inMemory();
     // Reports an earlier run could not deliver go out first.
     this.#deliver();
   }
@@ -179,8 +184,15 @@ export class ControlPlaneClient implements StreamAuthority {
    * plane): it then waits in the outbox and goes out when its turn comes. Bounded, so that a stop
    * never waits on a backlog.
    */
+  /** The stream of `key` went live: recorded, so that a crash cannot leave it live for good. */
+  streamStarted(key: string): void {
+    void this.#live.add(key);
+  }
+
   async streamEnded(key: string): Promise<void> {
     const entry = await this.#outbox.add(key);
+    // In the outbox first: a crash between the two reports the end twice, never not at all.
+    void this.#live.remove(key);
     if (entry === undefined) return; // the outbox said why
     this.#deliver();
     await this.#until(
@@ -216,6 +228,7 @@ export class ControlPlaneClient implements StreamAuthority {
         outbox: this.#outbox.path ?? "(memory only: lost)",
       });
     }
+    await this.#live.close();
     await this.#outbox.close();
   }
 

@@ -36,6 +36,8 @@ export interface StreamAuthority {
    * malformed with the reason. Throws when the source cannot be asked.
    */
   destinations(key: string): Promise<{ records: DestinationRecord[]; malformed: string[] }>;
+  /** A stream went live (the control plane's client records it against a crash). Never throws. */
+  streamStarted?(key: string): void;
   /** Reports that a stream ended. Retries on its own; resolves when done or given up, never throws. */
   streamEnded(key: string): Promise<void>;
   /**

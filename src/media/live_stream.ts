@@ -32,7 +32,6 @@ import {
   withPacket,
 } from "./stream_configuration.ts";
 import { log } from "../log.ts";
-import { redactKey } from "../redact.ts";
 import { streamFields } from "../stream_id.ts";
 
 const mediaLog = log("media");

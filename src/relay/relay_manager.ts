@@ -16,7 +16,6 @@ import type { LiveStream, StreamHubListener } from "../media/live_stream.ts";
 import type { PublishDecision, PublishRequest } from "../rtmp/publish_authorizer.ts";
 import { delay, settlesWithin } from "../async.ts";
 import { log } from "../log.ts";
-import { redactKey } from "../redact.ts";
 import { Backoff, type BackoffOptions } from "./backoff.ts";
 import type { SupervisorOptions } from "./destination_supervisor.ts";
 import { type DestinationChanges, StreamRelay } from "./stream_relay.ts";
@@ -98,6 +97,7 @@ export class RelayManager implements StreamHubListener {
   };
 
   onLive(stream: LiveStream): void {
+    this.#authority.streamStarted?.(stream.key);
     const relay = new StreamRelay(
       stream,
       this.#options.supervisor,

@@ -23,7 +23,6 @@ import type { LiveStream, StreamHub, StreamSubscriber } from "../media/live_stre
 import { MediaQueue } from "../media/media_queue.ts";
 import { deadline, isTimeout } from "../async.ts";
 import { log, type Logger } from "../log.ts";
-import { redactKey } from "../redact.ts";
 import { streamFields } from "../stream_id.ts";
 
 /** Settings a session needs, derived from `[rtmp]` and `[streaming]`. */

@@ -10,7 +10,7 @@ import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
 import { fixture } from "../helpers/media.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
 import { tempDir, waitFor } from "../helpers/process.ts";
-import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
+import { spawnRelay, startTestRelay, type TestRelay } from "../helpers/relay.ts";
 
 function clientOf(relay: TestRelay): ControlPlaneClient {
   const authority = relay.service.manager.authority;
@@ -118,4 +118,33 @@ Deno.test("a graceful stop stays within shutdown_grace_seconds while the control
   }
   assertEquals(cp.streamEnds, []);
   assertEquals(clientOf(relay).pendingStreamEnds, 1, "kept for the next start");
+});
+
+Deno.test("a relay killed outright (kill -9) reports the end of the streams it had live at its next start", async () => {
+  await using dir = await tempDir();
+  await using cp = new FakeControlPlane({
+    auth: () => ({ body: { code: 0, data: { forward: false } } }),
+  });
+  const config = `[control_plane]\nurl = "${cp.url}"\ntimeout_seconds = 4\n` +
+    `[streaming]\nstate_dir = "${dir.path}/state"\n`;
+  const key = "crash-live-key-0001";
+  {
+    await using first = await spawnRelay(dir.path, config);
+    await using _publisher = ffmpegPublish(await fixture({ seconds: 30 }), first.rtmpUrl(key));
+    await waitFor(() => cp.authCalls.includes(key), "the publish");
+    await waitFor(() => first.process.stderr.includes("publish accepted"), "live");
+    const record = `${dir.path}/state/live_streams.json`;
+    await waitFor(async () => (await Deno.readTextFile(record)).includes(key), "the record");
+    assertEquals((await Deno.stat(record)).mode! & 0o777, 0o600, "the file holding keys");
+    first.process.kill("SIGKILL"); // no graceful stop: nothing said to the control plane
+    await first.process.wait();
+  }
+  assertEquals(cp.streamEnds, []);
+  await using _second = await spawnRelay(dir.path, config);
+  await waitFor(
+    () => cp.streamEnds.includes(key),
+    "the stream-end of the stream left live",
+    10_000,
+  );
+  assertEquals(cp.streamEnds, [key], "reported once");
 });
