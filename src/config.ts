@@ -376,7 +376,12 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
     if (error instanceof ConfigError) throw error;
     const missingDefault = options.path === undefined && error instanceof Deno.errors.NotFound;
     if (!missingDefault) {
-      throw new ConfigError(`cannot read config file ${path}: ${(error as Error).message}`);
+      // Deno's own words ("run again with the --allow-read flag") mean nothing to an operator
+      // running the compiled executable, whose permissions are baked in.
+      const why = error instanceof Deno.errors.NotCapable
+        ? "outside what this relay may read (its --allow-read list): put it in the directory it reads (/etc/neustream when installed)"
+        : (error as Error).message;
+      throw new ConfigError(`cannot read config file ${path}: ${why}`);
     }
   }
   const origins = applyOverrides(raw, options.env ?? {}, options.flags ?? {});

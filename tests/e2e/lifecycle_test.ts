@@ -155,6 +155,21 @@ Deno.test("a port in use, a bad config, an unreadable config: one clear line and
     missing.stderr.trim(),
     /^neustream: cannot read config file .*nope\.toml: .*No such file/,
   );
+  // A config outside what the relay may read (the installed executable reads /etc/neustream):
+  // Deno's own advice (run again with --allow-read) means nothing to an operator of a binary.
+  await using outside = new TestProcess("deno", [
+    "run",
+    `--allow-read=${dir.path}/allowed`,
+    "--allow-env",
+    MAIN,
+    "--config",
+    `${dir.path}/elsewhere.toml`,
+  ]);
+  assertEquals((await outside.wait(20_000)).code, 1);
+  assertMatch(
+    outside.stderr.trim(),
+    /^neustream: cannot read config file .*elsewhere\.toml: outside what this relay may read \(its --allow-read list\): put it in the directory it reads \(\/etc\/neustream when installed\)$/,
+  );
   await using badFlag = runRelay(["--rtmp-port", "http"]);
   assertEquals((await badFlag.wait(20_000)).code, 2);
   assertMatch(badFlag.stderr, /--rtmp-port = "http": must be a whole number/);
