@@ -53,4 +53,6 @@ export interface StreamAuthority {
   reload?(config: { readonly streams: readonly StaticStream[] }): void;
   /** Calls made so far, by kind; only sources that call out (the control plane) have it. */
   callStats?(): Readonly<Record<string, Readonly<CallStats>>>;
+  /** Stream-end reports waiting for the control plane (control-plane mode). */
+  readonly pendingStreamEnds?: number;
 }

@@ -221,5 +221,13 @@ export function renderMetrics(snapshot: Snapshot): string {
       out.sample("neustream_control_plane_call_duration_seconds_count", s.ok + s.failed, { call });
     }
   }
+  if (snapshot.stream_ends_pending !== null) {
+    out.family(
+      "neustream_control_plane_stream_ends_pending",
+      "gauge",
+      "Stream-end reports waiting for the control plane (kept on disk across restarts).",
+    );
+    out.sample("neustream_control_plane_stream_ends_pending", snapshot.stream_ends_pending);
+  }
   return out.toString();
 }

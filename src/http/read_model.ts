@@ -21,7 +21,10 @@ export interface ReadModelSources {
   version: string;
   startedAt: Date;
   hub: Pick<StreamHub, "get" | "live" | "totalStreams">;
-  manager: Pick<RelayManager, "relayFor" | "destinationBytesSent" | "controlPlaneStats">;
+  manager: Pick<
+    RelayManager,
+    "relayFor" | "destinationBytesSent" | "controlPlaneStats" | "pendingStreamEnds"
+  >;
   rtmp: Pick<
     RtmpServer,
     "serving" | "sessions" | "totalConnections" | "bytesIn" | "bytesOut"
@@ -100,6 +103,8 @@ export interface Snapshot {
   memory: { rss_bytes: number; heap_used_bytes: number; external_bytes: number };
   /** Control-plane calls by kind; null in static mode. */
   control_plane: Record<string, CallStats> | null;
+  /** Stream-end reports waiting for the control plane (in the outbox); null in static mode. */
+  stream_ends_pending: number | null;
 }
 
 /** Snapshots of the relay; each call reads the sources anew. */
@@ -212,6 +217,7 @@ export function createReadModel(sources: ReadModelSources): ReadModel {
         control_plane: calls === undefined
           ? null
           : Object.fromEntries(Object.entries(calls).map(([call, stats]) => [call, { ...stats }])),
+        stream_ends_pending: manager.pendingStreamEnds ?? null,
       };
     },
 

@@ -68,6 +68,11 @@ export class RelayManager implements StreamHubListener {
     return this.#authority.callStats?.();
   }
 
+  /** Stream-end reports waiting for the control plane, when one is configured. */
+  get pendingStreamEnds(): number | undefined {
+    return this.#authority.pendingStreamEnds;
+  }
+
   /** The relay of a live stream, if it has one. */
   relayFor(key: string): StreamRelay | undefined {
     return this.#relays.get(key);

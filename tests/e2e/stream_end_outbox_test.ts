@@ -50,6 +50,9 @@ Deno.test("stream-ends that fail during an outage are delivered once, in order, 
     } finally {
       for (const publisher of publishers) await publisher[Symbol.asyncDispose]();
     }
+    // What an operator's alert watches: reports waiting for the control plane.
+    const metrics = await (await fetch(first.httpUrl("/metrics"))).text();
+    assertMatch(metrics, /^neustream_control_plane_stream_ends_pending 3$/m);
     const outbox = `${dir.path}/state/${OUTBOX_FILE_NAME}`;
     assertEquals((await Deno.stat(outbox)).mode! & 0o777, 0o600, "the file holding keys");
     await first.service.shutdown("restart during the outage");

@@ -80,6 +80,7 @@ function snapshot(streams: StreamView[]): Snapshot {
     destination_bytes_out: 0,
     memory: { rss_bytes: 0, heap_used_bytes: 0, external_bytes: 0 },
     control_plane: null,
+    stream_ends_pending: null,
   };
 }
 
