@@ -99,6 +99,8 @@ export class RtmpSession implements StreamSubscriber {
   readonly #connectionLog: Logger;
   #pumpDone: Promise<void> = Promise.resolve();
   #closed = false;
+  /** A refused publish was logged with its reason: the close that follows says nothing new. */
+  #refusalSaid = false;
   /** The last messages are queued (`#closeAfterFlush`): the session ends once they are written. */
   #ending = false;
   /** Our side is shut (`#hangUp`): what the peer still sends is read and discarded. */
@@ -460,8 +462,11 @@ export class RtmpSession implements StreamSubscriber {
         break;
       case "close":
         // A client refused for what it asked (an unknown application, no stream name): the
-        // streamer's mistake, which the operator is asked about, so it is said at warn.
-        this.#log.warn("closing connection: {reason}", { reason: intent.reason });
+        // streamer's mistake, which the operator is asked about, so it is said at warn, once: a
+        // refused publish has said why already, with the key (redacted) and the reason.
+        this.#log[this.#refusalSaid ? "debug" : "warn"]("closing connection: {reason}", {
+          reason: intent.reason,
+        });
         throw new SessionClosed(intent.reason);
       case "protocolError":
         throw intent.error;
@@ -484,6 +489,7 @@ export class RtmpSession implements StreamSubscriber {
     const publishLog = this.#connectionLog.with({ ...streamFields(key) });
     if ("refused" in claim) {
       publishLog.warn("publish refused: {reason}", { reason: claim.refused });
+      this.#refusalSaid = true;
       return this.#act(this.#conversation.refusePublish(claim.refused));
     }
     let decision: PublishDecision;
@@ -504,6 +510,7 @@ export class RtmpSession implements StreamSubscriber {
     if (!decision.allowed) {
       hub.refuse(claim, decision.reason, decision.unanswered === true);
       publishLog.warn("publish refused: {reason}", { reason: decision.reason });
+      this.#refusalSaid = true;
       return this.#act(this.#conversation.refusePublish("publish not authorised"));
     }
     this.#stream = claim.stream;

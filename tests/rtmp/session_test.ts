@@ -327,3 +327,15 @@ Deno.test("a player hung up on at its stream's end is read until it closes, and 
     "one line for the hang-up",
   );
 });
+
+Deno.test("a refused publish is one warning, with the reason and the key redacted", async () => {
+  await using relay = await startTestRelay({ streams: [{ key: "known-key-0001" }] });
+  await using publisher = ffmpegPublish(
+    await fixture({ seconds: 2 }),
+    relay.rtmpUrl("unknown-key-0001"),
+  );
+  await publisher.wait();
+  const warnings = relay.logText().split("\n").filter((line) => line.includes(" WARNING "));
+  assertEquals(warnings.length, 1, warnings.join("\n"));
+  assertMatch(warnings[0]!, /rtmp: publish refused: .* stream=unkn…\(16\)/);
+});
