@@ -209,7 +209,8 @@ async function openControlPlaneState(dir: string): Promise<ControlPlaneState> {
       ...streamFields(key),
       last_seen_alive: lastSeenAlive.toISOString(),
     });
-    await outbox.add(key, lastSeenAlive);
+    // Kept in the record unless queued (an outbox that is full says so): the next start tries again.
+    if (await outbox.add(key, lastSeenAlive) !== undefined) await opened.record.remove(key);
   }
   return { outbox, live: opened.record };
 }
@@ -495,6 +496,9 @@ export class RelayService implements AsyncDisposable {
       await this.rtmp.close(reason, { forceAfterMs });
       this.hub.endAll(reason);
       await this.manager.settle(deadlineAt);
+      // Past the deadline with an FFmpeg still stopping: none outlives the relay, under systemd
+      // (KillMode=mixed would take it) or not.
+      this.#pool.killAll();
       this.events.close();
       await this.http.shutdown();
       serviceLog.info("stopped");

@@ -15,9 +15,12 @@ async function logLines(env: Record<string, string>): Promise<string[]> {
     const l = log("test");
     l.debug("d"); l.info("i"); l.warn("w"); l.error("e"); l.fatal("f");
   `;
+  const inherited = Deno.env.toObject();
+  delete inherited.JOURNAL_STREAM; // a test run under systemd must not decide the plain case
   const output = await new Deno.Command("deno", {
     args: ["eval", "--no-lock", script],
-    env,
+    env: { ...inherited, ...env },
+    clearEnv: true,
     stdout: "null",
     stderr: "piped",
   }).output();

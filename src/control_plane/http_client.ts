@@ -178,22 +178,24 @@ export class ControlPlaneClient implements StreamAuthority {
     return { records, malformed };
   }
 
+  /** The stream of `key` went live: recorded, so that a crash cannot leave it live for good. */
+  streamStarted(key: string): void {
+    void this.#live.add(key);
+  }
+
   /**
    * Queues the report (on disk before anything is sent) and resolves once it is delivered, or once
    * the control plane is found down, or after the timeout (a long queue ahead of it, a slow control
    * plane): it then waits in the outbox and goes out when its turn comes. Bounded, so that a stop
    * never waits on a backlog.
    */
-  /** The stream of `key` went live: recorded, so that a crash cannot leave it live for good. */
-  streamStarted(key: string): void {
-    void this.#live.add(key);
-  }
-
   async streamEnded(key: string): Promise<void> {
     const entry = await this.#outbox.add(key);
+    // Not queued (the outbox said why): the record of live streams keeps the key, so that the
+    // next start reports it.
+    if (entry === undefined) return;
     // In the outbox first: a crash between the two reports the end twice, never not at all.
     void this.#live.remove(key);
-    if (entry === undefined) return; // the outbox said why
     this.#deliver();
     await this.#until(
       () => !this.#outbox.holds(entry.seq) || this.#stalled || this.#closed,
@@ -367,7 +369,9 @@ export class ControlPlaneClient implements StreamAuthority {
         if (attempt > 0) {
           const wait = this.#backoffBaseMs * 2 ** (attempt - 1);
           if (deadline !== undefined && performance.now() + wait >= deadline) break;
-          await delay(wait);
+          // A graceful stop cuts the wait short: no retry starts after it.
+          await delay(wait, { signal: this.#stopRequests.signal }).catch(() => {});
+          if (this.#stopRequests.signal.aborted) break;
         }
         const remaining = deadline === undefined ? this.#timeoutMs : deadline - performance.now();
         if (remaining <= 0) break;
@@ -386,7 +390,7 @@ export class ControlPlaneClient implements StreamAuthority {
         } catch (error) {
           if (!(error instanceof CallFailure)) throw error;
           lastError = error;
-          if (!error.retryable) break;
+          if (!error.retryable || this.#stopRequests.signal.aborted) break;
         }
       }
       stats.failed++;

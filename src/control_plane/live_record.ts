@@ -11,6 +11,7 @@
  */
 
 import { log } from "../log.ts";
+import { writeFileAtomic } from "./outbox.ts";
 
 export const LIVE_FILE_NAME = "live_streams.json";
 
@@ -40,8 +41,10 @@ export class LiveRecord {
   }
 
   /**
-   * Opens the record in `dir`: the keys an earlier run left live (it died with them), and a
-   * record that starts empty. Throws when the directory cannot be used.
+   * Opens the record in `dir`, with the keys an earlier run left live (it died with them) still
+   * in it: the caller queues each one's end in the outbox, then `remove`s it (the outbox first, as
+   * for any stream's end, so that a crash in between repeats a report rather than losing it).
+   * Throws when the directory cannot be used.
    */
   static async open(dir: string): Promise<{ record: LiveRecord; orphaned: OrphanedStream[] }> {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
@@ -55,6 +58,8 @@ export class LiveRecord {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     }
     const record = new LiveRecord(path);
+    for (const { key } of orphaned) record.#keys.add(key);
+    // Written once now: proves the directory takes it before any stream depends on it.
     await record.#save();
     return { record, orphaned };
   }
@@ -92,21 +97,11 @@ export class LiveRecord {
   }
 
   async #save(): Promise<void> {
-    const path = this.path;
-    if (path === undefined) return;
-    const temporary = `${path}.tmp`;
-    await Deno.remove(temporary).catch((error) => {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    });
-    {
-      using file = await Deno.open(temporary, { write: true, createNew: true, mode: 0o600 });
-      const bytes = encoder.encode(JSON.stringify({ live: [...this.#keys] }) + "\n");
-      for (let written = 0; written < bytes.length;) {
-        written += await file.write(bytes.subarray(written));
-      }
-      await file.syncData();
-    }
-    await Deno.rename(temporary, path);
+    if (this.path === undefined) return;
+    await writeFileAtomic(
+      this.path,
+      encoder.encode(JSON.stringify({ live: [...this.#keys] }) + "\n"),
+    );
   }
 }
 

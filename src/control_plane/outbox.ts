@@ -57,6 +57,31 @@ async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   }
 }
 
+/**
+ * Replaces `path` with `bytes` so that a crash leaves the old file or the new, never a part: a
+ * temporary file (mode 0600: these files hold stream keys), synced, renamed over it, then the
+ * directory synced (the rename itself is durable only then).
+ */
+export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
+  const temporary = `${path}.tmp`;
+  // A leftover temporary file keeps its own mode when opened again: start from none.
+  await Deno.remove(temporary).catch((error) => {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  });
+  {
+    using file = await Deno.open(temporary, { write: true, createNew: true, mode: 0o600 });
+    await writeAll(file, bytes);
+    await file.syncData();
+  }
+  await Deno.rename(temporary, path);
+  {
+    using directory = await Deno.open(path.slice(0, path.lastIndexOf("/")) || "/", {
+      read: true,
+    });
+    await directory.sync();
+  }
+}
+
 /** What a file holds: the reports still waiting (in order) and what was wrong with it. */
 function parse(text: string): { entries: OutboxEntry[]; torn: boolean; bad: number[] } {
   const lines = text.split("\n");
@@ -275,29 +300,12 @@ export class StreamEndOutbox {
   /** Replaces the file by one holding exactly the reports waiting, atomically. */
   async #rewrite(): Promise<void> {
     const path = this.path!;
-    const temporary = `${path}.tmp`;
     this.#file?.close();
     this.#file = undefined;
-    // A leftover temporary file keeps its own mode when opened again: start from none.
-    await Deno.remove(temporary).catch((error) => {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    });
-    {
-      using file = await Deno.open(temporary, { write: true, createNew: true, mode: 0o600 });
-      await writeAll(
-        file,
-        encoder.encode(this.#entries.map((item) => entryLine(item.entry)).join("")),
-      );
-      await file.syncData();
-    }
-    await Deno.rename(temporary, path);
-    // The rename itself is durable only once the directory is synced.
-    {
-      using directory = await Deno.open(path.slice(0, path.lastIndexOf("/")) || "/", {
-        read: true,
-      });
-      await directory.sync();
-    }
+    await writeFileAtomic(
+      path,
+      encoder.encode(this.#entries.map((item) => entryLine(item.entry)).join("")),
+    );
     this.#acks = 0;
     this.#stale = false;
     this.#file = await Deno.open(path, { append: true });

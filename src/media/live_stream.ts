@@ -505,7 +505,8 @@ export class StreamHub {
   refuse(claim: Claim, reason: string, unanswered = false): void {
     const { stream, kind } = claim;
     if (unanswered && kind !== "new" && stream.state !== "idle") {
-      mediaLog.warn(
+      // The session warns of the refusal itself, with the reason: this says what it did not end.
+      mediaLog.info(
         "returning publisher not authorised, no answer: {reason}; the stream waits on for it",
         { ...streamFields(stream.key), reason },
       );

@@ -229,9 +229,12 @@ export class RtmpPublisher implements AsyncDisposable {
     return this.#conversation.acknowledgedBytes;
   }
 
-  /** Grows while the destination takes what we send: written, acknowledged, or anything read. */
+  /**
+   * Grows while the destination takes what we send: written to the socket, or acknowledged. Not
+   * what it sends: a destination that pings but has stopped reading is taking nothing.
+   */
   #progress(): number {
-    return (this.#writer?.bytesOut ?? 0) + this.#conversation.acknowledgedBytes + this.#bytesIn;
+    return (this.#writer?.bytesOut ?? 0) + this.#conversation.acknowledgedBytes;
   }
 
   /** The watchdog's look (see `#watched`): a write waiting `#stallMs` without progress fails. */

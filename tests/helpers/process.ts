@@ -36,7 +36,8 @@ export class TestProcess implements AsyncDisposable {
     this.name = `${command} ${args.join(" ")}`.slice(0, 200);
     this.child = new Deno.Command(command, {
       args,
-      env: options.env,
+      env: childEnv(options.env),
+      clearEnv: true,
       stdin: options.stdin ?? "null",
       stdout: "piped",
       stderr: "piped",
@@ -170,4 +171,15 @@ export async function tempDir(
       await Deno.remove(path, { recursive: true });
     },
   };
+}
+
+/**
+ * The environment for a child: ours with `extra` on top, without systemd's `JOURNAL_STREAM`. A CI
+ * runner that is itself a systemd service would pass it on, and a relay told its stderr is the
+ * journal prefixes each line with its priority (`<6>`), which is not what tests read.
+ */
+function childEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const env = Deno.env.toObject();
+  delete env.JOURNAL_STREAM;
+  return { ...env, ...extra };
 }
