@@ -11,6 +11,15 @@ import { isExAudio, isExVideo, parseExAudio, parseExVideo } from "./enhanced_rtm
 import { type MediaPacket, TagType } from "./flv.ts";
 import { sameBytes } from "./stream_configuration.ts";
 
+/**
+ * Audio a stream starts with before its first video keyframe (FFmpeg's muxer writes the first AAC
+ * frame, at 0 ms, before the first keyframe, at 23): kept with that keyframe's group, so that a
+ * reader joining a moment after the start (a destination whose list came from the control plane)
+ * gets the stream as it began. Only this long of it: a stream with no keyframe yet (audio only)
+ * is not replayed from its start to a reader joining later.
+ */
+const START_AUDIO_MS = 1_000;
+
 export class GopCache {
   readonly maxBytes: number;
   #metadata: MediaPacket | undefined;
@@ -22,6 +31,12 @@ export class GopCache {
   #collecting = false;
   /** Timestamp of the keyframe that opened the current group. */
   #groupTimestamp = -1;
+  /** A video keyframe has come: groups open at keyframes from now on. */
+  #keyframeSeen = false;
+  /** Timestamp of the stream's first audio frame, while it has no keyframe yet. */
+  #startAt: number | undefined;
+  /** The audio before the first keyframe is no longer kept (too long, or the codec changed). */
+  #startGivenUp = false;
 
   /** `maxBytes` caps the frames kept; a larger group is dropped until the next keyframe. */
   constructor(maxBytes: number) {
@@ -69,11 +84,18 @@ export class GopCache {
     const sameInstant = this.#collecting && packet.timestamp === this.#groupTimestamp;
     if (packet.keyframe && !sameInstant) {
       this.#groupTimestamp = packet.timestamp;
-      this.#frames = [];
-      this.#frameBytes = 0;
+      // The stream's first keyframe keeps the audio it started with (see START_AUDIO_MS).
+      if (this.#keyframeSeen) {
+        this.#frames = [];
+        this.#frameBytes = 0;
+      }
+      this.#keyframeSeen = true;
       this.#collecting = true;
     }
-    if (!this.#collecting) return;
+    if (!this.#collecting) {
+      if (!this.#keyframeSeen && packet.type === TagType.Audio) this.#keepStartAudio(packet);
+      return;
+    }
     if (this.#frameBytes + packet.payload.length > this.maxBytes) {
       // Too long a group to hold: forget it, a reader waits for the next keyframe instead.
       this.#drop();
@@ -106,11 +128,26 @@ export class GopCache {
     this.#drop();
   }
 
+  /** Audio before the stream's first keyframe, for its first `START_AUDIO_MS` at most. */
+  #keepStartAudio(packet: MediaPacket): void {
+    if (this.#startGivenUp) return;
+    this.#startAt ??= packet.timestamp;
+    const tooLong = packet.timestamp - this.#startAt > START_AUDIO_MS ||
+      this.#frameBytes + packet.payload.length > this.maxBytes;
+    if (tooLong) {
+      this.#drop();
+      return;
+    }
+    this.#frames.push(packet);
+    this.#frameBytes += packet.payload.length;
+  }
+
   /** Forgets the frames held, until the next keyframe. */
   #drop(): void {
     this.#frames = [];
     this.#frameBytes = 0;
     this.#collecting = false;
+    this.#startGivenUp = true;
   }
 }
 

@@ -318,3 +318,32 @@ Deno.test("an encoder returning while the control plane is down keeps its stream
   assertEquals(relay.service.manager.relayFor(key)?.get("tw"), destination, "the same destination");
   assertEquals(destination.status().reconnects, 0, "its connection to the platform never dropped");
 });
+
+for (const engine of ["ffmpeg", "native"]) {
+  Deno.test(`a destination listed by a slow control plane gets the stream from its first packet (${engine} engine)`, async () => {
+    await using dir = await tempDir();
+    // FFmpeg's muxer writes the first audio frame before the first video keyframe.
+    const source = await fixture({ seconds: 4, gop: 30 });
+    const port = freePort();
+    await using sink = await startFfmpegSink(port, "slow-list-out", `${dir.path}/out.flv`);
+    await using cp = new FakeControlPlane({
+      forwarding: () => ({
+        delayMs: 300, // the stream is live and its first packets have come by the time it answers
+        body: {
+          destinations: [{
+            id: "d",
+            platform: "custom",
+            rtmp_url: `rtmp://127.0.0.1:${port}/live`,
+            stream_key: "slow-list-out",
+            engine,
+          }],
+        },
+      }),
+    });
+    await using relay = await startTestRelay(controlPlane(cp.url));
+    await using publisher = ffmpegPublish(source, relay.rtmpUrl("slow-list-key-0001"));
+    assertEquals((await publisher.wait()).code, 0, publisher.stderr);
+    await sink.wait(20_000);
+    assertSamePackets(await framemd5(`${dir.path}/out.flv`), await framemd5(source), engine);
+  });
+}

@@ -52,11 +52,11 @@ Deno.test("GopCache drops a group larger than its limit until the next keyframe"
   assertEquals(cache.snapshot().map((p) => p.timestamp), [0, 99]);
 });
 
-Deno.test("GopCache ignores frames before the first keyframe", () => {
+Deno.test("GopCache ignores video before the first keyframe (it cannot be decoded)", () => {
   const cache = new GopCache(1_000);
   cache.push(video(0, false));
   cache.push(audio(5));
-  assertEquals(cache.snapshot(), []);
+  assertEquals(cache.snapshot().map((p) => p.type), [TagType.Audio], "the audio only");
 });
 
 Deno.test("GopCache forgets its frames when the codec configuration changes", () => {
@@ -103,4 +103,32 @@ Deno.test("GopCache opens a group at the first of the keyframes several tracks h
   const next = [key(80, 0), key(80, 1), audio(80), inter(120, 0)];
   for (const packet of [...frames, ...next]) cache.push(packet);
   assertEquals(cache.snapshot(), next, "both tracks' keyframes at 80, then what follows");
+});
+
+Deno.test("GopCache.snapshot() keeps the stream's start: audio before the first keyframe stays with it", () => {
+  // FFmpeg's muxer writes the first AAC frame (0 ms) before the first video keyframe (23 ms): a
+  // destination that joins a moment late (its list came from the control plane) must get it too.
+  const cache = new GopCache(1_000_000);
+  for (const packet of [meta, avcConfig, aacConfig, audio(0), video(23, true), audio(23)]) {
+    cache.push(packet);
+  }
+  assertEquals(cache.snapshot().slice(3).map((p) => [p.type, p.timestamp]), [
+    [TagType.Audio, 0],
+    [TagType.Video, 23],
+    [TagType.Audio, 23],
+  ]);
+  // The next group starts at its keyframe, as before.
+  for (const packet of [video(56, false), video(1_000, true), audio(1_010)]) cache.push(packet);
+  assertEquals(cache.snapshot().slice(3).map((p) => p.timestamp), [1_000, 1_010]);
+});
+
+Deno.test("GopCache keeps no more than the first seconds of a stream that has no keyframe yet", () => {
+  // Audio only (a radio stream): a player joining a minute in must not get a minute of the past.
+  const cache = new GopCache(1_000_000);
+  cache.push(aacConfig);
+  for (let ts = 0; ts <= 60_000; ts += 23) cache.push(audio(ts));
+  assertEquals(cache.snapshot().length, 1, "the header only");
+  // Video that starts late opens a group at its keyframe as usual.
+  cache.push(video(60_100, true));
+  assertEquals(cache.snapshot().slice(1).map((p) => p.timestamp), [60_100]);
 });
