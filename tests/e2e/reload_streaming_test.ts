@@ -22,6 +22,35 @@ function reloadLines(relay: RelayProcess): string[] {
   return relay.process.stderr.split("\n").filter((line) => line.includes("configuration reloaded"));
 }
 
+/**
+ * An FFmpeg that takes 2 s to answer and says when it was asked (`asked()`): a reload or a
+ * start-up waiting on its check is then held there, for certain, while the test acts. With the
+ * relay's permissions for it (run: this script only).
+ */
+async function slowFfmpeg(dir: string) {
+  const askedFile = `${dir}/ffmpeg-asked`;
+  const path = `${dir}/slow-ffmpeg`;
+  await Deno.writeTextFile(
+    path,
+    `#!/bin/sh\ntouch '${askedFile}'\nsleep 2\nexec ffmpeg "$@"\n`,
+    { mode: 0o755 },
+  );
+  return {
+    /** `[streaming]` with this FFmpeg, and the state directory in `dir`. */
+    streaming: `[streaming]\nffmpeg_path = "${path}"\nstate_dir = "${dir}/state"\n`,
+    permissions: [
+      "--allow-net",
+      "--allow-read",
+      `--allow-write=${dir}`,
+      "--allow-env",
+      `--allow-run=${path}`,
+    ],
+    /** Resolves once the relay has asked it (its check is under way). */
+    asked: () =>
+      waitFor(() => Deno.stat(askedFile).then(() => true, () => false), "the FFmpeg check"),
+  };
+}
+
 interface DestinationView {
   id: string;
   status: { engine: string; state: string };
@@ -145,24 +174,10 @@ Deno.test("SIGHUP that gives destinations to a relay started without any, and wi
 
 Deno.test("SIGHUP: reloads apply in the order of the signals, a later one waiting for one still checking FFmpeg", async () => {
   await using dir = await tempDir();
-  // An FFmpeg that takes 2 s to answer, and says when it was asked: the first reload is then
-  // held on its check, for certain, when the second signal comes.
-  const asked = `${dir.path}/ffmpeg-asked`;
-  const slowFfmpeg = `${dir.path}/slow-ffmpeg`;
-  await Deno.writeTextFile(
-    slowFfmpeg,
-    `#!/bin/sh\ntouch '${asked}'\nsleep 2\nexec ffmpeg "$@"\n`,
-    { mode: 0o755 },
-  );
-  const streaming = `[streaming]\nffmpeg_path = "${slowFfmpeg}"\nstate_dir = "${dir.path}/state"\n`;
-  const first = `${streaming}[[streams]]\nkey = "order-first"\n`;
-  await using relay = await spawnRelay(dir.path, first, "", [
-    "--allow-net",
-    "--allow-read",
-    `--allow-write=${dir.path}`,
-    "--allow-env",
-    `--allow-run=${slowFfmpeg}`,
-  ]);
+  // The first reload is held on its FFmpeg check, for certain, when the second signal comes.
+  const ffmpeg = await slowFfmpeg(dir.path);
+  const first = `${ffmpeg.streaming}[[streams]]\nkey = "order-first"\n`;
+  await using relay = await spawnRelay(dir.path, first, "", ffmpeg.permissions);
   const write = (body: string) =>
     Deno.writeTextFile(relay.configPath, relayConfigText(relay.rtmpPort, relay.httpPort, body));
 
@@ -172,7 +187,7 @@ Deno.test("SIGHUP: reloads apply in the order of the signals, a later one waitin
       `stream_key = "k"\n`,
   );
   relay.process.kill("SIGHUP");
-  await waitFor(() => Deno.stat(asked).then(() => true, () => false), "the FFmpeg check");
+  await ffmpeg.asked();
   // Reload 2, while 1 is held there: two streams, nothing for FFmpeg.
   await write(`${first}[[streams]]\nkey = "order-second"\n`);
   relay.process.kill("SIGHUP");
@@ -188,27 +203,12 @@ Deno.test("SIGHUP: reloads apply in the order of the signals, a later one waitin
 
 Deno.test("SIGHUP while the relay is still starting is applied once it has started, not fatal", async () => {
   await using dir = await tempDir();
-  // Start-up checks FFmpeg (a destination needs it): this one says when it is asked, then takes
-  // 2 s, so the signal lands in the middle of start-up for certain.
-  const asked = `${dir.path}/ffmpeg-asked`;
-  const slowFfmpeg = `${dir.path}/slow-ffmpeg`;
-  await Deno.writeTextFile(
-    slowFfmpeg,
-    `#!/bin/sh\ntouch '${asked}'\nsleep 2\nexec ffmpeg "$@"\n`,
-    { mode: 0o755 },
-  );
-  const body = `[streaming]\nffmpeg_path = "${slowFfmpeg}"\nstate_dir = "${dir.path}/state"\n` +
-    `[[streams]]\nkey = "early-key"\n[[streams.destinations]]\nid = "d"\n` +
-    `rtmp_url = "rtmp://127.0.0.1:1/live"\nstream_key = "k"\n`;
-  const permissions = [
-    "--allow-net",
-    "--allow-read",
-    `--allow-write=${dir.path}`,
-    "--allow-env",
-    `--allow-run=${slowFfmpeg}`,
-  ];
-  await using relay = await spawnRelay(dir.path, body, "", permissions, async (process) => {
-    await waitFor(() => Deno.stat(asked).then(() => true, () => false), "the FFmpeg check");
+  // Start-up checks FFmpeg (a destination needs it): the signal lands in the middle of it.
+  const ffmpeg = await slowFfmpeg(dir.path);
+  const body = `${ffmpeg.streaming}[[streams]]\nkey = "early-key"\n[[streams.destinations]]\n` +
+    `id = "d"\nrtmp_url = "rtmp://127.0.0.1:1/live"\nstream_key = "k"\n`;
+  await using relay = await spawnRelay(dir.path, body, "", ffmpeg.permissions, async (process) => {
+    await ffmpeg.asked();
     process.kill("SIGHUP"); // `systemctl reload` right after `start`
   });
   const line = await waitFor(() => reloadLines(relay)[0], "the held reload", 10_000);
