@@ -273,10 +273,12 @@ export class ClientConversation {
         const size = parseU32(message.payload, "Set Peer Bandwidth");
         if (size === 0) throw new RangeError("Set Peer Bandwidth of 0");
         // RTMP specification 5.4.5: a peer told a different bandwidth answers with a Window
-        // Acknowledgement Size of that value. (Once connected we announce our own window: see
-        // CLIENT_ACK_WINDOW.)
+        // Acknowledgement Size of that value. Once connected we have announced our own window
+        // (CLIENT_ACK_WINDOW) and keep it: a later answer would replace it, and a slow
+        // destination's acknowledgements, our sign that it still reads, would come megabytes apart.
         if (size === this.#peerBandwidth) return { replies: NO_REPLIES };
         this.#peerBandwidth = size;
+        if (this.#state !== "connecting") return { replies: NO_REPLIES };
         return { replies: [windowAckSize(size)] };
       }
       case MessageType.Acknowledgement: {

@@ -212,6 +212,9 @@ Deno.test("ClientConversation.receive() goes from connect to published against n
   assertEquals(server.client.streamId, 1);
   // A second Set Peer Bandwidth of the same size needs no new announcement.
   assertEquals(server.replies(setPeerBandwidth(5_000_000, 2)), []);
+  // Nor does one of another size once our own window is announced: answering it would replace
+  // our 256 KiB window, and a slow destination's acknowledgements would come megabytes apart.
+  assertEquals(server.replies(setPeerBandwidth(2_500_000, 2)), []);
   assertEquals(rows(server.client.finish()), [
     [0, "FCUnpublish", 0, null, KEY],
     [0, "deleteStream", 0, null, 1],
