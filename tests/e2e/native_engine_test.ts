@@ -26,6 +26,7 @@ import { freePort, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 import { SilentRtmpServer } from "../helpers/silent_server.ts";
+import { RecordingSink } from "../helpers/recording_sink.ts";
 import { ThrottledProxy } from "../helpers/throttled_proxy.ts";
 import { NginxSink, settledFile, startFfmpegSink } from "../helpers/sinks.ts";
 import { makeTestPki, TlsFront } from "../helpers/tls.ts";
@@ -159,10 +160,11 @@ Deno.test("both engines report a destination that never answers connect as timed
 });
 
 Deno.test("native engine: a destination that stops reading while live is timed out and reconnected, as FFmpeg's -rw_timeout does", async () => {
-  await using dir = await tempDir();
   const source = await fixture({ seconds: 40, gop: 30, videoBitrate: "6M", size: "1280x720" });
-  await using nginx = await NginxSink.start(`${dir.path}/nginx`);
-  await using proxy = new ThrottledProxy(nginx.port, 100_000_000);
+  // The platform pings every 100 ms throughout: a destination that still talks but takes nothing
+  // is stuck all the same (its pings must not count as progress).
+  await using sink = new RecordingSink({ pingIntervalMs: 100 });
+  await using proxy = new ThrottledProxy(sink.port, 100_000_000);
   await using relay = await startTestRelay({
     streams: [{
       key: KEY,
@@ -178,8 +180,9 @@ Deno.test("native engine: a destination that stops reading while live is timed o
   const destination = await destinationOf(relay, "stuck");
   await waitFor(() => destination.status().connected, "the destination to connect", 20_000);
   // The platform stops reading, keeping the connection open: no FIN, no reset. The socket's
-  // buffers fill in a few seconds, then a write waits for good.
+  // buffers fill in a few seconds, then a write waits for good; its pings still arrive.
   proxy.paused = true;
+  const returnedBefore = proxy.returned;
   const timedOut = await waitFor(
     () => {
       const status = destination.status();
@@ -190,6 +193,8 @@ Deno.test("native engine: a destination that stops reading while live is timed o
   );
   assertEquals(timedOut.failure, "timeout", timedOut.last_error ?? "");
   assertMatch(timedOut.last_error ?? "", /took nothing for 10 s while publishing/);
+  // 100 pings (18 bytes each, with their chunk headers) in the 10 s the relay waited.
+  assert(proxy.returned - returnedBefore >= 1_000, `${proxy.returned - returnedBefore} bytes back`);
   proxy.paused = false;
   await waitFor(
     () => {

@@ -30,6 +30,8 @@ export class ThrottledProxy implements AsyncDisposable {
   paused = false;
   /** Bytes forwarded in the throttled direction. */
   forwarded = 0;
+  /** Bytes forwarded the other way (a destination's pings and acknowledgements). */
+  returned = 0;
   /** Connections whose client side has closed and been fully forwarded. */
   finished = 0;
 
@@ -76,7 +78,10 @@ export class ThrottledProxy implements AsyncDisposable {
       const n = await from.read(buffer).catch(() => null);
       if (n === null) break;
       if ((await to.write(buffer.subarray(0, n)).catch(() => -1)) < 0) break;
-      if (!throttled) continue;
+      if (!throttled) {
+        this.returned += n;
+        continue;
+      }
       this.forwarded += n;
       nextAt = Math.max(nextAt, performance.now()) + n / this.bytesPerSecond * 1000;
       const ahead = nextAt - performance.now();
