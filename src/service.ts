@@ -394,7 +394,10 @@ export class RelayService implements AsyncDisposable {
       ? undefined
       : await openControlPlaneState(config.streaming.state_dir);
     try {
-      return new RelayService(config, options, trust, state);
+      const service = new RelayService(config, options, trust, state);
+      const authority = service.manager.authority;
+      if (authority instanceof ControlPlaneClient) authority.checkAtStart();
+      return service;
     } catch (error) {
       await state?.live.close();
       await state?.outbox.close();

@@ -95,6 +95,9 @@ export class ControlPlaneClient implements StreamAuthority {
   #closed = false;
   /** Aborted when a graceful stop's deadline comes with a request still waiting for its answer. */
   readonly #stopRequests = new AbortController();
+  /** The start-up probe (`checkAtStart`), while it runs; cut short by `flush`. */
+  #probing: Promise<void> | undefined;
+  readonly #stopProbe = new AbortController();
   /** Resolved and replaced whenever the outbox shrinks or the loop stalls or stops. */
   #changed = Promise.withResolvers<void>();
   readonly stats: Record<CallKind, CallStats> = {
@@ -211,6 +214,8 @@ export class ControlPlaneClient implements StreamAuthority {
    * hangs must not make the stop overrun and exit 1).
    */
   async flush(deadlineAt = Infinity): Promise<void> {
+    this.#stopProbe.abort();
+    await this.#probing;
     const left = () => Math.max(0, deadlineAt - performance.now());
     await this.#until(
       () => this.#outbox.size === 0 || this.#stalled,
@@ -232,6 +237,50 @@ export class ControlPlaneClient implements StreamAuthority {
     }
     await this.#live.close();
     await this.#outbox.close();
+  }
+
+  /**
+   * One request to the control plane's base URL, which holds no key: `undefined` if it answers at
+   * all (any status: it need not serve that path), else why not. Not retried, not counted in the
+   * call statistics.
+   */
+  async probe(signal?: AbortSignal): Promise<string | undefined> {
+    const url = `${this.#base}/`;
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), this.#timeoutMs);
+    try {
+      const response = await fetch(url, {
+        signal: AbortSignal.any(signal ? [timeout.signal, signal] : [timeout.signal]),
+        redirect: "manual",
+      });
+      await response.body?.cancel();
+      return undefined;
+    } catch (error) {
+      if (timeout.signal.aborted) {
+        return `control plane timed out after ${(this.#timeoutMs / 1000).toFixed(1)} s`;
+      }
+      if (signal?.aborted) return "control plane not probed: the relay is stopping";
+      return `control plane unreachable: ${whyUnreachable(error as Error, url)}`;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Probes the control plane once, in the background, and logs the outcome: a wrong URL, a DNS
+   * failure or a certificate not trusted shows when the relay starts, where the operator looks,
+   * not at the first streamer's refused publish.
+   */
+  checkAtStart(): void {
+    const origin = new URL(this.#base).origin; // a base URL's path or credentials stay out
+    this.#probing = this.probe(this.#stopProbe.signal).then((problem) => {
+      if (this.#stopProbe.signal.aborted) return;
+      if (problem === undefined) {
+        cpLog.info("control plane at {origin} answers", { origin });
+      } else {
+        cpLog.warn("{problem}: publishes are refused until it answers", { problem, origin });
+      }
+    });
   }
 
   #notify(): void {

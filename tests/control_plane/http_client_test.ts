@@ -108,6 +108,27 @@ Deno.test("a control plane that cannot be reached is refused with the reason, an
   assert(!untrusted.message.includes("unreach-secret-key"), untrusted.message);
 });
 
+Deno.test("probe() says whether the control plane answers at all, and why not", async () => {
+  // Any HTTP answer is an answer: a control plane need not serve its root.
+  await using cp = new FakeControlPlane({});
+  assertEquals(await client(cp.url).probe(), undefined);
+  const down = await client(`http://127.0.0.1:${freePort()}/base`).probe();
+  assertMatch(down ?? "", /^control plane unreachable: .*Connection refused/);
+  // A server that accepts and never answers: timed out, within the call timeout.
+  using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })().catch(() => {});
+  const started = performance.now();
+  const slow = await client(`http://127.0.0.1:${(silent.addr as Deno.NetAddr).port}`, 300).probe();
+  assertMatch(slow ?? "", /^control plane timed out after 0\.3 s/);
+  assert(performance.now() - started < 2_000, "one attempt, no retries");
+  for (const conn of held) conn.close();
+  silent.close();
+  await accepting;
+});
+
 Deno.test("whyUnreachable() keeps fetch's reason and never the URL", () => {
   const url = "http://cp.example:8080/api/streams/forwarding/abc)def";
   const failed = (cause?: string) =>

@@ -347,3 +347,18 @@ for (const engine of ["ffmpeg", "native"]) {
     assertSamePackets(await framemd5(`${dir.path}/out.flv`), await framemd5(source), engine);
   });
 }
+
+Deno.test("the relay says at start whether its control plane answers, before any publish", async () => {
+  await using cp = new FakeControlPlane({});
+  {
+    await using relay = await startTestRelay(controlPlane(`${cp.url}/v1`));
+    await waitFor(() => relay.logText().includes("answers"), "the start-up probe's answer");
+    assertMatch(relay.logText(), new RegExp(`INFO.*control plane at ${cp.url} answers`));
+  }
+  await using relay = await startTestRelay(controlPlane(`http://127.0.0.1:${freePort()}`));
+  await waitFor(() => relay.logText().includes("refused until"), "the start-up probe's warning");
+  assertMatch(
+    relay.logText(),
+    /WARN.*control plane unreachable: .*Connection refused.*: publishes are refused until it answers/,
+  );
+});
