@@ -29,7 +29,11 @@ export interface MediaPacket {
   readonly payload: Uint8Array;
   /** A video keyframe (a point a new reader may start from). */
   readonly keyframe: boolean;
-  /** A codec configuration record (AVC/HEVC/AV1 config, AAC AudioSpecificConfig). */
+  /**
+   * Decoder configuration a reader needs before any frame, kept for readers who join later: a
+   * codec configuration record (AVC/HEVC/AV1 config, AAC AudioSpecificConfig), and Enhanced
+   * RTMP's video Metadata (colorInfo) and audio MultichannelConfig.
+   */
   readonly sequenceHeader: boolean;
 }
 
@@ -77,7 +81,9 @@ const AUDIO_FORMATS: Record<number, string> = {
  * Classifies an Enhanced RTMP tag. Every track of a multitrack tag shares the frame and packet
  * type, so a multitrack tag is a keyframe or a sequence start as a whole; the codec is the first
  * track's FourCC (all of them, comma-separated, when the tracks differ). A tag too broken to parse
- * is classified from its first byte alone: the relay passes it on, it never decides on it.
+ * (truncated, a track running past its end) throws `SyntaxError`: the specification has a
+ * receiver "fail in a controlled and predictable manner", and passed on, such a tag would be cached
+ * and replayed to every reader.
  */
 function inspectEnhanced(
   payload: Uint8Array,
@@ -88,13 +94,38 @@ function inspectEnhanced(
     tag = video ? parseExVideo(payload) : parseExAudio(payload);
   } catch (error) {
     if (!(error instanceof SyntaxError)) throw error;
-    return { keyframe: false, sequenceHeader: false, codec: "unknown" };
+    throw new SyntaxError(
+      `malformed Enhanced RTMP ${video ? "video" : "audio"} tag: ${error.message}`,
+    );
   }
   const codecs = [...new Set(tag.tracks.map((track) => track.fourCc.trim()))];
-  const sequenceHeader = isSequenceStart(tag.packetType, video) && tag.tracks.length > 0;
+  const sequenceHeader = tag.tracks.length > 0 &&
+    (isSequenceStart(tag.packetType, video) || isConfiguration(tag.packetType));
   const keyframe = video && tag.frameType === VideoFrameType.KeyFrame &&
     isCodedFrames(tag.packetType, video);
   return { keyframe, sequenceHeader, codec: codecs.length > 0 ? codecs.join(",") : "none" };
+}
+
+/**
+ * Enhanced RTMP packet types that configure the decoder beside the sequence start: video Metadata
+ * (colorInfo: HDR signalling, which "MUST be sent prior to the video sequence") and audio
+ * MultichannelConfig (the channel layout an empty Opus sequence start defers to). Both 4.
+ */
+function isConfiguration(packetType: number): boolean {
+  return packetType === 4;
+}
+
+/**
+ * True for a packet that starts a codec's configuration (a sequence start), not for the other
+ * configuration packets `sequenceHeader` also marks (Metadata, MultichannelConfig): those neither
+ * change the codec nor make earlier frames undecodable.
+ */
+export function isSequenceStartPacket(packet: MediaPacket): boolean {
+  if (!packet.sequenceHeader) return false;
+  const video = packet.type === TagType.Video;
+  if (video ? !isExVideo(packet.payload) : !isExAudio(packet.payload)) return true;
+  const tag = video ? parseExVideo(packet.payload) : parseExAudio(packet.payload);
+  return isSequenceStart(tag.packetType, video);
 }
 
 export function inspectVideo(payload: Uint8Array): VideoTagInfo {
@@ -106,7 +137,9 @@ export function inspectVideo(payload: Uint8Array): VideoTagInfo {
   const codec = LEGACY_VIDEO_CODECS[codecId] ?? `codec-${codecId}`;
   const hasPacketType = codecId === 7 || codecId === 12;
   const sequenceHeader = hasPacketType && payload.length > 1 && payload[1] === 0;
-  return { keyframe: frameType === 1 && !sequenceHeader, sequenceHeader, codec };
+  // AVC/HEVC: the end of sequence (packet type 2) holds no picture to start from.
+  const endOfSequence = hasPacketType && payload.length > 1 && payload[1] === 2;
+  return { keyframe: frameType === 1 && !sequenceHeader && !endOfSequence, sequenceHeader, codec };
 }
 
 export function inspectAudio(payload: Uint8Array): AudioTagInfo {

@@ -7,8 +7,14 @@
  * @module
  */
 
-import { isExAudio, isExVideo, parseExAudio, parseExVideo } from "./enhanced_rtmp.ts";
-import { type MediaPacket, TagType } from "./flv.ts";
+import {
+  isExAudio,
+  isExVideo,
+  isSequenceStart,
+  parseExAudio,
+  parseExVideo,
+} from "./enhanced_rtmp.ts";
+import { isSequenceStartPacket, type MediaPacket, TagType } from "./flv.ts";
 import { sameBytes } from "./stream_configuration.ts";
 
 /**
@@ -23,7 +29,11 @@ const START_AUDIO_MS = 1_000;
 export class GopCache {
   readonly maxBytes: number;
   #metadata: MediaPacket | undefined;
-  /** Latest sequence header per track, keyed by `trackKey`, in the order tracks appeared. */
+  /**
+   * Latest configuration per track and kind, keyed by `trackKey`, oldest first: a header that
+   * replaces another moves to the end, so that a reader applies them in the order they came and
+   * ends on the newest (a multitrack header for tracks 0 and 1 after one for track 1 alone).
+   */
   #sequenceHeaders = new Map<string, MediaPacket>();
   #frames: MediaPacket[] = [];
   #frameBytes = 0;
@@ -72,9 +82,12 @@ export class GopCache {
     if (packet.sequenceHeader) {
       const key = trackKey(packet);
       const previous = this.#sequenceHeaders.get(key);
-      // Frames encoded under another configuration cannot be decoded with this one: a reader
-      // joining now waits for the next keyframe instead.
-      if (previous !== undefined && !sameBytes(previous.payload, packet.payload)) this.#drop();
+      // Frames encoded under another codec configuration cannot be decoded with this one: a
+      // reader joining now waits for the next keyframe instead. (New colorInfo or a channel
+      // layout leaves them decodable.)
+      const changed = previous !== undefined && !sameBytes(previous.payload, packet.payload);
+      if (changed && isSequenceStartPacket(packet)) this.#drop();
+      this.#sequenceHeaders.delete(key);
       this.#sequenceHeaders.set(key, packet);
       return;
     }
@@ -152,22 +165,25 @@ export class GopCache {
 }
 
 /**
- * Which track(s) a sequence header configures: "9:0" for the video of a legacy or single-track
- * tag, "9:0,1" for a multitrack tag starting tracks 0 and 1 together. A new header for the same
- * track(s) replaces the old one; headers of other tracks are kept beside it.
+ * Which track(s) and kind of configuration a header is: "9:0" for the sequence start of a legacy
+ * or single-track video tag, "9:0,1" for a multitrack tag starting tracks 0 and 1 together,
+ * "9:0/4" for track 0's Metadata (packet type 4; audio's MultichannelConfig likewise). A new
+ * header for the same key replaces the old one; others are kept beside it.
  */
 function trackKey(packet: Pick<MediaPacket, "type" | "payload">): string {
   let ids = "0";
+  let kind = "";
   const video = packet.type === TagType.Video;
   if (video ? isExVideo(packet.payload) : isExAudio(packet.payload)) {
     try {
       const tag = video ? parseExVideo(packet.payload) : parseExAudio(packet.payload);
       ids = tag.tracks.map((track) => track.trackId).join(",");
+      if (!isSequenceStart(tag.packetType, video)) kind = `/${tag.packetType}`;
     } catch (error) {
       // Classified a sequence header, so it parsed once already; a failure here is a bug.
       if (!(error instanceof SyntaxError)) throw error;
       throw new TypeError(`sequence header no longer parses: ${error.message}`);
     }
   }
-  return `${packet.type}:${ids}`;
+  return `${packet.type}:${ids}${kind}`;
 }

@@ -6,7 +6,13 @@
  * @module
  */
 
-import { inspectAudio, inspectVideo, type MediaPacket, TagType } from "./flv.ts";
+import {
+  inspectAudio,
+  inspectVideo,
+  isSequenceStartPacket,
+  type MediaPacket,
+  TagType,
+} from "./flv.ts";
 
 /** One track: its codec, and its sequence header when the codec has one and it was seen. */
 export interface TrackConfiguration {
@@ -52,7 +58,7 @@ function codecOf(packet: MediaPacket): string {
 }
 
 /**
- * The configuration `packet` gives `current`: a sequence header sets its track's codec and header;
+ * The configuration `packet` gives `current`: a sequence start sets its track's codec and header;
  * the first frame of a track not seen yet adds it (codecs without a header). Anything else leaves
  * `current` as it is (the same object, so callers can tell cheaply).
  */
@@ -60,7 +66,7 @@ export function withPacket(current: StreamConfiguration, packet: MediaPacket): S
   const track = trackOf(packet);
   if (track === undefined) return current;
   const known = current[track];
-  if (packet.sequenceHeader) {
+  if (isSequenceStartPacket(packet)) {
     return { ...current, [track]: { codec: codecOf(packet), header: packet.payload } };
   }
   if (known !== undefined && known.codec !== undefined) return current;

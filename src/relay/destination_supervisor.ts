@@ -309,7 +309,7 @@ export class DestinationSupervisor implements StreamSubscriber {
    */
   #checkCodecs(): boolean {
     if (this.engine.name !== "ffmpeg") return false;
-    const problem = ffmpegCodecProblem(this.#stream.configuration);
+    const problem = ffmpegCodecProblem(this.#stream.configuration, this.#stream.gop.headers());
     if (problem === undefined) {
       this.#codecProblem = undefined;
       return false;
@@ -340,6 +340,7 @@ export class DestinationSupervisor implements StreamSubscriber {
     const attempt = this.engine.start({
       destination: this.destination,
       configuration: this.#stream.configuration,
+      headers: this.#stream.gop.headers(),
       logContext: this.#context(),
       onConnected: () => {
         if (this.#attempt !== attempt) return;

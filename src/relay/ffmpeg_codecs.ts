@@ -9,7 +9,8 @@
  * @module
  */
 
-import { isExAudio, isExVideo } from "../media/enhanced_rtmp.ts";
+import { isExAudio, isExVideo, parseExAudio, parseExVideo } from "../media/enhanced_rtmp.ts";
+import { type MediaPacket, TagType } from "../media/flv.ts";
 import type { StreamConfiguration } from "../media/stream_configuration.ts";
 
 /** Codec names (as `inspectVideo`/`inspectAudio` give them) FFmpeg 5.1's FLV demuxer reads. */
@@ -32,21 +33,50 @@ const FFMPEG_AUDIO = new Set([
 /**
  * Undefined when the FFmpeg engine can relay a stream of `configuration`, else the status line:
  * "codec hvc1 not supported by the ffmpeg engine; use engine = native". A track whose codec is
- * not known yet (only announced) is no reason to refuse.
+ * not known yet (only announced) is no reason to refuse. `headers` (the GOP cache's, every
+ * track's latest) are checked too: the configuration keeps one header per kind, the last one, and
+ * a multitrack stream's other tracks (HEVC on track 1 before legacy H.264 on track 0) hide there.
  */
-export function ffmpegCodecProblem(configuration: StreamConfiguration): string | undefined {
+export function ffmpegCodecProblem(
+  configuration: StreamConfiguration,
+  headers: readonly MediaPacket[] = [],
+): string | undefined {
   for (const track of ["video", "audio"] as const) {
     const config = configuration[track];
     if (config === undefined || config.codec === undefined) continue;
     const header = config.header;
     const enhanced = header !== undefined &&
       (track === "video" ? isExVideo(header) : isExAudio(header));
-    const known = track === "video" ? FFMPEG_VIDEO : FFMPEG_AUDIO;
-    if (!enhanced && known.has(config.codec)) continue;
-    const what = config.codec.includes(",")
-      ? `multitrack ${track} (${config.codec.split(",").join(", ")})`
-      : `codec ${config.codec}${enhanced && known.has(config.codec) ? " (Enhanced RTMP)" : ""}`;
-    return `${what} not supported by the ffmpeg engine; use engine = native`;
+    const problem = problemOf(track, config.codec, enhanced, config.codec.includes(","));
+    if (problem !== undefined) return problem;
+  }
+  for (const header of headers) {
+    if (header.type === TagType.Script) continue;
+    const video = header.type === TagType.Video;
+    if (!(video ? isExVideo(header.payload) : isExAudio(header.payload))) continue;
+    const tag = video ? parseExVideo(header.payload) : parseExAudio(header.payload);
+    const codecs = [...new Set(tag.tracks.map((t) => t.fourCc.trim()))].join(",");
+    const problem = problemOf(
+      video ? "video" : "audio",
+      codecs,
+      true,
+      tag.multitrack !== undefined,
+    );
+    if (problem !== undefined) return problem;
   }
   return undefined;
+}
+
+function problemOf(
+  track: "video" | "audio",
+  codec: string,
+  enhanced: boolean,
+  multitrack: boolean,
+): string | undefined {
+  const known = track === "video" ? FFMPEG_VIDEO : FFMPEG_AUDIO;
+  if (!enhanced && known.has(codec)) return undefined;
+  const what = multitrack
+    ? `multitrack ${track} (${codec.split(",").join(", ")})`
+    : `codec ${codec}${enhanced && known.has(codec) ? " (Enhanced RTMP)" : ""}`;
+  return `${what} not supported by the ffmpeg engine; use engine = native`;
 }

@@ -7,13 +7,16 @@
  */
 
 import { type MediaPacket, TagType } from "../media/flv.ts";
-import { isExAudio, isExVideo, selectRendition } from "../media/enhanced_rtmp.ts";
+import { isExAudio, isExVideo } from "../media/enhanced_rtmp.ts";
+import { RenditionFilter } from "../media/rendition_filter.ts";
+import { log } from "../log.ts";
 import type { StreamConfiguration } from "../media/stream_configuration.ts";
 import { DestinationFailure } from "./destination_failure.ts";
 import { RtmpPublisher } from "./rtmp_publisher.ts";
 import { trustedCertificates } from "./tls_trust.ts";
 import type { EngineAttempt, EngineContext, RelayEngine } from "./relay_engine.ts";
-import type { RenditionSelection } from "../media/enhanced_rtmp.ts";
+
+const engineLog = log("relay", "native");
 
 export interface NativeEngineOptions {
   /** Time from the first TCP packet to `NetStream.Publish.Start`. */
@@ -22,13 +25,32 @@ export interface NativeEngineOptions {
   tls?: { readonly caFile: string | undefined };
 }
 
-/** FourCCs announced in `connect` when the stream is Enhanced RTMP. */
-const ENHANCED_FOURCCS = ["hvc1", "av01", "vp09", "avc1", "mp4a", "Opus"];
+/**
+ * FourCCs announced in `connect` when the stream is Enhanced RTMP: every codec the specification
+ * names, since the engine passes any of them through untouched.
+ */
+const ENHANCED_FOURCCS = [
+  "hvc1",
+  "av01",
+  "vp09",
+  "vp08",
+  "avc1",
+  "mp4a",
+  "Opus",
+  "fLaC",
+  "ac-3",
+  "ec-3",
+  ".mp3",
+];
 
-function isEnhanced(configuration: StreamConfiguration): boolean {
+/** Whether any track of the stream is Enhanced RTMP: its last header of a kind, or any header. */
+function isEnhanced(configuration: StreamConfiguration, headers: readonly MediaPacket[]): boolean {
   const { video, audio } = configuration;
   return (video?.header !== undefined && isExVideo(video.header)) ||
-    (audio?.header !== undefined && isExAudio(audio.header));
+    (audio?.header !== undefined && isExAudio(audio.header)) ||
+    headers.some((header) =>
+      header.type === TagType.Video ? isExVideo(header.payload) : isExAudio(header.payload)
+    );
 }
 
 export class NativeEngine implements RelayEngine {
@@ -55,15 +77,20 @@ function asFailure(error: unknown): DestinationFailure | undefined {
 class NativeAttempt implements EngineAttempt {
   readonly #abort = new AbortController();
   readonly #opening: Promise<RtmpPublisher>;
-  readonly #selection: RenditionSelection | undefined;
+  readonly #rendition: RenditionFilter | undefined;
+  readonly #logContext: Record<string, unknown>;
   #publisher: RtmpPublisher | undefined;
   readonly ended: Promise<DestinationFailure | undefined>;
 
   constructor(options: NativeEngineOptions, context: EngineContext) {
     const { destination } = context;
-    this.#selection = destination.videoTrack === undefined && destination.audioTrack === undefined
+    this.#rendition = destination.videoTrack === undefined && destination.audioTrack === undefined
       ? undefined
-      : { videoTrack: destination.videoTrack ?? 0, audioTrack: destination.audioTrack ?? 0 };
+      : new RenditionFilter({
+        videoTrack: destination.videoTrack ?? 0,
+        audioTrack: destination.audioTrack ?? 0,
+      });
+    this.#logContext = context.logContext;
     this.#opening = (async () => {
       let caCerts: string[] | undefined;
       if (destination.pushUrl.startsWith("rtmps://")) {
@@ -80,7 +107,9 @@ class NativeAttempt implements EngineAttempt {
         caCerts,
         timeoutMs: options.timeoutMs,
         signal: this.#abort.signal,
-        fourCcList: isEnhanced(context.configuration) ? ENHANCED_FOURCCS : undefined,
+        fourCcList: isEnhanced(context.configuration, context.headers)
+          ? ENHANCED_FOURCCS
+          : undefined,
       });
       this.#publisher = publisher;
       context.onConnected();
@@ -107,20 +136,15 @@ class NativeAttempt implements EngineAttempt {
   write(packets: readonly MediaPacket[]): Promise<void> {
     const publisher = this.#publisher;
     if (publisher === undefined) return this.#opening.then(() => this.write(packets));
-    return publisher.write(this.#selection === undefined ? packets : this.#select(packets));
-  }
-
-  #select(packets: readonly MediaPacket[]): MediaPacket[] {
-    const out: MediaPacket[] = [];
-    for (const packet of packets) {
-      if (packet.type === TagType.Script) {
-        out.push(packet);
-        continue;
-      }
-      const payload = selectRendition(packet, this.#selection!);
-      if (payload !== undefined) out.push({ ...packet, payload });
+    const rendition = this.#rendition;
+    if (rendition === undefined) return publisher.write(packets);
+    const selected = rendition.filter(packets);
+    const absent = rendition.absent();
+    if (absent !== undefined) {
+      // Connected and healthy, yet sending nothing of that kind: the operator must hear of it.
+      engineLog.warn("{absent}: this destination gets none", { ...this.#logContext, absent });
     }
-    return out;
+    return publisher.write(selected);
   }
 
   async finish(): Promise<void> {

@@ -23,6 +23,11 @@ export interface EngineContext {
   readonly destination: Destination;
   /** The stream's configuration as the attempt starts (codecs, Enhanced RTMP or not). */
   readonly configuration: StreamConfiguration;
+  /**
+   * Every track's latest header as the attempt starts (the GOP cache's): the configuration keeps
+   * one per kind, so a multitrack stream's other tracks show only here.
+   */
+  readonly headers: readonly MediaPacket[];
   /** Called once, when the destination accepted the publish. */
   onConnected(): void;
   /** Fields for log lines (stream and key redacted). */

@@ -258,7 +258,16 @@ export class ServerConversation {
   #onMedia(message: RtmpMessage): Step {
     if (this.#role !== "publisher") return { replies: NO_REPLIES };
     const type = message.typeId === MessageType.Audio ? TagType.Audio : TagType.Video;
-    const packet = createMediaPacket(type, message.timestamp, message.payload);
+    let packet: MediaPacket;
+    try {
+      packet = createMediaPacket(type, message.timestamp, message.payload);
+    } catch (error) {
+      // A malformed Enhanced RTMP tag: the publisher is closed with the reason (see inspectVideo).
+      if (!(error instanceof SyntaxError)) throw error;
+      throw new SyntaxError(
+        error.message.replace(" tag: ", ` tag at ${message.timestamp} ms: `),
+      );
+    }
     return { replies: NO_REPLIES, intent: { kind: "media", packet } };
   }
 

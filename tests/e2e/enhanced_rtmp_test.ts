@@ -129,7 +129,12 @@ Deno.test("Enhanced RTMP v2 multitrack (HEVC, H.264, AV1 + AAC) is relayed byte-
       });
     const rendition = select(early);
     const videoTags = rendition.filter((tag) => tag.type === 9);
-    assertEquals(videoTags.length, FRAMES + 1, `track ${trackId}: its sequence start and frames`);
+    // Track 0 carries the colorInfo Metadata too (see enhancedTags).
+    assertEquals(
+      videoTags.length,
+      FRAMES + (trackId === 0 ? 2 : 1),
+      `track ${trackId}: its sequence start${trackId === 0 ? ", colorInfo" : ""} and frames`,
+    );
     if (video.fourCc === "avc1") {
       assert(videoTags.every((tag) => (tag.payload[0]! & 0x8f) === 7), "H.264 as legacy tags");
     }

@@ -340,6 +340,17 @@ export interface TrackInput {
  * the others as v2 multitrack OneTrack tags (OBS's Enhanced Broadcasting sends them so), all
  * under `CodedFrames`. Without `multitrack`, the only track is track 0.
  */
+/** A video Metadata body: `colorInfo` for HDR10 (BT.2020, PQ), as the specification shows it. */
+const COLOR_INFO = encodeAmf0("colorInfo", {
+  colorConfig: {
+    bitDepth: 10,
+    colorPrimaries: 9,
+    transferCharacteristics: 16,
+    matrixCoefficients: 9,
+  },
+  hdrCll: { maxFall: 400, maxCLL: 1000 },
+} as never);
+
 export function enhancedTags(tracks: readonly TrackInput[], audio?: AudioElementary): SentTag[] {
   const first = tracks[0]!.video;
   const metadata: Record<string, unknown> = {
@@ -379,6 +390,12 @@ export function enhancedTags(tracks: readonly TrackInput[], audio?: AudioElement
   for (const track of tracks) {
     tags.push(videoTag(track, 1, VideoPacketType.SequenceStart, track.video.config, 0));
   }
+  // HDR signalling, as OBS sends it after the sequence start: a reader must get it before any
+  // frame, whenever it joins (it is a header, not a frame).
+  tags.push({
+    ...videoTag(tracks[0]!, 1, VideoPacketType.Metadata, COLOR_INFO, 0),
+    header: true,
+  });
   if (audio) tags.push({ ...audioTag(0, concat([[0xaf, 0], audio.config])), header: true });
   const timeline: (SentTag & { order: number })[] = [];
   tracks.forEach((track, order) => {

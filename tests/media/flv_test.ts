@@ -9,7 +9,7 @@ import {
 } from "../../src/media/flv.ts";
 import { encodeAmf0 } from "../../src/rtmp/amf0.ts";
 import { hex } from "../helpers/bytes.ts";
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
 
 Deno.test("inspectVideo() classifies legacy AVC and Enhanced RTMP headers", () => {
   const table: [string, string, { keyframe: boolean; sequenceHeader: boolean; codec: string }][] = [
@@ -19,6 +19,12 @@ Deno.test("inspectVideo() classifies legacy AVC and Enhanced RTMP headers", () =
       codec: "avc1",
     }],
     ["AVC keyframe", "17 01 000000 65", { keyframe: true, sequenceHeader: false, codec: "avc1" }],
+    // The end of sequence carries no picture: no reader can start there.
+    ["AVC end of sequence", "17 02 000000", {
+      keyframe: false,
+      sequenceHeader: false,
+      codec: "avc1",
+    }],
     ["AVC inter frame", "27 01 000000 41", {
       keyframe: false,
       sequenceHeader: false,
@@ -55,9 +61,10 @@ Deno.test("inspectVideo() classifies legacy AVC and Enhanced RTMP headers", () =
       sequenceHeader: false,
       codec: "hvc1",
     }],
-    ["keyframe-typed Metadata is no keyframe", "94 68766331 02", {
+    // Metadata (colorInfo, HDR) configures the decoder like a sequence start: kept for readers.
+    ["keyframe-typed Metadata is configuration, no keyframe", "94 68766331 02", {
       keyframe: false,
-      sequenceHeader: false,
+      sequenceHeader: true,
       codec: "hvc1",
     }],
     ["multitrack OneTrack keyframe, track 1", "96 01 61763031 01 12", {
@@ -93,11 +100,6 @@ Deno.test("inspectVideo() classifies legacy AVC and Enhanced RTMP headers", () =
       sequenceHeader: true,
       codec: "hvc1",
     }],
-    ["truncated multitrack track size", "96 10 68766331 00 000009 aa", {
-      keyframe: false,
-      sequenceHeader: false,
-      codec: "unknown",
-    }],
     ["command frame (start seek)", "d1 00", {
       keyframe: false,
       sequenceHeader: false,
@@ -127,6 +129,28 @@ Deno.test("inspectAudio() classifies AAC and Enhanced RTMP audio", () => {
     sequenceHeader: true,
     codec: "Opus",
   });
+  // MultichannelConfig (the channel layout an empty Opus sequence start leaves out): configuration.
+  assertEquals(inspectAudio(hex("94 4f707573 01 06 0000003f")), {
+    sequenceHeader: true,
+    codec: "Opus",
+  });
+});
+
+Deno.test("inspectVideo() and inspectAudio() throw SyntaxError on a malformed Enhanced RTMP tag", () => {
+  const video: [string, string][] = [
+    ["96 10 68766331 00 000009 aa", "truncated in track 0"],
+    ["96 10 6876", "truncated in FourCC"],
+    ["97 05 0102", "truncated in ModEx data"],
+    ["96 36 68766331 00 aa", "Multitrack inside Multitrack"],
+    ["96 30 68766331 00 aa", "unknown multitrack type 3"],
+  ];
+  for (const [bytes, reason] of video) {
+    const error = assertThrows(() => inspectVideo(hex(bytes)), SyntaxError, reason);
+    assertMatch(error.message, /^malformed Enhanced RTMP video tag: /, bytes);
+  }
+  const error = assertThrows(() => inspectAudio(hex("95 10 4f707573 00 000009 aa")), SyntaxError);
+  assertMatch(error.message, /^malformed Enhanced RTMP audio tag: .*truncated in track 0/);
+  assertThrows(() => createMediaPacket(TagType.Video, 0, hex("96 10 6876")), SyntaxError);
 });
 
 Deno.test("stripSetDataFrame() leaves onMetaData byte for byte", () => {

@@ -93,6 +93,38 @@ Deno.test("GopCache keeps one sequence header per track of a multitrack stream",
   assertEquals(cache.headers(), [meta, avcConfig, track1, track2b, aacConfig, audio1]);
 });
 
+Deno.test("GopCache.headers() gives each track's latest configuration in the order it came", () => {
+  // Track 1's header comes alone, then again with track 0's: a reader must end on the newer.
+  const cache = new GopCache(1_000_000);
+  const both = (ts: number, one: string) =>
+    createMediaPacket(TagType.Video, ts, hex(`96 10 68766331 00 000001 a0 01 000001 ${one}`));
+  const alone = createMediaPacket(TagType.Video, 1_500, hex("96 00 68766331 01 b1"));
+  const first = both(1_000, "a1");
+  const latest = both(2_000, "c1");
+  for (const packet of [first, alone, latest]) cache.push(packet);
+  assertEquals(cache.headers(), [alone, latest]);
+  assertEquals(cache.headers().map((p) => p.timestamp), [1_500, 2_000], "never backwards");
+});
+
+Deno.test("GopCache keeps Enhanced RTMP Metadata and MultichannelConfig beside the sequence starts", () => {
+  const cache = new GopCache(1_000_000);
+  const hevcStart = createMediaPacket(TagType.Video, 0, hex("90 68766331 01"));
+  const colorInfo = (ts: number, body: string) =>
+    createMediaPacket(TagType.Video, ts, hex(`94 68766331 ${body}`));
+  const opusStart = createMediaPacket(TagType.Audio, 0, hex("90 4f707573")); // empty: see layout
+  const layout = createMediaPacket(TagType.Audio, 0, hex("94 4f707573 01 06 0000003f"));
+  const hdr = colorInfo(0, "0a");
+  const key = createMediaPacket(TagType.Video, 0, hex("91 68766331 000000 01"));
+  for (const packet of [hevcStart, hdr, opusStart, layout, key]) cache.push(packet);
+  assertEquals(cache.snapshot(), [hevcStart, hdr, opusStart, layout, key]);
+  // New colorInfo "invalidates and replaces the current one"; the frames stay decodable.
+  const sdr = colorInfo(40, "0b");
+  cache.push(sdr);
+  assertEquals(cache.snapshot(), [hevcStart, sdr, opusStart, layout, key]);
+  assertEquals(cache.videoSequenceHeader, hevcStart, "the default track's sequence start");
+  assertEquals(cache.audioSequenceHeader, opusStart);
+});
+
 Deno.test("GopCache opens a group at the first of the keyframes several tracks have at one instant", () => {
   const cache = new GopCache(1_000_000);
   const key = (ts: number, track: number) =>

@@ -43,3 +43,26 @@ Deno.test("ffmpegCodecProblem() names the codec FFmpeg 5.1's FLV demuxer cannot 
   const announced = openingConfiguration({ videocodecid: 12 }, []);
   assertEquals(ffmpegCodecProblem(announced), undefined, "a codec only announced");
 });
+
+Deno.test("ffmpegCodecProblem() sees every track's header, whichever came last", () => {
+  // OBS Enhanced Broadcasting: HEVC on track 1 (wrapped), H.264 on track 0 (legacy), in either
+  // order. The configuration holds the last header of each kind; the GOP cache holds them all.
+  const cases: [string, ReturnType<typeof video>[], string][] = [
+    [
+      "hvc1 track 1, then legacy H.264",
+      [video("96 00 68766331 01 aa"), video("17 00 000000 01"), audio("af 00 1210")],
+      "multitrack video (hvc1) not supported by the ffmpeg engine; use engine = native",
+    ],
+    [
+      "Opus track 1, then legacy AAC",
+      [video("17 00 000000 01"), audio("95 00 4f707573 01 cc"), audio("af 00 1210")],
+      "multitrack audio (Opus) not supported by the ffmpeg engine; use engine = native",
+    ],
+  ];
+  for (const [name, headers, expected] of cases) {
+    const configuration = openingConfiguration(undefined, headers);
+    assertEquals(ffmpegCodecProblem(configuration, headers), expected, name);
+  }
+  const plain = [video("17 00 000000 01"), audio("af 00 1210")];
+  assertEquals(ffmpegCodecProblem(openingConfiguration(undefined, plain), plain), undefined);
+});

@@ -422,6 +422,18 @@ Deno.test("ServerConversation.receive() reports out-of-order commands as protoco
       error: /play while already a publisher/,
     },
     {
+      // Passed on, it would be cached and replayed to every reader, and break a destination
+      // that takes one track of it.
+      name: "a malformed Enhanced RTMP tag from the publisher",
+      act: (c) => {
+        const id = c.ready();
+        c.call(id, "publish", 3, "conv-key-0001", "live");
+        c.conversation.acceptPublish();
+        return c.send(raw(MessageType.Video, id, hex("96 10 68766331 00 000040 aa"), 3200));
+      },
+      error: /^malformed Enhanced RTMP video tag at 3200 ms: .*truncated in track 0/,
+    },
+    {
       name: "command name that is not a string",
       act: (c) => c.send(raw(MessageType.CommandAmf0, 0, encodeAmf0(7, 1))),
       error: /command name is not a string/,

@@ -116,6 +116,24 @@ const BAD_CLIENTS: { name: string; act: (client: TestRtmpClient) => Promise<void
       log: /more than 64 chunk streams/,
     },
     {
+      name: "a publisher sending a malformed Enhanced RTMP tag",
+      act: async (c) => {
+        await c.handshake();
+        const { streamId, code } = await c.publish("sess-key-0002");
+        assertEquals(code, "NetStream.Publish.Start");
+        await c.send({
+          chunkStreamId: 6,
+          typeId: MessageType.Video,
+          timestamp: 40,
+          streamId,
+          // Multitrack ManyTracks HEVC: track 0's size (64 bytes) runs past the tag's end.
+          payload: hex("96 10 68766331 00 000040 aa"),
+        });
+      },
+      log:
+        /WARNING rtmp: closing connection: SyntaxError: malformed Enhanced RTMP video tag at 40 ms: Enhanced RTMP tag truncated in track 0/,
+    },
+    {
       name: "connect to an unknown application",
       act: async (c) => {
         await c.handshake();
@@ -138,7 +156,7 @@ Deno.test("bad clients are closed with one log line while a real stream loses no
   await using dir = await tempDir();
   const source = await fixture({ seconds: 4 });
   await using relay = await startTestRelay({
-    streams: [{ key: "sess-key-0001" }],
+    streams: [{ key: "sess-key-0001" }, { key: "sess-key-0002" }],
     streaming: { connection_timeout_seconds: 1 },
     rtmp: { max_message_size_kb: 1024 },
   });
