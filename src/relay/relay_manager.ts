@@ -44,6 +44,12 @@ export class RelayManager implements StreamHubListener {
   #options: RelayManagerOptions;
   readonly #relays = new Map<string, StreamRelay>();
   readonly #background = new Set<Promise<void>>();
+  /**
+   * Relays of ended streams whose destinations are still being stopped: counted in
+   * `destinationBytesSent` until their bytes move to `#endedRelayBytes`, or the total would drop
+   * for as long as the stop takes (seconds of draining) and Prometheus would read a reset.
+   */
+  readonly #ending = new Set<StreamRelay>();
   #endedRelayBytes = 0;
 
   constructor(authority: StreamAuthority, options: RelayManagerOptions) {
@@ -91,6 +97,7 @@ export class RelayManager implements StreamHubListener {
   get destinationBytesSent(): number {
     let total = this.#endedRelayBytes;
     for (const relay of this.#relays.values()) total += relay.bytesSent;
+    for (const relay of this.#ending) total += relay.bytesSent;
     return total;
   }
 
@@ -144,10 +151,15 @@ export class RelayManager implements StreamHubListener {
   onEnded(stream: LiveStream, reason: string): void {
     managerLog.info("stream ended: {reason}", { ...streamFields(stream.key), reason });
     const relay = this.#relays.get(stream.key);
-    if (relay?.stream === stream) this.#relays.delete(stream.key);
-    if (relay) {
+    // Another live period's relay is not this end's to stop (nor to count twice, in the map and
+    // as ended).
+    if (relay?.stream === stream) {
+      this.#relays.delete(stream.key);
+      this.#ending.add(relay);
       this.#track(
-        relay.stop().then(() => {
+        relay.stop().finally(() => {
+          // One step, no await between: counted in exactly one of the two at every moment.
+          this.#ending.delete(relay);
           this.#endedRelayBytes += relay.bytesSent;
         }),
       );

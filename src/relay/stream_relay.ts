@@ -87,6 +87,12 @@ export class StreamRelay {
   #decision = new AbortController();
   /** Bytes sent by FFmpegs already stopped (removed, restarted or disabled destinations). */
   #removedBytes = 0;
+  /**
+   * Supervisors out of `#entries` whose FFmpeg is still being stopped (a drain can take seconds):
+   * counted in `bytesSent` until their bytes move to `#removedBytes`, or the total would drop
+   * meanwhile and Prometheus would read it as a counter reset.
+   */
+  readonly #stopping = new Set<DestinationSupervisor>();
   /** Replacements and enable/disable run one after the other, never interleaved. */
   #changes: Promise<unknown> = Promise.resolve();
   /**
@@ -153,10 +159,11 @@ export class StreamRelay {
     return ticket;
   }
 
-  /** Bytes written to every FFmpeg of this stream, stopped ones included. */
+  /** Bytes written to every FFmpeg of this stream, stopped and stopping ones included. */
   get bytesSent(): number {
     let total = this.#removedBytes;
     for (const supervisor of this.list()) total += supervisor.status().bytes_sent;
+    for (const supervisor of this.#stopping) total += supervisor.status().bytes_sent;
     return total;
   }
 
@@ -366,10 +373,20 @@ export class StreamRelay {
     return entry;
   }
 
-  /** Stops a supervisor no longer in the map and counts what it sent. */
+  /**
+   * Stops a supervisor no longer in the map and counts what it sent. To be called in the same
+   * turn as it leaves the map, before any await: `bytesSent` must find it somewhere at every
+   * moment.
+   */
   async #retire(supervisor: DestinationSupervisor): Promise<void> {
-    await supervisor.stop();
-    this.#removedBytes += supervisor.status().bytes_sent;
+    this.#stopping.add(supervisor);
+    try {
+      await supervisor.stop();
+    } finally {
+      // One step, no await between: counted in exactly one of the two at every moment.
+      this.#stopping.delete(supervisor);
+      this.#removedBytes += supervisor.status().bytes_sent;
+    }
   }
 
   #serialised<T>(change: () => Promise<T>): Promise<T> {

@@ -4,9 +4,11 @@
  * the destinations run.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
-import { ffmpegProcessesWith, freePort, waitFor } from "../helpers/process.ts";
+import { fixture } from "../helpers/media.ts";
+import { ffmpegPublish } from "../helpers/peers.ts";
+import { ffmpegProcessesWith, freePort, sleep, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
 
@@ -129,4 +131,135 @@ Deno.test("RelayManager honours a resumed publisher's forward decision", async (
   await waitFor(async () => (await ffmpegs()).length === 1, "a new FFmpeg");
   assertMatch(relay.logText(), /publisher not to be forwarded: stopping 1 destination\(s\)/);
   client.close();
+});
+
+/**
+ * A destination that accepts the connection and never says a word: FFmpeg, written to, waits on
+ * its handshake, and stopping it takes seconds (until its I/O timeout), as with a hung platform.
+ */
+class MuteListener implements AsyncDisposable {
+  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  readonly #conns = new Set<Deno.Conn>();
+  readonly #accepting: Promise<void>;
+
+  constructor() {
+    this.#accepting = (async () => {
+      try {
+        for await (const conn of this.#listener) this.#conns.add(conn);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+    })();
+  }
+
+  get port(): number {
+    return (this.#listener.addr as Deno.NetAddr).port;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    for (const conn of this.#conns) conn.close();
+    await this.#accepting;
+  }
+}
+
+/** A relay whose stream `key` relays to destinations `ids`, each to a listener that never answers. */
+async function mutedStream(key: string, ids: string[]) {
+  await using stack = new AsyncDisposableStack();
+  const mute = stack.use(new MuteListener());
+  const relay = stack.use(
+    await startTestRelay({
+      streams: [{
+        key,
+        destinations: ids.map((id) => ({
+          id,
+          platform: "custom",
+          rtmp_url: `rtmp://127.0.0.1:${mute.port}/live`,
+          stream_key: `${id}-out`,
+        })),
+      }],
+    }),
+  );
+  const source = await fixture({ seconds: 30 });
+  stack.use(ffmpegPublish(source, relay.rtmpUrl(key)));
+  const { manager } = relay.service;
+  await waitFor(() => manager.relayFor(key)?.size === ids.length, "the destinations added");
+  const streamRelay = manager.relayFor(key)!;
+  for (const id of ids) {
+    await waitFor(
+      () => (streamRelay.get(id)?.status().bytes_sent ?? 0) > 0,
+      `bytes written to ${id}'s FFmpeg`,
+    );
+  }
+  const resources = stack.move();
+  return {
+    relay,
+    streamRelay,
+    [Symbol.asyncDispose]: () => resources.disposeAsync(),
+  };
+}
+
+/**
+ * Samples `total` from now until `work` settles: Prometheus reads a counter that goes down as a
+ * reset, so every sample must be at least the one before.
+ */
+async function assertNeverDecreases(
+  total: () => number,
+  before: number,
+  work: Promise<unknown>,
+  what: string,
+): Promise<void> {
+  let settled = false;
+  const done = work.finally(() => settled = true);
+  let last = before;
+  let samples = 0;
+  const check = () => {
+    const now = total();
+    samples++;
+    assert(
+      now >= last,
+      `${what}: destination bytes went down from ${last} to ${now} (sample ${samples})`,
+    );
+    last = now;
+  };
+  check(); // at once: the destination has just left the live set
+  const started = performance.now();
+  while (!settled) {
+    await sleep(25);
+    check();
+  }
+  await done;
+  check();
+  // A stop over at once would leave no time for the total to be seen going down.
+  assert(performance.now() - started > 250, `${what} took too short a time to tell`);
+}
+
+Deno.test("RelayManager.destinationBytesSent never goes down while a removed destination stops", async () => {
+  await using scenario = await mutedStream("bytes-removed-0001", ["gone", "kept"]);
+  const { manager } = scenario.relay.service;
+  const total = () => manager.destinationBytesSent;
+  const gone = scenario.streamRelay.get("gone")!;
+  const before = total();
+  const removing = scenario.streamRelay.remove("gone");
+  await assertNeverDecreases(total, before, removing, "removing a destination");
+  // Counted once: what is live plus what the removed one sent, nothing twice.
+  assertEquals(
+    total(),
+    gone.status().bytes_sent + scenario.streamRelay.get("kept")!.status().bytes_sent,
+  );
+});
+
+Deno.test("RelayManager.destinationBytesSent never goes down while an ended stream's destinations stop", async () => {
+  const KEY = "bytes-ended-0001";
+  await using scenario = await mutedStream(KEY, ["one", "two"]);
+  const { manager, hub } = scenario.relay.service;
+  const total = () => manager.destinationBytesSent;
+  const supervisors = scenario.streamRelay.list();
+  const before = total();
+  hub.end(hub.get(KEY)!, "test ends the stream");
+  assertEquals(manager.relayFor(KEY), undefined, "the relay left the live set at once");
+  await assertNeverDecreases(total, before, manager.settle(), "ending the stream");
+  // Counted once, after the stop as during it.
+  const sent = supervisors.reduce((sum, supervisor) => sum + supervisor.status().bytes_sent, 0);
+  assertEquals(total(), sent);
 });
