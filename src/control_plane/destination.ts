@@ -59,6 +59,18 @@ export function joinPushUrl(rtmpUrl: string, streamKey: string): string {
   return `${rtmpUrl.replace(/\/+$/, "")}/${streamKey.replace(/^\/+/, "")}`;
 }
 
+/**
+ * `url` with its scheme in lower case and every other character as written. The scheme is
+ * case-insensitive (RFC 3986, 3.1) and `URL` accepts `RTMP://`, but FFmpeg and the engines'
+ * `rtmps://` checks (TLS and its trust store) compare it as written. The rest is left alone:
+ * keys, paths and queries are case-sensitive. Only for a URL that `URL` parsed and that holds no
+ * whitespace or control character: its scheme then ends at the first `:`.
+ */
+function lowerCaseScheme(url: string): string {
+  const colon = url.indexOf(":");
+  return url.slice(0, colon).toLowerCase() + url.slice(colon);
+}
+
 /** A destination that cannot be used: a `TypeError` that names the record's field at fault. */
 export class InvalidDestination extends TypeError {
   constructor(message: string, readonly field: "rtmp_url" | "stream_key" | "engine") {
@@ -107,14 +119,15 @@ export function validateDestination(record: DestinationRecord): Destination {
       "engine",
     );
   }
-  const pushUrl = joinPushUrl(record.rtmp_url, record.stream_key);
+  const rtmpUrl = lowerCaseScheme(record.rtmp_url);
+  const pushUrl = joinPushUrl(rtmpUrl, record.stream_key);
   return {
     id: record.id,
     platform: record.platform,
-    rtmpUrl: record.rtmp_url,
+    rtmpUrl,
     streamKey: record.stream_key,
     pushUrl,
-    displayUrl: redactDestination(record.rtmp_url, record.stream_key),
+    displayUrl: redactDestination(rtmpUrl, record.stream_key),
     engine: record.engine as EngineName | undefined,
     videoTrack: record.video_track,
     audioTrack: record.audio_track,

@@ -33,6 +33,8 @@ function tlsArgs(url: string, caFile: string | undefined): string[] {
 
 export function buildFfmpegArgs(destination: Destination, options: FfmpegArgsOptions): string[] {
   const url = destination.pushUrl;
+  // Case-sensitive on purpose: `validateDestination` lower-cases the scheme, and `tlsArgs` relies
+  // on it. An `RTMPS://` let through here would go out without `-tls_verify 1`.
   if (!/^rtmps?:\/\//.test(url)) {
     throw new TypeError(`destination ${destination.id}: push URL is not rtmp:// or rtmps://`);
   }

@@ -72,3 +72,30 @@ Deno.test("selectDestinations() skips a destination with an unknown engine, the 
     [["native", "native", 1, 0], ["default", undefined, undefined, undefined]],
   );
 });
+
+Deno.test("validateDestination() lower-cases the scheme and keeps the rest byte for byte", () => {
+  // RFC 3986 makes the scheme case-insensitive; keys, paths and queries are not.
+  const cases: [string, string, string][] = [
+    ["RTMP://127.0.0.1:1935/app", "Key-AbC", "rtmp://127.0.0.1:1935/app/Key-AbC"],
+    [
+      "RTMPS://Live-API-S.Facebook.com:443/Rtmp",
+      "FB-AbC",
+      "rtmps://Live-API-S.Facebook.com:443/Rtmp/FB-AbC",
+    ],
+    ["rTmP://host/App/Inst?Token=AbC&x=Y", "", "rtmp://host/App/Inst?Token=AbC&x=Y"],
+    ["Rtmp://User:PaSS@host/Live", "KeY", "rtmp://User:PaSS@host/Live/KeY"],
+    ["rtmps://host/live/", "/KeY%2F", "rtmps://host/live/KeY%2F"],
+  ];
+  for (const [url, key, pushUrl] of cases) {
+    const destination = validateDestination(record(url, key));
+    assertEquals(destination.pushUrl, pushUrl, url);
+    assertEquals(destination.rtmpUrl, url.replace(/^[a-z]+/i, (s) => s.toLowerCase()), url);
+    assertEquals(destination.streamKey, key, url);
+    assertEquals(destination.displayUrl.split("//")[0], pushUrl.split("//")[0], url);
+  }
+  // Only the scheme's case changed: the same target, so a running FFmpeg is not restarted for it.
+  assertEquals(
+    validateDestination(record("RTMP://host/live", "k")),
+    validateDestination(record("rtmp://host/live", "k")),
+  );
+});

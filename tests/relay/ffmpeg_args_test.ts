@@ -133,3 +133,18 @@ Deno.test("ffmpegLogRedactor() leaves lines without the key, and keys too short 
   );
   assertEquals(ffmpegLogRedactor(short)("frame=  abc"), "frame=  abc");
 });
+
+Deno.test("buildFfmpegArgs() takes an upper-case scheme, given to FFmpeg lower-cased", () => {
+  const cases: [string, string, string[]][] = [
+    ["RTMP://127.0.0.1:1935/app", "rtmp://127.0.0.1:1935/app/k-1234", []],
+    ["Rtmp://Host.Example/Live", "rtmp://Host.Example/Live/k-1234", []],
+    ["RTMPS://ingest.example.com/App", "rtmps://ingest.example.com/App/k-1234", [
+      "-tls_verify",
+      "1",
+    ]],
+  ];
+  for (const [url, pushUrl, tls] of cases) {
+    const args = buildFfmpegArgs(destination(url), { ioTimeoutSeconds: 10 });
+    assertEquals(outputTail(args), [...tls, "-f", "flv", pushUrl], url);
+  }
+});
