@@ -9,6 +9,7 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Config, CONFIG_SECTIONS } from "./config.ts";
 import { ControlPlaneClient } from "./control_plane/http_client.ts";
+import { HttpServer } from "./http/http_server.ts";
 import { openOutbox, type StreamEndOutbox } from "./control_plane/outbox.ts";
 import { LiveRecord } from "./control_plane/live_record.ts";
 import { streamFields } from "./stream_id.ts";
@@ -276,7 +277,7 @@ export class RelayService implements AsyncDisposable {
   readonly hub: StreamHub;
   readonly manager: RelayManager;
   readonly rtmp: RtmpServer;
-  readonly http: Deno.HttpServer<Deno.NetAddr>;
+  readonly http: HttpServer;
   /** What `GET /api/events` streams; closed on shutdown so no open event stream holds it up. */
   readonly events: RelayEvents;
   readonly startedAt = new Date();
@@ -363,10 +364,9 @@ export class RelayService implements AsyncDisposable {
         },
       });
       this.http = bindOrExplain("HTTP", http.bind, http.port, () =>
-        Deno.serve({
+        new HttpServer({
           hostname: http.bind,
           port: http.port,
-          onListen: () => {},
           onError: (error) => {
             serviceLog.error("HTTP handler failed: {reason}", { reason: (error as Error).message });
             return new Response(JSON.stringify({ error: "internal error" }), { status: 500 });
@@ -503,7 +503,14 @@ export class RelayService implements AsyncDisposable {
       // (KillMode=mixed would take it) or not.
       this.#pool.killAll();
       this.events.close();
-      await this.http.shutdown();
+      // An event stream whose client stopped reading is never written out: by the deadline (with
+      // a moment for the ends just sent), its connection is closed.
+      const cut = await this.http.shutdown(Math.max(deadlineAt, performance.now() + 250));
+      if (cut > 0) {
+        serviceLog.warn("{count} HTTP response(s) not taken by the deadline: connection closed", {
+          count: cut,
+        });
+      }
       serviceLog.info("stopped");
     })();
     return this.#stopping;

@@ -230,7 +230,8 @@ const MAX_PENDING_EVENTS = 512;
 
 /**
  * Serves `events` as Server-Sent Events: a `snapshot` at once, then every event as it happens and
- * a comment line every `heartbeatMs` so proxies keep the connection. Ends when the client goes or
+ * a comment line every `heartbeatMs` so proxies keep the connection. Ends when the client goes,
+ * falls more than `MAX_PENDING_EVENTS` behind (even with a write blocked on its full socket), or
  * the source closes.
  */
 export function serveEvents(c: Context, events: RelayEvents, heartbeatMs = 15_000): Response {
@@ -240,11 +241,22 @@ export function serveEvents(c: Context, events: RelayEvents, heartbeatMs = 15_00
     let wake: (() => void) | undefined;
     let done = false;
     const finish = () => {
+      if (done) return;
       done = true;
       wake?.();
+      // A write to a client that stopped reading waits until it reads, which may be never; the
+      // loop would not see `done` until then. Aborting rejects that write (`write()` swallows
+      // it), so the loop ends and unsubscribes now, and the response body ends.
+      stream.abort();
     };
     const unsubscribe = events.subscribe((event) => {
-      if (pending.length >= MAX_PENDING_EVENTS) return finish();
+      if (done) return;
+      if (pending.length >= MAX_PENDING_EVENTS) {
+        eventsLog.warn("event stream client more than {max} events behind: disconnected", {
+          max: MAX_PENDING_EVENTS,
+        });
+        return finish();
+      }
       pending.push(event);
       wake?.();
     }, finish);

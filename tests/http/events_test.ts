@@ -189,3 +189,168 @@ Deno.test("serveEvents() sends a snapshot at once, then events and heartbeats, a
   await waitFor(() => events.listeners === 0, "the client to be forgotten");
   events.close();
 });
+
+/**
+ * A relay whose `count` destinations all change state at every look: `count` events per tick, each
+ * carrying `padding` bytes of error text, so a client that stops reading falls behind within a few
+ * ticks and its socket fills within a few more.
+ */
+function churningEvents(count: number, padding: number, intervalMs = 10): RelayEvents {
+  let looks = 0;
+  const readModel: ReadModel = {
+    snapshot: () => {
+      const state = looks++ % 2 === 0 ? "connected" : "retrying";
+      return snapshot([
+        stream(
+          "s1",
+          Array.from(
+            { length: count },
+            (_, i) => destination(`d${i}`, state, { last_error: "x".repeat(padding) }),
+          ),
+        ),
+      ]);
+    },
+    stream: () => undefined,
+  };
+  return new RelayEvents(readModel, { intervalMs, snapshotEveryMs: 60_000 });
+}
+
+/** `events.close()` on the way out, so no read-model timer outlives a failing test. */
+function closing(events: RelayEvents): Disposable {
+  return { [Symbol.dispose]: () => events.close() };
+}
+
+/** Cancels a response body on the way out unless an `SseReader` took it (and cancels it itself). */
+function cancelling(response: Response): AsyncDisposable {
+  return {
+    [Symbol.asyncDispose]: async () => {
+      if (response.body !== null && !response.body.locked) await response.body.cancel();
+    },
+  };
+}
+
+/**
+ * An HTTP/1.1 client on a raw socket that sends its request and then reads nothing until told to:
+ * the kernel buffers fill and the server's writes block, as with a browser tab that froze.
+ */
+class StalledClient implements AsyncDisposable {
+  readonly #conn: Deno.Conn;
+  #closed = false;
+
+  private constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  static async open(port: number, path: string): Promise<StalledClient> {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const client = new StalledClient(conn);
+    try {
+      await conn.write(
+        new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`),
+      );
+    } catch (error) {
+      client.#close();
+      throw error;
+    }
+    return client;
+  }
+
+  /**
+   * Starts reading and goes on until the response ends (its last chunk, or the connection closed).
+   * Returns the bytes read; throws if the server is still sending after `timeoutMs`.
+   */
+  async readToEnd(timeoutMs: number): Promise<number> {
+    let timedOut = false;
+    // Closing the socket is what ends a read that would otherwise wait for ever.
+    const timer = setTimeout(() => {
+      timedOut = true;
+      this.#close();
+    }, timeoutMs);
+    const buffer = new Uint8Array(256 * 1024);
+    let total = 0;
+    let tail = "";
+    try {
+      for (;;) {
+        let n: number | null;
+        try {
+          n = await this.#conn.read(buffer);
+        } catch (error) {
+          if (timedOut) break;
+          if (error instanceof Deno.errors.ConnectionReset) return total;
+          throw error;
+        }
+        if (n === null) return total;
+        total += n;
+        tail = (tail + new TextDecoder().decode(buffer.subarray(Math.max(0, n - 16), n))).slice(
+          -16,
+        );
+        // The last chunk of a chunked body (SSE data is `\n`-separated, so `\r\n` is framing).
+        if (tail.endsWith("\r\n0\r\n\r\n")) return total;
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    throw new Error(`still sending after ${timeoutMs} ms (${total} bytes read)`);
+  }
+
+  #close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#conn.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.#close();
+    return Promise.resolve();
+  }
+}
+
+Deno.test("serveEvents() disconnects a client that stops reading once it is 512 events behind", async () => {
+  const events = churningEvents(100, 100);
+  using _events = closing(events);
+  const app = new Hono();
+  app.get("/events", (c) => serveEvents(c, events, 60_000));
+  // Nobody reads this body: the stream's first write waits for ever.
+  const response = await app.request("/events");
+  await using _body = cancelling(response);
+  assertEquals(events.listeners, 1);
+  // 100 events a tick: past 512 within a few ticks; the wide margin is for a busy machine.
+  await waitFor(() => events.listeners === 0, "the client 512 events behind to be dropped", 20_000);
+  await using reader = new SseReader(response);
+  await reader.end(10_000);
+});
+
+Deno.test("serveEvents() disconnects a client whose socket is full once it is 512 events behind", async () => {
+  // 16 events, ~400 KB a tick: few enough for the stream to keep up while the client's socket has
+  // room, so it falls behind only once the buffers (a few MB on loopback) are full and a write
+  // blocks, a dozen ticks in; 32 more and it is 512 behind.
+  const events = churningEvents(16, 25_000);
+  using _events = closing(events);
+  const app = new Hono();
+  app.get("/events", (c) => serveEvents(c, events, 60_000));
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    app.fetch,
+  );
+  await using client = await StalledClient.open(server.addr.port, "/events");
+  await waitFor(() => events.listeners === 1, "the client to subscribe");
+  await waitFor(() => events.listeners === 0, "the client 512 events behind to be dropped", 30_000);
+  // What was already on its way is delivered, then the response ends instead of going on.
+  await client.readToEnd(15_000);
+});
+
+Deno.test("serveEvents() ends the stream of a client that stops reading at once when the source closes", async () => {
+  const events = churningEvents(1, 100, 60_000);
+  using _events = closing(events);
+  const app = new Hono();
+  app.get("/events", (c) => serveEvents(c, events, 60_000));
+  const response = await app.request("/events");
+  await using _body = cancelling(response);
+  assertEquals(events.listeners, 1);
+  events.close();
+  // The snapshot still waiting to be taken is dropped with the stream: the handler did not wait
+  // for a client that might never read before ending.
+  await using reader = new SseReader(response);
+  await reader.end(10_000);
+  assertEquals(reader.events.map((event) => event.type), []);
+});
