@@ -10,6 +10,7 @@
 
 import { Hono } from "hono";
 import type { Context, MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { HTTPException } from "hono/http-exception";
 import type { z } from "zod";
@@ -79,6 +80,9 @@ async function parseBody<T extends z.ZodType>(
 
 const httpLog = log("http");
 
+/** The largest request body the API reads. */
+const MAX_BODY_BYTES = 256 * 1024;
+
 /** The reply to a replacement or refresh: the new list with statuses, and what happened by id. */
 function describeChanges(
   relay: StreamRelay,
@@ -102,6 +106,15 @@ export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
   const { apiToken, allowUnauthenticatedControl } = deps.http;
   app.use("*", cors({ origin: deps.http.allowOrigin }));
+  // The largest body the API takes (a PUT of every destination) is a few KiB: anything near this
+  // is abuse, refused before it is read into memory.
+  app.use(
+    "/api/*",
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) => c.json({ error: `request body over ${MAX_BODY_BYTES / 1024} KiB` }, 413),
+    }),
+  );
 
   /** The dashboard's page and files: public (they hold no data), under a strict CSP. */
   const page = (c: Context, body: string, type: string) => {
@@ -114,7 +127,9 @@ export function createApp(deps: AppDeps): Hono {
   };
   app.get("/", (c) => page(c, INDEX_HTML, "text/html; charset=utf-8"));
   app.get("/assets/:name", (c) => {
-    const asset = DASHBOARD_ASSETS[c.req.param("name")];
+    const name = c.req.param("name");
+    // Own names only: "constructor" and the like come with every object.
+    const asset = Object.hasOwn(DASHBOARD_ASSETS, name) ? DASHBOARD_ASSETS[name] : undefined;
     return asset ? page(c, asset.body, asset.type) : c.json({ error: "not found" }, 404);
   });
 
@@ -135,7 +150,13 @@ export function createApp(deps: AppDeps): Hono {
   };
   app.use("*", requireToken);
 
-  /** Control endpoints change what streamers see: never open by accident. */
+  /**
+   * Control endpoints change what streamers see: never open by accident. Without a token, a web
+   * page the operator visits could call them as well as a curl on the host (a text/plain POST
+   * needs no CORS preflight, and `allow_origin = "*"` passes any): only the page's Origin header
+   * tells them apart, so a request from another origin than this server's (or `allow_origin`, when
+   * that names one) is refused. With a token the token is the proof: a page does not have it.
+   */
   const control: MiddlewareHandler = async (c, next) => {
     if (apiToken === undefined && !allowUnauthenticatedControl) {
       return c.json({
@@ -143,7 +164,30 @@ export function createApp(deps: AppDeps): Hono {
           "control endpoints are disabled: set [http] api_token, or allow_unauthenticated_control = true",
       }, 403);
     }
+    const origin = c.req.header("origin");
+    if (apiToken === undefined && origin !== undefined && !trustedOrigin(c, origin)) {
+      return c.json({
+        error:
+          "control request from another origin refused: without [http] api_token, control is for this server's own pages and non-browser clients",
+      }, 403);
+    }
+    // A body must say it is JSON: no form a page can send without a preflight does. Read here
+    // (bodyLimit bounds it; Hono keeps it for the handler) since only its bytes tell a restart's
+    // empty POST from one with something to say.
+    const type = c.req.header("content-type") ?? "";
+    const hasBody = (await c.req.arrayBuffer()).byteLength > 0;
+    if (hasBody && !/^application\/json\s*(;|$)/i.test(type)) {
+      return c.json({ error: "a request body must be Content-Type: application/json" }, 415);
+    }
     return await next();
+  };
+  const trustedOrigin = (c: Context, origin: string): boolean => {
+    if (deps.http.allowOrigin !== "*" && origin === deps.http.allowOrigin) return true;
+    try {
+      return new URL(origin).host === new URL(c.req.url).host;
+    } catch {
+      return false; // "null" (a sandboxed page, a file) or garbage: not this server
+    }
   };
 
   /**
@@ -255,6 +299,7 @@ export function createApp(deps: AppDeps): Hono {
     try {
       return c.json(describeDestination(relay.add(destination)), 201);
     } catch (error) {
+      if (relay.stopped) return notLive(c); // it ended since we looked it up
       return c.json({ error: (error as Error).message }, 409);
     }
   });
@@ -309,6 +354,10 @@ export function createApp(deps: AppDeps): Hono {
       refreshed = await deps.manager.refreshDestinations(key);
     } catch (error) {
       if (error instanceof SupersededRefresh) return c.json({ error: error.message }, 409);
+      // The stream ended while the refresh waited its turn behind other changes.
+      if (error instanceof RangeError && (deps.manager.relayFor(key)?.stopped ?? true)) {
+        return notLive(c);
+      }
       return c.json({ error: `cannot fetch destinations: ${(error as Error).message}` }, 502);
     }
     const relay = deps.manager.relayFor(key);

@@ -8,8 +8,15 @@
 import type { RelayDestinationStatus } from "../relay/stream_relay.ts";
 import type { Snapshot } from "./read_model.ts";
 
-function escapeLabel(value: string): string {
-  return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+/**
+ * A label value as the text format has it: backslash, double quote and line feed escaped. Other
+ * control characters (a destination id may hold any) have no escape there, and a raw carriage
+ * return breaks common parsers: each becomes U+FFFD.
+ */
+export function escapeLabel(value: string): string {
+  return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n")
+    // deno-lint-ignore no-control-regex
+    .replace(/[\u0000-\u0009\u000b-\u001f\u007f]/g, "\ufffd");
 }
 
 function labels(values: Record<string, string>): string {
@@ -41,7 +48,11 @@ export function renderMetrics(snapshot: Snapshot): string {
   out.sample("neustream_up", rtmp.serving ? 1 : 0);
   out.family("neustream_uptime_seconds", "gauge", "Seconds since the relay started.");
   out.sample("neustream_uptime_seconds", snapshot.uptime_seconds);
-  out.family("neustream_streams_active", "gauge", "Streams with a live publisher.");
+  out.family(
+    "neustream_streams_active",
+    "gauge",
+    "Streams live, their publisher connected or in its reconnect window.",
+  );
   out.sample("neustream_streams_active", snapshot.streams.length);
   out.family("neustream_streams_total", "counter", "Streams that went live since start.");
   out.sample("neustream_streams_total", snapshot.total_streams);
@@ -53,7 +64,11 @@ export function renderMetrics(snapshot: Snapshot): string {
   out.sample("neustream_connections", rtmp.connections);
   out.family("neustream_rtmp_bytes_in_total", "counter", "Bytes received over RTMP.");
   out.sample("neustream_rtmp_bytes_in_total", rtmp.bytes_in);
-  out.family("neustream_rtmp_bytes_out_total", "counter", "Bytes sent over RTMP to players.");
+  out.family(
+    "neustream_rtmp_bytes_out_total",
+    "counter",
+    "Bytes sent over RTMP to clients (players; protocol replies to publishers).",
+  );
   out.sample("neustream_rtmp_bytes_out_total", rtmp.bytes_out);
   out.family(
     "neustream_destination_bytes_out_total",

@@ -31,9 +31,12 @@ Deno.test("GET / and /assets/* serve the dashboard without a token, under a stri
     assert(!/https?:\/\//.test(body.replaceAll("http://www.w3.org/2000/svg", "")), path);
     assert(!/<script>|<style>| style=| on[a-z]+=/.test(body), path);
   }
-  const missing = await fetch(relay.httpUrl("/assets/nothing.js"));
-  assertEquals(missing.status, 404);
-  await missing.body?.cancel();
+  // Names an object inherits are no assets either.
+  for (const name of ["nothing.js", "constructor", "toString", "__proto__"]) {
+    const missing = await fetch(relay.httpUrl(`/assets/${name}`));
+    assertEquals(missing.status, 404, name);
+    await missing.body?.cancel();
+  }
   // The data behind it still needs the token.
   const streams = await fetch(relay.httpUrl("/api/streams"));
   assertEquals(streams.status, 401);

@@ -290,3 +290,61 @@ Deno.test("of two refreshes under way, the one asked last is what stays, whichev
     );
   }
 });
+
+Deno.test("control without a token refuses requests from other origins and bodies that are not JSON", async () => {
+  // allow_unauthenticated_control with allow_origin = "*": nothing but the Origin header tells a
+  // curl on the host from a web page the operator happens to visit.
+  await using relay = await startTestRelay({ streams: [{ key: KEY }] });
+  const open = appFor(relay, { allowUnauthenticatedControl: true });
+  const guarded = appFor(relay, { apiToken: TOKEN, allowUnauthenticatedControl: false });
+  const add = { id: "evil", rtmp_url: "rtmp://127.0.0.1:1/steal", stream_key: "x" };
+  const path = `/api/streams/${KEY}/destinations`;
+  const evil = { origin: "https://evil.example" };
+  // The form a page may send without a preflight: a text/plain body, no custom header.
+  const simple = await open.request(path, {
+    method: "POST",
+    headers: { "content-type": "text/plain;charset=UTF-8", ...evil },
+    body: JSON.stringify(add),
+  });
+  assertEquals(simple.status, 403);
+  assertMatch(ErrorSchema.parse(await simple.json()).error, /another origin.*api_token/);
+  for (const [method, p] of [["DELETE", `${path}/x`], ["POST", `${path}/x/restart`]]) {
+    const response = await open.request(p!, { method, headers: evil });
+    assertEquals(response.status, 403, `${method} ${p}`);
+    await response.body?.cancel();
+  }
+  // Same origin (the dashboard) and no Origin at all (curl) go through: 404, the stream is not live.
+  const allowed: Record<string, string>[] = [{ origin: "http://localhost" }, {}];
+  for (const headers of allowed) {
+    const response = await open.request(path, init("POST", add, headers));
+    assertEquals(response.status, 404, JSON.stringify(headers));
+    await response.body?.cancel();
+  }
+  // A token is proof enough: a page cannot send one it does not have.
+  const tokened = await guarded.request(
+    path,
+    init("POST", add, { ...evil, authorization: `Bearer ${TOKEN}` }),
+  );
+  assertEquals(tokened.status, 404);
+  await tokened.body?.cancel();
+  // A body must say it is JSON, whoever sends it.
+  for (const app of [open, guarded]) {
+    const form = await app.request(path, {
+      method: "POST",
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        authorization: `Bearer ${TOKEN}`,
+      },
+      body: JSON.stringify(add),
+    });
+    assertEquals(form.status, 415);
+    assertMatch(ErrorSchema.parse(await form.json()).error, /application\/json/);
+  }
+  // Nor may it be large: a 200 MB body once took the relay from 82 to 683 MB before its 400.
+  const huge = await guarded.request(
+    path,
+    init("POST", { ...add, platform: "x".repeat(300_000) }, { authorization: `Bearer ${TOKEN}` }),
+  );
+  assertEquals(huge.status, 413);
+  assertMatch(ErrorSchema.parse(await huge.json()).error, /256 KiB/);
+});
