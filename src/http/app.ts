@@ -181,13 +181,24 @@ export function createApp(deps: AppDeps): Hono {
     }
     return await next();
   };
+  /**
+   * `allow_origin` when it names one; else this server's own pages, reached by an address that
+   * cannot be rebound: a page on a DNS name its owner points at 127.0.0.1 (DNS rebinding) is
+   * "same origin" by Host and Origin alike. A server reached by name needs `allow_origin`.
+   */
   const trustedOrigin = (c: Context, origin: string): boolean => {
     if (deps.http.allowOrigin !== "*" && origin === deps.http.allowOrigin) return true;
+    let from: URL;
+    let to: URL;
     try {
-      return new URL(origin).host === new URL(c.req.url).host;
+      from = new URL(origin);
+      to = new URL(c.req.url);
     } catch {
       return false; // "null" (a sandboxed page, a file) or garbage: not this server
     }
+    const literal = to.hostname === "localhost" || to.hostname.startsWith("[") ||
+      /^\d{1,3}(\.\d{1,3}){3}$/.test(to.hostname);
+    return literal && from.host === to.host;
   };
 
   /**

@@ -55,15 +55,20 @@ export class HttpServer implements AsyncDisposable {
    */
   shutdown(deadlineAt: number): Promise<number> {
     this.#stopping ??= (async () => {
-      const waitMs = Math.max(0, deadlineAt - performance.now());
-      if (await settlesWithin(Promise.all([...this.#responses]), waitMs)) {
-        await this.#server.shutdown();
-        return 0;
+      // Requests still arrive while we wait (Deno stops accepting only in `shutdown()`, after which
+      // the abort is no longer allowed): wait until none is left unsent, then shut down in the
+      // same turn, so nothing new can start between the look and the shutdown.
+      while (this.#responses.size > 0) {
+        const waitMs = deadlineAt - performance.now();
+        if (waitMs <= 0 || !await settlesWithin(Promise.all([...this.#responses]), waitMs)) {
+          const cut = this.#responses.size;
+          this.#abort.abort();
+          await this.#server.finished;
+          return cut;
+        }
       }
-      const cut = this.#responses.size;
-      this.#abort.abort();
-      await this.#server.finished;
-      return cut;
+      await this.#server.shutdown();
+      return 0;
     })();
     return this.#stopping;
   }

@@ -88,6 +88,21 @@ export function isExAudio(payload: Uint8Array): boolean {
   return payload.length > 0 && payload[0]! >> 4 === SOUND_FORMAT_EX_HEADER;
 }
 
+/** True when a tag of FLV type `type` (9 video, 8 audio; data never) has an Enhanced header. */
+export function isExTag(tag: { readonly type: number; readonly payload: Uint8Array }): boolean {
+  return tag.type === 9 ? isExVideo(tag.payload) : tag.type === 8 && isExAudio(tag.payload);
+}
+
+/** Parses an Enhanced video (type 9) or audio tag body; throws `SyntaxError` as they do. */
+export function parseExTag(tag: { readonly type: number; readonly payload: Uint8Array }): ExTag {
+  return tag.type === 9 ? parseExVideo(tag.payload) : parseExAudio(tag.payload);
+}
+
+/** A tag's codecs: its tracks' FourCCs, each once ("hvc1", or "hvc1,av01" when they differ). */
+export function codecsOf(tag: ExTag): string {
+  return [...new Set(tag.tracks.map((track) => track.fourCc.trim()))].join(",");
+}
+
 class Reader {
   offset: number;
   constructor(readonly bytes: Uint8Array, offset: number) {

@@ -7,12 +7,15 @@
  */
 
 import {
+  codecsOf,
   type ExTag,
   isCodedFrames,
   isExAudio,
+  isExTag,
   isExVideo,
   isSequenceStart,
   parseExAudio,
+  parseExTag,
   parseExVideo,
   VideoFrameType,
 } from "./enhanced_rtmp.ts";
@@ -98,12 +101,12 @@ function inspectEnhanced(
       `malformed Enhanced RTMP ${video ? "video" : "audio"} tag: ${error.message}`,
     );
   }
-  const codecs = [...new Set(tag.tracks.map((track) => track.fourCc.trim()))];
+  const codecs = codecsOf(tag);
   const sequenceHeader = tag.tracks.length > 0 &&
     (isSequenceStart(tag.packetType, video) || isConfiguration(tag.packetType));
   const keyframe = video && tag.frameType === VideoFrameType.KeyFrame &&
     isCodedFrames(tag.packetType, video);
-  return { keyframe, sequenceHeader, codec: codecs.length > 0 ? codecs.join(",") : "none" };
+  return { keyframe, sequenceHeader, codec: codecs !== "" ? codecs : "none" };
 }
 
 /**
@@ -122,10 +125,8 @@ function isConfiguration(packetType: number): boolean {
  */
 export function isSequenceStartPacket(packet: MediaPacket): boolean {
   if (!packet.sequenceHeader) return false;
-  const video = packet.type === TagType.Video;
-  if (video ? !isExVideo(packet.payload) : !isExAudio(packet.payload)) return true;
-  const tag = video ? parseExVideo(packet.payload) : parseExAudio(packet.payload);
-  return isSequenceStart(tag.packetType, video);
+  if (!isExTag(packet)) return true;
+  return isSequenceStart(parseExTag(packet).packetType, packet.type === TagType.Video);
 }
 
 export function inspectVideo(payload: Uint8Array): VideoTagInfo {

@@ -7,13 +7,7 @@
  * @module
  */
 
-import {
-  isExAudio,
-  isExVideo,
-  isSequenceStart,
-  parseExAudio,
-  parseExVideo,
-} from "./enhanced_rtmp.ts";
+import { isExTag, isSequenceStart, parseExTag } from "./enhanced_rtmp.ts";
 import { isSequenceStartPacket, type MediaPacket, TagType } from "./flv.ts";
 import { sameBytes } from "./stream_configuration.ts";
 
@@ -173,12 +167,13 @@ export class GopCache {
 function trackKey(packet: Pick<MediaPacket, "type" | "payload">): string {
   let ids = "0";
   let kind = "";
-  const video = packet.type === TagType.Video;
-  if (video ? isExVideo(packet.payload) : isExAudio(packet.payload)) {
+  if (isExTag(packet)) {
     try {
-      const tag = video ? parseExVideo(packet.payload) : parseExAudio(packet.payload);
+      const tag = parseExTag(packet);
       ids = tag.tracks.map((track) => track.trackId).join(",");
-      if (!isSequenceStart(tag.packetType, video)) kind = `/${tag.packetType}`;
+      if (!isSequenceStart(tag.packetType, packet.type === TagType.Video)) {
+        kind = `/${tag.packetType}`;
+      }
     } catch (error) {
       // Classified a sequence header, so it parsed once already; a failure here is a bug.
       if (!(error instanceof SyntaxError)) throw error;

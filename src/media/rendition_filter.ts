@@ -8,7 +8,7 @@
  * @module
  */
 
-import { isExAudio, isExVideo, parseExAudio, parseExVideo } from "./enhanced_rtmp.ts";
+import { isExTag, parseExTag } from "./enhanced_rtmp.ts";
 import { type RenditionSelection, selectRendition } from "./enhanced_rtmp.ts";
 import { type MediaPacket, TagType } from "./flv.ts";
 
@@ -82,11 +82,11 @@ export class RenditionFilter {
     const kind = video ? "video" : "audio";
     if (this.#found[kind] || this.#reported) return;
     const seen = this.#seen[kind];
-    if (!(video ? isExVideo(packet.payload) : isExAudio(packet.payload))) {
+    if (!isExTag(packet)) {
       seen.add(0);
       return;
     }
-    const tag = video ? parseExVideo(packet.payload) : parseExAudio(packet.payload);
+    const tag = parseExTag(packet);
     if (tag.multitrack === undefined) seen.add(0);
     for (const track of tag.tracks) seen.add(track.trackId);
   }

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { isExAudio, isExVideo, parseExAudio, parseExVideo } from "../media/enhanced_rtmp.ts";
+import { codecsOf, isExAudio, isExTag, isExVideo, parseExTag } from "../media/enhanced_rtmp.ts";
 import { type MediaPacket, TagType } from "../media/flv.ts";
 import type { StreamConfiguration } from "../media/stream_configuration.ts";
 
@@ -52,16 +52,10 @@ export function ffmpegCodecProblem(
   }
   for (const header of headers) {
     if (header.type === TagType.Script) continue;
-    const video = header.type === TagType.Video;
-    if (!(video ? isExVideo(header.payload) : isExAudio(header.payload))) continue;
-    const tag = video ? parseExVideo(header.payload) : parseExAudio(header.payload);
-    const codecs = [...new Set(tag.tracks.map((t) => t.fourCc.trim()))].join(",");
-    const problem = problemOf(
-      video ? "video" : "audio",
-      codecs,
-      true,
-      tag.multitrack !== undefined,
-    );
+    if (!isExTag(header)) continue;
+    const tag = parseExTag(header);
+    const kind = header.type === TagType.Video ? "video" : "audio";
+    const problem = problemOf(kind, codecsOf(tag), true, tag.multitrack !== undefined);
     if (problem !== undefined) return problem;
   }
   return undefined;

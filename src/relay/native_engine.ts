@@ -6,8 +6,8 @@
  * @module
  */
 
-import { type MediaPacket, TagType } from "../media/flv.ts";
-import { isExAudio, isExVideo } from "../media/enhanced_rtmp.ts";
+import type { MediaPacket } from "../media/flv.ts";
+import { isExAudio, isExTag, isExVideo } from "../media/enhanced_rtmp.ts";
 import { RenditionFilter } from "../media/rendition_filter.ts";
 import { log } from "../log.ts";
 import type { StreamConfiguration } from "../media/stream_configuration.ts";
@@ -48,9 +48,7 @@ function isEnhanced(configuration: StreamConfiguration, headers: readonly MediaP
   const { video, audio } = configuration;
   return (video?.header !== undefined && isExVideo(video.header)) ||
     (audio?.header !== undefined && isExAudio(audio.header)) ||
-    headers.some((header) =>
-      header.type === TagType.Video ? isExVideo(header.payload) : isExAudio(header.payload)
-    );
+    headers.some(isExTag);
 }
 
 export class NativeEngine implements RelayEngine {

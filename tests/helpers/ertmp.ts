@@ -334,12 +334,6 @@ export interface TrackInput {
   video: VideoElementary;
 }
 
-/**
- * The tags of an Enhanced RTMP stream, in send order: `onMetaData`, then per instant each video
- * track's tag, then audio (legacy AAC). Track 0 is sent as ordinary single-track Enhanced tags,
- * the others as v2 multitrack OneTrack tags (OBS's Enhanced Broadcasting sends them so), all
- * under `CodedFrames`. Without `multitrack`, the only track is track 0.
- */
 /** A video Metadata body: `colorInfo` for HDR10 (BT.2020, PQ), as the specification shows it. */
 const COLOR_INFO = encodeAmf0("colorInfo", {
   colorConfig: {
@@ -351,6 +345,12 @@ const COLOR_INFO = encodeAmf0("colorInfo", {
   hdrCll: { maxFall: 400, maxCLL: 1000 },
 } as never);
 
+/**
+ * The tags of an Enhanced RTMP stream, in send order: `onMetaData`, every track's sequence start,
+ * track 0's `colorInfo` Metadata, then per instant each video track's tag, then audio (legacy AAC). Track 0 is sent as ordinary single-track Enhanced tags,
+ * the others as v2 multitrack OneTrack tags (OBS's Enhanced Broadcasting sends them so), all
+ * under `CodedFrames`. Without `multitrack`, the only track is track 0.
+ */
 export function enhancedTags(tracks: readonly TrackInput[], audio?: AudioElementary): SentTag[] {
   const first = tracks[0]!.video;
   const metadata: Record<string, unknown> = {

@@ -1,14 +1,18 @@
 import { deadline } from "../../src/async.ts";
 import { HttpServer } from "../../src/http/http_server.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { sleep } from "../helpers/process.ts";
+import { sleep, waitFor } from "../helpers/process.ts";
 
 /**
- * A server whose `/stream` sends 64 KiB chunks until `ending` aborts (as `/api/events` does until
- * the relay's stop closes its source), and whose `/` answers at once.
+ * A server whose `/stream` sends 256 KiB chunks until `ending` aborts (as `/api/events` does until
+ * the relay's stop closes its source), and whose `/` answers at once. `queued.bytes` counts what
+ * its streams were given to send.
  */
-function streamingServer(ending: AbortSignal): HttpServer {
-  const chunk = new Uint8Array(64 * 1024).fill(0x61);
+function streamingServer(
+  ending: AbortSignal,
+  queued: { bytes: number } = { bytes: 0 },
+): HttpServer {
+  const chunk = new Uint8Array(256 * 1024).fill(0x61);
   return new HttpServer({ hostname: "127.0.0.1", port: 0 }, (request) => {
     if (new URL(request.url).pathname !== "/stream") return new Response("ok");
     let timer: ReturnType<typeof setInterval> | undefined;
@@ -20,7 +24,10 @@ function streamingServer(ending: AbortSignal): HttpServer {
         };
         if (ending.aborted) return end();
         ending.addEventListener("abort", end, { once: true });
-        timer = setInterval(() => controller.enqueue(chunk), 5);
+        timer = setInterval(() => {
+          controller.enqueue(chunk);
+          queued.bytes += chunk.length;
+        }, 5);
       },
       cancel() {
         clearInterval(timer);
@@ -39,9 +46,11 @@ async function stalledGet(port: number, path: string): Promise<Deno.Conn> {
 
 Deno.test("HttpServer.shutdown() cuts off a client that stopped reading at the deadline", async () => {
   const ending = new AbortController();
-  await using server = streamingServer(ending.signal);
+  const queued = { bytes: 0 };
+  await using server = streamingServer(ending.signal, queued);
   using _client = await stalledGet(server.addr.port, "/stream");
-  await sleep(1_000); // loopback's buffers (a few MB) fill within it at 13 MB/s
+  // Far more than loopback's socket buffers hold (a few MB): the rest waits in the server.
+  await waitFor(() => queued.bytes > 32 * 1024 * 1024, "32 MiB given to the response", 30_000);
   ending.abort(); // the body ends; what the server holds for the client is never taken
   const started = performance.now();
   // Bounded here, so that a stop that waits for the client fails the test instead of hanging it.

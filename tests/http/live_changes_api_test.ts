@@ -25,7 +25,7 @@ const DEST_KEY = "api-live-change-dest-key-0001";
 
 function appFor(
   relay: TestRelay,
-  http: { apiToken?: string; allowUnauthenticatedControl: boolean },
+  http: { apiToken?: string; allowUnauthenticatedControl: boolean; allowOrigin?: string },
 ) {
   const { hub, manager, rtmp } = relay.service;
   return createApp({
@@ -319,6 +319,29 @@ Deno.test("control without a token refuses requests from other origins and bodie
     const response = await open.request(path, init("POST", add, headers));
     assertEquals(response.status, 404, JSON.stringify(headers));
     await response.body?.cancel();
+  }
+  // DNS rebinding: a page on a name its owner points at this host is same-origin by Host and
+  // Origin alike. Only an address that cannot be rebound, or allow_origin, is trusted.
+  const rebound = await open.request(`http://evil.example:8000${path}`, {
+    ...init("POST", add, { origin: "http://evil.example:8000" }),
+  });
+  assertEquals(rebound.status, 403);
+  await rebound.body?.cancel();
+  const named = appFor(relay, {
+    allowUnauthenticatedControl: true,
+    allowOrigin: "https://relay.example",
+  });
+  const proxied = await named.request(`http://127.0.0.1:8000${path}`, {
+    ...init("POST", add, { origin: "https://relay.example" }),
+  });
+  assertEquals(proxied.status, 404, "allow_origin: the dashboard behind a proxy");
+  await proxied.body?.cancel();
+  for (const host of ["127.0.0.1:8000", "[::1]:8000"]) {
+    const local = await open.request(`http://${host}${path}`, {
+      ...init("POST", add, { origin: `http://${host}` }),
+    });
+    assertEquals(local.status, 404, host);
+    await local.body?.cancel();
   }
   // A token is proof enough: a page cannot send one it does not have.
   const tokened = await guarded.request(
