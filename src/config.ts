@@ -17,6 +17,7 @@ import { LOG_LEVELS } from "./log.ts";
 import { redactRtmpUrl } from "./redact.ts";
 import { ENGINE_NAMES, isEngineName } from "./relay/relay_engine.ts";
 import { MAX_KEY_LENGTH } from "./rtmp/server_conversation.ts";
+import { describeFsError } from "./fs_errors.ts";
 
 // 0 asks the OS for any free port (tests use it).
 const port = z.number().int().min(0).max(65535);
@@ -378,9 +379,11 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
     if (!missingDefault) {
       // Deno's own words ("run again with the --allow-read flag") mean nothing to an operator
       // running the compiled executable, whose permissions are baked in.
-      const why = error instanceof Deno.errors.NotCapable
-        ? "outside what this relay may read (its --allow-read list): put it in the directory it reads (/etc/neustream when installed)"
-        : (error as Error).message;
+      const why = describeFsError(
+        error,
+        "read",
+        "put it in the directory it reads (/etc/neustream when installed)",
+      );
       throw new ConfigError(`cannot read config file ${path}: ${why}`);
     }
   }

@@ -27,6 +27,7 @@ import { RelayManager, type RelayManagerOptions } from "./relay/relay_manager.ts
 import { ProcessPool } from "./relay/process_pool.ts";
 import { prepareTlsTrust, type TlsTrust } from "./relay/tls_trust.ts";
 import { RtmpServer } from "./rtmp/server.ts";
+import { describeFsError, STATE_DIR_HINT } from "./fs_errors.ts";
 
 const serviceLog = log("service");
 
@@ -201,7 +202,7 @@ async function openControlPlaneState(dir: string): Promise<ControlPlaneState> {
   } catch (error) {
     serviceLog.error(
       "cannot record live streams in {dir} ({reason}): after a crash their ends go unreported",
-      { dir, reason: (error as Error).message },
+      { dir, reason: describeFsError(error, "write", STATE_DIR_HINT) },
     );
     return { outbox, live: LiveRecord.inMemory() };
   }

@@ -241,7 +241,7 @@ export class ControlPlaneClient implements StreamAuthority {
 
   /**
    * One request to the control plane's base URL, which holds no key: `undefined` if it answers at
-   * all (any status: it need not serve that path), else why not. Not retried, not counted in the
+   * all (any status but a redirect: it need not serve that path), else why not. Not retried, not counted in the
    * call statistics.
    */
   async probe(signal?: AbortSignal): Promise<string | undefined> {
@@ -254,6 +254,10 @@ export class ControlPlaneClient implements StreamAuthority {
         redirect: "manual",
       });
       await response.body?.cancel();
+      // Every call would be refused the same way: better said now.
+      if (response.status >= 300 && response.status < 400) {
+        return redirectRefused(response.status, response.headers.get("location"), url);
+      }
       return undefined;
     } catch (error) {
       if (timeout.signal.aborted) {
@@ -494,12 +498,7 @@ export class ControlPlaneClient implements StreamAuthority {
       clearTimeout(timer);
     }
     if (status >= 300 && status < 400) {
-      throw new CallFailure(
-        `control plane answered with a redirect (HTTP ${status}) to ${
-          redirectOrigin(location, url)
-        }, not followed: point [control_plane] url there`,
-        false,
-      );
+      throw new CallFailure(redirectRefused(status, location, url), false);
     }
     if (status < 200 || status > 299) {
       throw new CallFailure(
@@ -541,6 +540,13 @@ export function whyUnreachable(error: Error, url: string): string {
     : "";
   const path = new URL(url).pathname;
   return reason === "" || reason.includes(path) ? error.message : reason;
+}
+
+/** Why a call answered with a redirect is refused, and what to do about it. */
+function redirectRefused(status: number, location: string | null, from: string): string {
+  return `control plane answered with a redirect (HTTP ${status}) to ${
+    redirectOrigin(location, from)
+  }, not followed: point [control_plane] url there`;
 }
 
 /** Where a redirect points, as far as it may be logged: its origin (a path may hold the key). */

@@ -24,6 +24,7 @@
 
 import { log } from "../log.ts";
 import { streamFields } from "../stream_id.ts";
+import { describeFsError, STATE_DIR_HINT } from "../fs_errors.ts";
 
 export const OUTBOX_FILE_NAME = "stream_end_outbox.jsonl";
 /** About 10,000 reports of ordinary keys: far beyond any real outage, small on disk and in memory. */
@@ -325,7 +326,7 @@ export async function openOutbox(
   } catch (error) {
     outboxLog.error(
       "stream-end outbox unavailable in {dir} ({reason}): reports not yet delivered are lost on restart",
-      { dir, reason: (error as Error).message },
+      { dir, reason: describeFsError(error, "write", STATE_DIR_HINT) },
     );
     return StreamEndOutbox.inMemory(options);
   }

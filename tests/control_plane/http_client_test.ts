@@ -112,6 +112,16 @@ Deno.test("probe() says whether the control plane answers at all, and why not", 
   // Any HTTP answer is an answer: a control plane need not serve its root.
   await using cp = new FakeControlPlane({});
   assertEquals(await client(cp.url).probe(), undefined);
+  // A redirect is an answer that every later call will refuse: said at start too.
+  const moved = new Hono().get("/", (c) => c.redirect("https://cp.example/v2/", 308));
+  await using redirecting = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    moved.fetch,
+  );
+  assertEquals(
+    await client(`http://127.0.0.1:${redirecting.addr.port}`).probe(),
+    "control plane answered with a redirect (HTTP 308) to https://cp.example/…, not followed: point [control_plane] url there",
+  );
   const down = await client(`http://127.0.0.1:${freePort()}/base`).probe();
   assertMatch(down ?? "", /^control plane unreachable: .*Connection refused/);
   // A server that accepts and never answers: timed out, within the call timeout.
