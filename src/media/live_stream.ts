@@ -21,7 +21,7 @@
  * @module
  */
 
-import { inspectAudio, inspectVideo, type MediaPacket, TagType } from "./flv.ts";
+import { type MediaPacket, TagType } from "./flv.ts";
 import { GopCache } from "./gop_cache.ts";
 import { RateMeter } from "./rate_meter.ts";
 import {
@@ -137,8 +137,14 @@ export class LiveStream {
   packetsIn = 0;
   reconnects = 0;
   readonly bitrate = new RateMeter();
-  videoCodec: string | undefined;
-  audioCodec: string | undefined;
+  /** "avc1", "hvc1", "mp3"…: the stream's configuration says, headers or first frames alike. */
+  get videoCodec(): string | undefined {
+    return this.#configuration.video?.codec;
+  }
+
+  get audioCodec(): string | undefined {
+    return this.#configuration.audio?.codec;
+  }
   /** The most recent metadata values (width, height, framerate...) for status reports. */
   metadata: Record<string, unknown> = {};
 
@@ -300,8 +306,6 @@ export class LiveStream {
     this.#configuration = after;
     this.gop.clear();
     this.#sawVideo = after.video !== undefined;
-    this.videoCodec = after.video?.codec;
-    this.audioCodec = after.audio?.codec;
     if (!sentMetadata) this.metadata = {};
     mediaLog.info("the returning publisher changed the stream: {change}", {
       ...streamFields(this.key),
@@ -316,11 +320,6 @@ export class LiveStream {
   #deliver(packet: MediaPacket, now: number): void {
     this.#configuration = withPacket(this.#configuration, packet);
     if (packet.type === TagType.Video) this.#sawVideo = true;
-    if (packet.sequenceHeader) {
-      // Codec names for status reports, read once per configuration change.
-      if (packet.type === TagType.Video) this.videoCodec = inspectVideo(packet.payload).codec;
-      else this.audioCodec = inspectAudio(packet.payload).codec;
-    }
     this.gop.push(packet);
     for (const [subscriber, state] of this.#subscribers) {
       if (!state.started) {
@@ -371,8 +370,6 @@ export class LiveStream {
     this.bytesIn = 0;
     this.packetsIn = 0;
     this.reconnects = 0;
-    this.videoCodec = undefined;
-    this.audioCodec = undefined;
     this.metadata = {};
     for (const subscriber of subscribers) subscriber.onEnd(reason);
   }

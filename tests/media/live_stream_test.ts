@@ -348,3 +348,15 @@ Deno.test("LiveStream.write() keeps headers it holds for the stream's life in bu
   assert(seen[2] === frame, "frames pass as they came: the GOP cache lets them go within seconds");
   hub.end(stream, "done");
 });
+
+Deno.test("LiveStream reports the codec of a track without a sequence header, as it does on resume", () => {
+  // MP3 (and VP6, H.263) have no sequence header: the codec shows from the first frame.
+  const mp3 = (ts: number) => createMediaPacket(TagType.Audio, ts, hex("2f 0000"));
+  const { hub, stream, resume } = droppedStream([avcConfig(1), video(0, true), mp3(0)]);
+  assertEquals([stream.videoCodec, stream.audioCodec], ["avc1", "mp3"]);
+  resume();
+  for (const packet of [avcConfig(1), video(0, true), mp3(0)]) stream.write(packet);
+  assertEquals([stream.videoCodec, stream.audioCodec], ["avc1", "mp3"]);
+  hub.endAll("test over");
+  assertEquals([stream.videoCodec, stream.audioCodec], [undefined, undefined]);
+});
