@@ -13,7 +13,6 @@ import {
   type Logger,
   type LogLevel,
   type LogRecord,
-  reset,
   type Sink,
 } from "@logtape/logtape";
 
@@ -115,10 +114,6 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: Object.keys(sinks) },
     ],
   });
-}
-
-export async function resetLogging(): Promise<void> {
-  await reset();
 }
 
 /** The logger for one part of the relay, e.g. `log("rtmp")`. */

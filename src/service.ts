@@ -25,7 +25,7 @@ import type { BackoffOptions } from "./relay/backoff.ts";
 import type { SupervisorOptions } from "./relay/destination_supervisor.ts";
 import { RelayManager, type RelayManagerOptions } from "./relay/relay_manager.ts";
 import { ProcessPool } from "./relay/process_pool.ts";
-import { prepareTlsTrust, type TlsTrust } from "./relay/tls_trust.ts";
+import { prepareTlsTrust, type TlsSettings, type TlsTrust } from "./relay/tls_trust.ts";
 import { RtmpServer } from "./rtmp/server.ts";
 import { describeFsError, STATE_DIR_HINT } from "./fs_errors.ts";
 
@@ -284,8 +284,12 @@ export class RelayService implements AsyncDisposable {
   readonly startedAt = new Date();
   /** Owns every child process (FFmpeg), for the last-resort kill. */
   readonly #pool = new ProcessPool();
-  /** What `rtmps://` destinations trust; every supervisor reads it when it starts an FFmpeg. */
-  readonly #tls: { caFile: string | undefined } = { caFile: undefined };
+  /**
+   * What `rtmps://` destinations trust, read by every attempt as it starts: FFmpeg's bundle
+   * (system roots and `tls_ca_file`), and `tls_ca_file` itself for the native engine, which adds
+   * the system roots on its own.
+   */
+  readonly #tls: TlsSettings = { caFile: undefined, operatorCaFile: undefined };
   /** The settings in force: `config` after reloads, but for the keys that need a restart. */
   #current: Config;
   /** What every stream's supervisors share, whatever the reloads: the start-up settings. */
@@ -306,6 +310,7 @@ export class RelayService implements AsyncDisposable {
     this.config = config;
     this.#current = config;
     this.#tls.caFile = trust.caFile;
+    this.#tls.operatorCaFile = config.streaming.tls_ca_file;
     const { rtmp, streaming, http } = config;
     this.hub = new StreamHub({
       gopCache: rtmp.gop_cache,
@@ -473,6 +478,7 @@ export class RelayService implements AsyncDisposable {
     try {
       const trust = prepareTlsTrust(tlsTrustOptions(config));
       this.#tls.caFile = trust.caFile;
+      this.#tls.operatorCaFile = config.streaming.tls_ca_file;
       logTlsTrust(trust);
     } catch (error) {
       serviceLog.error("rtmps trust not reloaded, keeping the previous one: {reason}", {

@@ -31,6 +31,7 @@ import { NativeEngine } from "./native_engine.ts";
 import type { ProcessPool } from "./process_pool.ts";
 import type { EngineAttempt, EngineName, RelayEngine } from "./relay_engine.ts";
 import { streamFields } from "../stream_id.ts";
+import type { TlsSettings } from "./tls_trust.ts";
 
 export interface SupervisorOptions {
   /** The engine of destinations that do not name one (`[streaming] engine`). */
@@ -54,8 +55,8 @@ export interface SupervisorOptions {
   /** Aborted when the service shuts down: draining becomes bounded by `drainGraceMs`. */
   shutdown?: AbortSignal;
   ioTimeoutSeconds: number;
-  /** Trust for `rtmps://`, read at each start (a reload may replace `caFile`). */
-  tls?: { readonly caFile: string | undefined };
+  /** Trust for `rtmps://`, read at each start (a reload may replace it). */
+  tls?: Readonly<TlsSettings>;
   backoff?: BackoffOptions;
   /** Failed attempts in a row before the state is `exhausted`; 0: no limit. */
   maxAttempts?: number;
@@ -285,7 +286,10 @@ export class DestinationSupervisor implements StreamSubscriber {
     const wait = new AbortController();
     this.#wait = wait;
     this.#nextAttemptAt = ms === null ? null : new Date(Date.now() + ms);
-    await delay(ms ?? Infinity, { signal: wait.signal }).catch(() => {});
+    await delay(ms ?? Infinity, { signal: wait.signal }).catch((error) => {
+      // Woken early (restart, stop): the abort is the point. Anything else is not ours to drop.
+      if (!wait.signal.aborted) throw error;
+    });
     this.#wait = undefined;
     this.#nextAttemptAt = null;
   }
@@ -714,8 +718,11 @@ export class DestinationSupervisor implements StreamSubscriber {
   }
 }
 
-/** The engine went away while we wrote (a closed pipe or stream). */
+/**
+ * The engine went away while we wrote: FFmpeg's stdin closed (BrokenPipe), or the attempt cut off
+ * (AbortError). A TypeError is not among them: it is a bug of ours, and is logged.
+ */
 function isGone(error: unknown): boolean {
-  return error instanceof Deno.errors.BrokenPipe || error instanceof TypeError ||
+  return error instanceof Deno.errors.BrokenPipe ||
     (error instanceof DOMException && error.name === "AbortError");
 }

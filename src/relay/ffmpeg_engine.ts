@@ -126,6 +126,7 @@ class FfmpegAttempt implements EngineAttempt {
     this.ended = (async () => {
       const status = await child.status;
       // Its stdin goes with it (a pending write rejects): no pipe is left open, whoever ended it.
+      // The abort rejects only for a pipe already closed or errored; the exit status reports.
       await writer.abort(new Deno.errors.BrokenPipe("ffmpeg exited")).catch(() => {});
       await Promise.all([stderrDone, progressDone]);
       if (this.#finished && status.success) return undefined;
@@ -158,10 +159,23 @@ class FfmpegAttempt implements EngineAttempt {
       const first = new Uint8Array(header.length + tags.length);
       first.set(header);
       first.set(tags, header.length);
-      await this.#writer.write(first);
-      return;
+      return await this.#toStdin(first);
     }
-    await this.#writer.write(tags);
+    await this.#toStdin(tags);
+  }
+
+  /** Writes to FFmpeg's stdin; one that FFmpeg closed by exiting is a broken pipe. */
+  async #toStdin(bytes: Uint8Array): Promise<void> {
+    try {
+      await this.#writer.write(bytes);
+    } catch (error) {
+      // A WritableStream closed or errored under the writer rejects with a TypeError: said as
+      // what it is, so that the supervisor tells it from a bug of ours.
+      if (error instanceof TypeError) {
+        throw new Deno.errors.BrokenPipe(`FFmpeg's stdin is closed (${error.message})`);
+      }
+      throw error;
+    }
   }
 
   async finish(): Promise<void> {

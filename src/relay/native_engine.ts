@@ -21,8 +21,8 @@ const engineLog = log("relay", "native");
 export interface NativeEngineOptions {
   /** Time from the first TCP packet to `NetStream.Publish.Start`. */
   timeoutMs: number;
-  /** `tls_ca_file`, read at each `rtmps://` start (a reload may replace it). */
-  tls?: { readonly caFile: string | undefined };
+  /** `tls_ca_file` as configured, read at each `rtmps://` start (a reload may replace it). */
+  tls?: { readonly operatorCaFile: string | undefined };
 }
 
 /**
@@ -93,7 +93,7 @@ class NativeAttempt implements EngineAttempt {
       let caCerts: string[] | undefined;
       if (destination.pushUrl.startsWith("rtmps://")) {
         try {
-          caCerts = trustedCertificates({ caFile: options.tls?.caFile });
+          caCerts = trustedCertificates({ caFile: options.tls?.operatorCaFile });
         } catch (error) {
           throw new DestinationFailure("tls", `TLS trust store unreadable: ${error}`, {
             cause: error,
@@ -146,6 +146,7 @@ class NativeAttempt implements EngineAttempt {
   }
 
   async finish(): Promise<void> {
+    // An opening that failed has nothing to finish: `ended` reports why.
     const publisher = await this.#opening.catch(() => undefined);
     await publisher?.close();
   }

@@ -51,8 +51,6 @@ export interface RtmpPublisherOptions {
   timeoutMs?: number;
   /** Cancels the connection (a pending `open`, `write` or `close` rejects with its reason). */
   signal?: AbortSignal;
-  /** `connect`'s `flashVer`. */
-  flashVer?: string;
   /** Enhanced RTMP FourCCs announced in `connect` (see `ClientConversationOptions`). */
   fourCcList?: readonly string[];
 }
@@ -134,7 +132,6 @@ export class RtmpPublisher implements AsyncDisposable {
   /** Our side is shut (FIN sent): what the destination still sends is read and let go. */
   #writeShut = false;
   #bytesIn = 0;
-  #packetsOut = 0;
   #published: PromiseWithResolvers<void> = Promise.withResolvers();
   /** Rejects with the failure when the connection fails: ends any wait of the opening. */
   #failed: PromiseWithResolvers<never> = Promise.withResolvers();
@@ -179,7 +176,6 @@ export class RtmpPublisher implements AsyncDisposable {
     this.display = displayTarget(target);
     this.#conversation = new ClientConversation({
       target,
-      flashVer: options.flashVer,
       fourCcList: options.fourCcList,
     });
     // Rejections are also delivered through `ended`; never leave one unhandled.
@@ -214,10 +210,6 @@ export class RtmpPublisher implements AsyncDisposable {
 
   get bytesIn(): number {
     return this.#bytesIn;
-  }
-
-  get packetsOut(): number {
-    return this.#packetsOut;
   }
 
   /**
@@ -280,10 +272,12 @@ export class RtmpPublisher implements AsyncDisposable {
   write(packets: readonly MediaPacket[]): Promise<void> {
     // Not an async function: one promise fewer per batch on the hot path.
     if (this.#error) return Promise.reject(this.#error);
+    if (this.#conversation.state === "ended") {
+      // Closed under a write in flight (a restart, a removal): gone, not a bug.
+      return Promise.reject(new DOMException("the publisher was closed", "AbortError"));
+    }
     if (this.#conversation.state !== "published") {
-      return Promise.reject(
-        new TypeError("write() before the publish started, or after close()"),
-      );
+      return Promise.reject(new TypeError("write() before the publish started"));
     }
     const streamId = this.#conversation.streamId;
     const messages: OutgoingMessage[] = new Array(packets.length);
@@ -293,7 +287,6 @@ export class RtmpPublisher implements AsyncDisposable {
         ? dataMessage(packet, streamId)
         : mediaMessage(packet, streamId);
     }
-    this.#packetsOut += packets.length;
     return this.#send(messages);
   }
 
@@ -527,6 +520,7 @@ export class RtmpPublisher implements AsyncDisposable {
         // The decoder owns nothing it is given: it copies into messages as they complete.
         this.#decoder.push(buffer.subarray(0, count), (message) => this.#onMessage(message));
         const ack = this.#conversation.acknowledgementFor(this.#bytesIn);
+        // A failed send is recorded by #fail and reported by `ended`; nothing more to do here.
         if (ack) void this.#send([ack]).catch(() => {});
       }
     } catch (error) {
@@ -548,6 +542,7 @@ export class RtmpPublisher implements AsyncDisposable {
   }
 
   #act(step: ClientStep): void {
+    // As for acknowledgements: a failed send is recorded by #fail and reported by `ended`.
     if (step.replies.length > 0) void this.#send(step.replies).catch(() => {});
     const intent: ClientIntent | undefined = step.intent;
     switch (intent?.kind) {
@@ -610,7 +605,12 @@ export class RtmpPublisher implements AsyncDisposable {
     } catch (error) {
       if (this.#error) throw this.#error;
       // `close()` gave up waiting for the goodbye and closed the socket under it: not a failure.
-      if (this.#closing) throw error;
+      if (this.#closing) {
+        throw new DOMException(
+          `the publisher was closed: ${(error as Error).message}`,
+          "AbortError",
+        );
+      }
       const hungUp = error instanceof Deno.errors.BrokenPipe ||
         error instanceof Deno.errors.ConnectionReset;
       throw this.#fail(

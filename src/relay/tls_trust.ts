@@ -28,6 +28,14 @@ export interface TlsTrustOptions {
   systemBundles?: readonly string[];
 }
 
+/** What every `rtmps://` attempt reads as it starts (a reload replaces both). */
+export interface TlsSettings {
+  /** FFmpeg's `-ca_file`: the bundle `prepareTlsTrust` wrote, or undefined (its own trust). */
+  caFile: string | undefined;
+  /** `[streaming] tls_ca_file` as configured: the native engine adds the system roots itself. */
+  operatorCaFile: string | undefined;
+}
+
 /** What FFmpeg is told for `rtmps://` outputs. */
 export interface TlsTrust {
   /** `-ca_file` for FFmpeg; undefined: FFmpeg's own system trust. */

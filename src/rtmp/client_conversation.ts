@@ -95,8 +95,6 @@ export interface ClientConversationOptions {
   target: PublishTarget;
   /** `connect`'s `flashVer`. FFmpeg sends `FMLE/3.0 (compatible; Lavf…)` when publishing. */
   flashVer?: string;
-  /** The chunk size we send with, announced right after `connect` succeeds. */
-  chunkSize?: number;
   /**
    * Enhanced RTMP codecs announced in `connect` (`["hvc1", "av01"]`), for servers that want to
    * know before HEVC/AV1/VP9 arrive. Omitted by default, as FFmpeg 5.1 and OBS with H.264 omit it.
@@ -175,7 +173,6 @@ function statusOf(value: AmfValue): { level: string; code: string; description: 
 export class ClientConversation {
   readonly #target: PublishTarget;
   readonly #flashVer: string;
-  readonly #chunkSize: number;
   readonly #fourCcList: readonly string[] | undefined;
   #state: ClientState = "idle";
   #streamId = 0;
@@ -189,7 +186,6 @@ export class ClientConversation {
   constructor(options: ClientConversationOptions) {
     this.#target = options.target;
     this.#flashVer = options.flashVer ?? DEFAULT_FLASH_VER;
-    this.#chunkSize = options.chunkSize ?? CLIENT_CHUNK_SIZE;
     this.#fourCcList = options.fourCcList;
   }
 
@@ -208,11 +204,6 @@ export class ClientConversation {
    */
   get acknowledgedBytes(): number {
     return this.#acknowledged;
-  }
-
-  /** The chunk size announced after `connect`; the caller's encoder switches where it is sent. */
-  get chunkSize(): number {
-    return this.#chunkSize;
   }
 
   /** What starts the conversation, right after the handshake: `connect`. */
@@ -329,7 +320,7 @@ export class ClientConversation {
       const name = this.#target.streamName;
       return {
         replies: [
-          setChunkSize(this.#chunkSize),
+          setChunkSize(CLIENT_CHUNK_SIZE),
           windowAckSize(CLIENT_ACK_WINDOW),
           command(0, "releaseStream", Transaction.ReleaseStream, null, name),
           command(0, "FCPublish", Transaction.FcPublish, null, name),
