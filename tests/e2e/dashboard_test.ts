@@ -11,7 +11,7 @@ import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { fixture } from "../helpers/media.ts";
 import { ffmpegPublish } from "../helpers/peers.ts";
-import { freePort, tempDir } from "../helpers/process.ts";
+import { freePort, tempDir, waitFor } from "../helpers/process.ts";
 import { startTestRelay } from "../helpers/relay.ts";
 import { NginxSink } from "../helpers/sinks.ts";
 import { FakeControlPlane } from "../helpers/fake_control_plane.ts";
@@ -110,10 +110,13 @@ Deno.test("the dashboard signs in, shows a live stream within 3 s, restarts a de
   await waitForText(page, "#connection", /^live$/);
   await waitForText(page, "#summary", /^0 live streams, 0 destinations$/);
 
-  const publishedAt = performance.now();
   await using publisher = ffmpegPublish(source, relay.rtmpUrl(KEY));
+  // From the moment the stream is live (what the dashboard promises), not from FFmpeg's spawn,
+  // whose start-up on a busy machine is no part of it.
+  await waitFor(() => relay.service.hub.get(KEY)?.state === "live", "the stream live", 15_000);
+  const liveAt = performance.now();
   await page.waitForSelector("article.stream", { timeout: 10_000 });
-  const appearedMs = performance.now() - publishedAt;
+  const appearedMs = performance.now() - liveAt;
   assert(appearedMs < 3_000, `the stream appeared after ${Math.round(appearedMs)} ms`);
   await waitForText(page, "article.stream .stream-key", /^dash…\(25\)$/);
 

@@ -154,7 +154,9 @@ Deno.test("a publisher killed and replaced 3 s later at another resolution conti
   const first = await fixture({ seconds: 20, gop: 30 });
   const second = await fixture({ seconds: 5, gop: 30, size: "640x360" });
   await using cp = new FakeControlPlane();
-  const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 5 }, cp);
+  // A window well beyond the 3 s the test waits plus the second FFmpeg's start and authorisation
+  // (3.65 s in all under load): on a slow machine a 5 s window closed before the join.
+  const { nginx, relay } = await relayWithSink(dir.path, { reconnect_grace_seconds: 10 }, cp);
   await using _nginx = nginx;
   await using _relay = relay;
 
@@ -169,7 +171,7 @@ Deno.test("a publisher killed and replaced 3 s later at another resolution conti
   await publisherA.wait();
   await waitFor(async () => (await streamsOf(relay))[0]?.state === "reconnecting", "reconnecting");
   const waiting = (await streamsOf(relay))[0]!;
-  assert(waiting.reconnect_seconds_left! > 0 && waiting.reconnect_seconds_left! <= 5);
+  assert(waiting.reconnect_seconds_left! > 0 && waiting.reconnect_seconds_left! <= 10);
   await sleep(3_000);
 
   await using publisherB = ffmpegPublish(second, relay.rtmpUrl(KEY));
@@ -188,7 +190,7 @@ Deno.test("a publisher killed and replaced 3 s later at another resolution conti
   assertEquals(cp.streamEnds, [], "no stream-end while the stream continues");
 
   // The second publisher left cleanly: after the window the stream really ends, once.
-  await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 15_000);
+  await waitFor(() => cp.streamEnds.length === 1, "stream-end after the window", 25_000);
   assertEquals(cp.streamEnds, [KEY]);
   assertEquals(cp.authCalls, [KEY, KEY], "the control plane was asked again on reconnect");
   assertEquals((await player.wait()).code, 0, player.stderr);

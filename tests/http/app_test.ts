@@ -48,7 +48,9 @@ function parsePrometheus(text: string): Map<string, number[]> {
 
 Deno.test("every read endpoint matches its schema and its numbers move while the stream flows", async () => {
   await using dir = await tempDir();
-  const source = await fixture({ seconds: 6, gop: 30 });
+  // Long enough to be live through both reads (the second ~4 s after the destination connects)
+  // with seconds to spare on a busy machine, where FFmpeg and the connect start slowly.
+  const source = await fixture({ seconds: 10, gop: 30 });
   await using nginx = await NginxSink.start(`${dir.path}/nginx`);
   await using relay = await startTestRelay({
     streams: [{

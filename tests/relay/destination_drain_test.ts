@@ -150,8 +150,11 @@ Deno.test("DestinationSupervisor.stop() ends a destination that stops making pro
   await using dir = await tempDir();
   await using scenario = await slowDestination(dir.path, "hung");
   await scenario.ended();
-  // The platform hangs while the end of the stream is on its way.
+  // The platform hangs while the end of the stream is on its way (still on its way: else this
+  // would test nothing).
   scenario.proxy.paused = true;
+  const { size } = await Deno.stat(scenario.source);
+  assert(scenario.proxy.forwarded < size, `all ${size} bytes forwarded before the pause`);
   // FFmpeg's own 10 s I/O timeout ends it, before the drain's 12 s backstop would.
   const pausedAt = performance.now();
   await scenario.ffmpegGone(30_000);

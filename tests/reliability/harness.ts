@@ -49,6 +49,8 @@ export const SIZE = LONG
     floodSpeed: 33,
     fuzzCases: 100_000,
     fuzzSeconds: soakSeconds(),
+    /** As a platform might: the soak keeps FFmpeg's one known race with a ping at its close. */
+    sinkPingMs: 30_000,
   }
   : {
     loadStreams: 6,
@@ -59,6 +61,12 @@ export const SIZE = LONG
     floodSpeed: 10,
     fuzzCases: 2_000,
     fuzzSeconds: 40,
+    /**
+     * Past the load's end: a ping arriving between FFmpeg's last write and its close can reset the
+     * connection and lose its last packets (README, "Reliability suite"), a race left to the soak;
+     * the gate must pass every time.
+     */
+    sinkPingMs: 120_000,
   };
 
 /** Details of every loss found, for the failure message. */

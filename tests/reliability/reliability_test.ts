@@ -122,9 +122,9 @@ async function load(engine: EngineName): Promise<void> {
   const streams = SIZE.loadStreams;
   const seconds = SIZE.loadSeconds;
   await using dir = await tempDir();
-  await using sinkA = new RecordingSink();
-  await using sinkB = new RecordingSink();
-  await using sinkC = new RecordingSink();
+  await using sinkA = new RecordingSink({ pingIntervalMs: SIZE.sinkPingMs });
+  await using sinkB = new RecordingSink({ pingIntervalMs: SIZE.sinkPingMs });
+  await using sinkC = new RecordingSink({ pingIntervalMs: SIZE.sinkPingMs });
   const sinks = [sinkA, sinkB, sinkC].slice(0, SIZE.loadDestinations);
   const ffmpegsOf = async (sink: RecordingSink) =>
     (await ffmpegProcessesWith(`127.0.0.1:${sink.port}/live`)).length;
