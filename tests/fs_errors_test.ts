@@ -2,10 +2,10 @@ import { describeFsError, STATE_DIR_HINT } from "../src/fs_errors.ts";
 import { assertEquals, assertRejects } from "./helpers/assert.ts";
 
 Deno.test("describeFsError() words a path outside the relay's permissions for an operator", async () => {
-  // The tests may write only under /tmp: the working directory is outside, as "state" is for an
-  // executable run by hand without STATE_DIRECTORY.
+  // The tests may write only under /tmp (a checkout may be anywhere, /tmp included): this path is
+  // outside, as "state" is for an executable run by hand without STATE_DIRECTORY.
   const error = await assertRejects(
-    () => Deno.writeTextFile("neustream-not-permitted.txt", "x"),
+    () => Deno.writeTextFile("/var/lib/neustream-test-not-permitted.txt", "x"),
     Deno.errors.NotCapable,
   );
   assertEquals(

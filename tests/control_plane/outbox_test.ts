@@ -178,9 +178,9 @@ Deno.test("openOutbox() falls back to memory with an error line when the directo
 
 Deno.test("openOutbox() says a state_dir outside the relay's write permission in an operator's words", async () => {
   const logs = await captureLogs();
-  // The tests may write only under /tmp: a relative "state", as the executable run by hand
-  // without STATE_DIRECTORY has it, is outside.
-  const outbox = await openOutbox("neustream-state-not-permitted");
+  // The tests may write only under /tmp: this directory is outside, as a relative "state" is for
+  // the executable run by hand without STATE_DIRECTORY.
+  const outbox = await openOutbox("/var/lib/neustream-test-not-permitted");
   await outbox.close();
   const text = logs.map(textFormatter).join("");
   assertMatch(text, /outside what this relay may write .*STATE_DIRECTORY/);
