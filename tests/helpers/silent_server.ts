@@ -1,7 +1,7 @@
 /**
- * An RTMP server that completes the handshake and then never answers: an ingest that accepted the
- * connection and hung (a stuck platform front end). It reads and discards whatever it is sent, so
- * the client sees silence, not a full socket, until it gives up.
+ * Peers that accept a connection and then say nothing, as a stuck platform does:
+ * `SilentRtmpServer` completes the handshake and never answers (it reads and discards, so the
+ * client sees silence, not a full socket); `StalledSink` never even reads.
  */
 
 import { createServerHandshake, HANDSHAKE_SIZE } from "../../src/rtmp/handshake.ts";
@@ -73,4 +73,41 @@ async function readExactly(conn: Deno.Conn, buffer: Uint8Array, count: number) {
     filled += n;
   }
   return out;
+}
+
+/** A TCP listener that accepts connections and never reads from them: a stalled platform. */
+export class StalledSink implements AsyncDisposable {
+  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  readonly #conns: Deno.Conn[] = [];
+  readonly #accepting: Promise<void>;
+
+  constructor() {
+    this.#accepting = (async () => {
+      try {
+        for await (const conn of this.#listener) this.#conns.push(conn);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+    })();
+  }
+
+  get url(): string {
+    return `rtmp://127.0.0.1:${(this.#listener.addr as Deno.NetAddr).port}/live`;
+  }
+
+  get accepted(): number {
+    return this.#conns.length;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    for (const conn of this.#conns) {
+      try {
+        conn.close();
+      } catch (error) {
+        if (!(error instanceof Deno.errors.BadResource)) throw error;
+      }
+    }
+  }
 }

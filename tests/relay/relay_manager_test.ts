@@ -11,6 +11,7 @@ import { ffmpegPublish } from "../helpers/peers.ts";
 import { ffmpegProcessesWith, freePort, sleep, waitFor } from "../helpers/process.ts";
 import { startTestRelay, type TestRelay } from "../helpers/relay.ts";
 import { TestRtmpClient } from "../helpers/rtmp_client.ts";
+import { StalledSink } from "../helpers/silent_server.ts";
 
 /** A publisher of our own (no media) that has been told NetStream.Publish.Start. */
 async function publisher(relay: TestRelay, key: string): Promise<TestRtmpClient> {
@@ -133,40 +134,12 @@ Deno.test("RelayManager honours a resumed publisher's forward decision", async (
   client.close();
 });
 
-/**
- * A destination that accepts the connection and never says a word: FFmpeg, written to, waits on
- * its handshake, and stopping it takes seconds (until its I/O timeout), as with a hung platform.
- */
-class MuteListener implements AsyncDisposable {
-  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  readonly #conns = new Set<Deno.Conn>();
-  readonly #accepting: Promise<void>;
-
-  constructor() {
-    this.#accepting = (async () => {
-      try {
-        for await (const conn of this.#listener) this.#conns.add(conn);
-      } catch (error) {
-        if (!(error instanceof Deno.errors.BadResource)) throw error;
-      }
-    })();
-  }
-
-  get port(): number {
-    return (this.#listener.addr as Deno.NetAddr).port;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.#listener.close();
-    for (const conn of this.#conns) conn.close();
-    await this.#accepting;
-  }
-}
-
 /** A relay whose stream `key` relays to destinations `ids`, each to a listener that never answers. */
 async function mutedStream(key: string, ids: string[]) {
   await using stack = new AsyncDisposableStack();
-  const mute = stack.use(new MuteListener());
+  // A platform that accepts and never says a word: FFmpeg, written to, waits on its handshake,
+  // and stopping it takes seconds (until its I/O timeout).
+  const mute = stack.use(new StalledSink());
   const relay = stack.use(
     await startTestRelay({
       streams: [{
@@ -174,7 +147,7 @@ async function mutedStream(key: string, ids: string[]) {
         destinations: ids.map((id) => ({
           id,
           platform: "custom",
-          rtmp_url: `rtmp://127.0.0.1:${mute.port}/live`,
+          rtmp_url: mute.url,
           stream_key: `${id}-out`,
         })),
       }],

@@ -212,43 +212,6 @@ export class PacedPublisher {
   }
 }
 
-/** A TCP listener that accepts connections and never reads from them: a stalled platform. */
-export class StalledSink implements AsyncDisposable {
-  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  readonly #conns: Deno.Conn[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor() {
-    this.#accepting = (async () => {
-      try {
-        for await (const conn of this.#listener) this.#conns.push(conn);
-      } catch (error) {
-        if (!(error instanceof Deno.errors.BadResource)) throw error;
-      }
-    })();
-  }
-
-  get url(): string {
-    return `rtmp://127.0.0.1:${(this.#listener.addr as Deno.NetAddr).port}/live`;
-  }
-
-  get accepted(): number {
-    return this.#conns.length;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    for (const conn of this.#conns) {
-      try {
-        conn.close();
-      } catch (error) {
-        if (!(error instanceof Deno.errors.BadResource)) throw error;
-      }
-    }
-  }
-}
-
 /** Samples the relay's process tree (relay + FFmpeg) for memory and CPU. */
 export class ResourceSampler {
   readonly samples: { at: number; pss: number }[] = [];

@@ -27,9 +27,9 @@ import {
   ResourceSampler,
   seededRandom,
   SIZE,
-  StalledSink,
   summary,
 } from "./harness.ts";
+import { StalledSink } from "../helpers/silent_server.ts";
 import { readToEnd, RecordingSink } from "../helpers/recording_sink.ts";
 
 const MiB = 1024 * 1024;
