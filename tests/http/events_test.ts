@@ -100,6 +100,13 @@ function summary(before: Snapshot, after: Snapshot) {
   });
 }
 
+/** An app serving `events` at `/events`, heartbeats every `heartbeatMs`. */
+function eventsApp(events: RelayEvents, heartbeatMs: number): Hono {
+  const app = new Hono();
+  app.get("/events", (c) => serveEvents(c, events, heartbeatMs));
+  return app;
+}
+
 Deno.test("diffSnapshots() reports streams starting and ending and destinations changing state", () => {
   const empty = snapshot([]);
   const one = snapshot([stream("s1", [destination("a", "starting")])]);
@@ -168,8 +175,7 @@ Deno.test("serveEvents() sends a snapshot at once, then events and heartbeats, a
     intervalMs: 20,
     snapshotEveryMs: 10_000,
   });
-  const app = new Hono();
-  app.get("/events", (c) => serveEvents(c, events, 50));
+  const app = eventsApp(events, 50);
   const response = await app.request("/events");
   assertEquals(response.headers.get("content-type"), "text/event-stream");
   await using reader = new SseReader(response);
@@ -308,8 +314,7 @@ class StalledClient implements AsyncDisposable {
 Deno.test("serveEvents() disconnects a client that stops reading once it is 512 events behind", async () => {
   const events = churningEvents(100, 100);
   using _events = closing(events);
-  const app = new Hono();
-  app.get("/events", (c) => serveEvents(c, events, 60_000));
+  const app = eventsApp(events, 60_000);
   // Nobody reads this body: the stream's first write waits for ever.
   const response = await app.request("/events");
   await using _body = cancelling(response);
@@ -326,8 +331,7 @@ Deno.test("serveEvents() disconnects a client whose socket is full once it is 51
   // blocks, a dozen ticks in; 32 more and it is 512 behind.
   const events = churningEvents(16, 25_000);
   using _events = closing(events);
-  const app = new Hono();
-  app.get("/events", (c) => serveEvents(c, events, 60_000));
+  const app = eventsApp(events, 60_000);
   await using server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
     app.fetch,
@@ -342,8 +346,7 @@ Deno.test("serveEvents() disconnects a client whose socket is full once it is 51
 Deno.test("serveEvents() ends the stream of a client that stops reading at once when the source closes", async () => {
   const events = churningEvents(1, 100, 60_000);
   using _events = closing(events);
-  const app = new Hono();
-  app.get("/events", (c) => serveEvents(c, events, 60_000));
+  const app = eventsApp(events, 60_000);
   const response = await app.request("/events");
   await using _body = cancelling(response);
   assertEquals(events.listeners, 1);
